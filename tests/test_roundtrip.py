@@ -1,0 +1,100 @@
+"""Round trips through the real pipeline (cram, greedy decode, archive) on the tiny model.
+
+The tiny random model cannot hold many tokens per vector, so these tests use
+short chunks; what they check is that every path gives back identical bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import vecarc
+from vecarc import CramSettings, read_archive
+from vecarc.api import summary
+
+FAST = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
+
+TEXTS = {
+    "plain.txt": b"The quick brown fox jumps over the lazy dog.",
+    "unicode.md": "Caf\u00e9 na\u00efve \u2014 r\u00e9sum\u00e9 \U0001f389\n\tline two\r\nline three \u4e2d\u6587\n".encode(),
+    "empty.txt": b"",
+    "spaces.txt": b"   \n\n\t  \n",
+}
+
+
+def pack_and_unpack(tmp_path, tiny, files: dict[str, bytes], **kw):
+    src = tmp_path / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+        paths.append(src / name)
+    out = tmp_path / "a.vec"
+    kw.setdefault("chunk_tokens", 2)
+    kw.setdefault("min_chunk_tokens", 1)
+    res = vecarc.pack(paths, out, model=tiny, settings=kw.pop("settings", FAST), **kw)
+    dest = tmp_path / "out"
+    written = vecarc.unpack(out, dest, model=tiny)
+    assert sorted(p.name for p in written) == sorted(files)
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data, name
+    return res, read_archive(out)
+
+
+@pytest.mark.parametrize("name", sorted(TEXTS))
+def test_single_document_round_trip(tmp_path, tiny, name):
+    res, a = pack_and_unpack(tmp_path, tiny, {name: TEXTS[name]})
+    assert a.documents[0]["encoding"] == "text"
+    if TEXTS[name]:
+        assert any(c["kind"] == "vector" for c in a.chunks)
+    else:
+        assert a.chunks == []
+
+
+def test_several_documents_and_non_utf8(tmp_path, tiny):
+    files = dict(TEXTS)
+    files["binary.bin"] = bytes(range(256)) + b"\xff\xfe not utf-8"
+    _, a = pack_and_unpack(tmp_path, tiny, files)
+    enc = {d["name"]: d["encoding"] for d in a.documents}
+    assert enc["binary.bin"] == "bytes"
+    assert enc["plain.txt"] == "text"
+    s = summary(a)
+    assert s["chunks"]["bytes"] == 1
+    assert s["original_bytes"] == sum(len(v) for v in files.values())
+
+
+def test_chunks_that_never_converge_become_literal(tmp_path, tiny):
+    hopeless = CramSettings(margin=1e9, max_steps=2, batch_size=64)
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=hopeless,
+                             chunk_tokens=8, min_chunk_tokens=4)
+    kinds = {c["kind"] for c in a.chunks}
+    assert kinds == {"tokens"}
+    assert res.retries > 0
+    assert a.vectors is None
+
+
+def test_vectors_are_stored_in_the_dtype_they_were_verified_in(tmp_path, tiny):
+    import torch
+
+    for dt, tdt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        s = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=dt)
+        _, a = pack_and_unpack(tmp_path / dt, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
+        assert a.vectors.dtype == tdt
+        assert a.header["vectors"]["dtype"] == dt
+
+
+def test_split_and_retry_still_round_trips(tmp_path, tiny):
+    # Chunks of 8 rarely converge on the tiny model: they are split down to size 1.
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, chunk_tokens=8)
+    assert res.retries > 0
+    assert any(c["kind"] == "vector" for c in a.chunks)
+    assert sum(c["tokens"] for c in a.chunks) == sum(d["tokens"] for d in summary(a)["documents"])
+
+
+def test_same_seed_same_archive(tmp_path, tiny):
+    (tmp_path / "t.txt").write_bytes(TEXTS["plain.txt"])
+    a = vecarc.pack([tmp_path / "t.txt"], tmp_path / "1.vec", model=tiny, settings=FAST, chunk_tokens=2)
+    b = vecarc.pack([tmp_path / "t.txt"], tmp_path / "2.vec", model=tiny, settings=FAST, chunk_tokens=2)
+    assert a.archive_bytes == b.archive_bytes
+    h1, h2 = read_archive(tmp_path / "1.vec").header, read_archive(tmp_path / "2.vec").header
+    assert h1["chunks"] == h2["chunks"]

@@ -1,0 +1,20 @@
+"""vecarc: archive text as memory vectors of a frozen language model.
+
+    import vecarc
+    vecarc.pack(["notes.txt"], "notes.vec")
+    vecarc.verify("notes.vec").ok
+    vecarc.unpack("notes.vec", "out/")
+"""
+
+__version__ = "0.1.0"
+
+from .api import pack, pack_documents, summary, unpack, verify  # noqa: E402
+from .archive import Archive, read_archive  # noqa: E402
+from .cram import CramSettings  # noqa: E402
+from .errors import VecarcError, VerificationError  # noqa: E402
+from .models import LoadedModel, load_model  # noqa: E402
+
+__all__ = [
+    "Archive", "CramSettings", "LoadedModel", "VecarcError", "VerificationError",
+    "load_model", "pack", "pack_documents", "read_archive", "summary", "unpack", "verify",
+]

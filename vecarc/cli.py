@@ -1,0 +1,213 @@
+"""Command line: thin wrappers over vecarc.api with zstd-like verbs and flags.
+
+Exit codes: 0 ok, 1 verification failed, 2 usage or input error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from contextlib import contextmanager
+from functools import wraps
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import api
+from .archive import read_archive
+from .cram import VECTOR_DTYPES, CramSettings
+from .errors import VecarcError
+
+err = Console(stderr=True)
+out = Console()
+
+model_opt = click.option("--model", default=None, metavar="NAME_OR_PATH",
+                         help="Hub id[@rev], local folder or .gguf (default: embedded SmolLM2-135M).")
+device_opt = click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
+verbose_opt = click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
+
+
+def handled(fn):
+    """Turn every failure into one line on stderr and a trustworthy exit code."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VecarcError as e:
+            err.print(f"vecarc: error: {e}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            err.print("vecarc: interrupted; nothing written", highlight=False)
+            sys.exit(130)
+        except Exception as e:  # a bug: still one line unless -v
+            if kwargs.get("verbose"):
+                traceback.print_exc()
+            first = (str(e).splitlines() or [""])[0]
+            err.print(f"vecarc: internal error: {type(e).__name__}: {first}", markup=False, soft_wrap=True)
+            sys.exit(2)
+
+    return run
+
+
+@contextmanager
+def progress_bar(quiet: bool):
+    """Rich progress on a terminal; nothing when piped or quiet."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*cols, console=err, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def on(e: dict) -> None:
+            kind = e["event"]
+            if kind == "round":
+                name = "packing" if e["round"] == 1 else f"retry {e['round'] - 1}"
+                tasks["cram"] = bar.add_task(name, total=e["chunks"], info="")
+            elif kind == "step":
+                bar.update(tasks["cram"], completed=e["done"],
+                           info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · loss {e['loss']:.3f}")
+            elif kind == "decode":
+                if "decode" not in tasks:
+                    tasks["decode"] = bar.add_task("decoding", total=e["total"], info="")
+                bar.update(tasks["decode"], completed=e["done"], total=e["total"])
+                if e["done"] >= e["total"]:
+                    tasks.pop("decode")
+
+        yield on
+
+
+def _size(n: int) -> str:
+    return f"{n:,} B"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vecarc")
+def main() -> None:
+    """Archive text as memory vectors of a frozen language model, verified by greedy decoding."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Archive path (default: INPUT.vec).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
+@model_opt
+@device_opt
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
+@click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
+@click.option("--chunk-tokens", default=None, type=click.IntRange(1), help="Tokens per chunk (default: per-model table).")
+@click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
+@click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print the archive summary as JSON.")
+@quiet_opt
+@verbose_opt
+@handled
+def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, margin, max_steps,
+         batch_size, as_json, quiet, verbose):
+    """Pack text files into one .vec archive."""
+    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
+                            batch_size=batch_size, seed=seed)
+    with progress_bar(quiet) as on:
+        r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
+                     chunk_tokens=chunk_tokens, force=force, progress=on)
+    s = api.summary(r.archive)
+    if as_json:
+        click.echo(json.dumps({**s, "seconds": r.seconds, "retries": r.retries, "output": str(r.output)}, indent=2))
+    elif not quiet:
+        c = s["chunks"]
+        err.print(f"{r.output}: {_size(s['original_bytes'])} -> {_size(r.archive_bytes)} "
+                  f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); {c['vector']} vector / "
+                  f"{c['tokens'] + c['bytes']} literal chunks, {r.retries} retries, {r.seconds:.1f} s",
+                  highlight=False, markup=False)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "outdir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder to write the documents into.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
+@model_opt
+@device_opt
+@quiet_opt
+@verbose_opt
+@handled
+def unpack(archive, outdir, force, model, device, quiet, verbose):
+    """Decode an archive, check every hash, then write the documents."""
+    with progress_bar(quiet) as on:
+        paths = api.unpack(archive, outdir, model=model, device=device, force=force, progress=on)
+    if not quiet:
+        for p in paths:
+            err.print(f"wrote {p}", highlight=False, markup=False)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@model_opt
+@device_opt
+@click.option("--json", "as_json", is_flag=True)
+@quiet_opt
+@verbose_opt
+@handled
+def verify(archive, model, device, as_json, quiet, verbose):
+    """Decode everything in memory and check it; exit 1 if anything differs."""
+    a = read_archive(archive)
+    with progress_bar(quiet or as_json) as on:
+        r = api.verify(a, model=model, device=device, progress=on)
+    if as_json:
+        click.echo(json.dumps({"ok": r.ok, "problems": r.problems, "documents": len(a.documents),
+                               "min_decode_margin": None if r.min_margin == float("inf") else r.min_margin}))
+    elif not quiet:
+        for p in r.problems:
+            err.print(f"FAILED {p}", markup=False, highlight=False)
+        if r.ok:
+            err.print(f"{archive}: OK ({len(a.documents)} documents, {len(a.chunks)} chunks)", markup=False,
+                      highlight=False)
+    sys.exit(0 if r.ok else 1)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@verbose_opt
+@handled
+def info(archive, as_json, verbose):
+    """Show header, model, documents and chunks, without loading the model."""
+    a = read_archive(archive, load_vectors=False)
+    s = api.summary(a)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    m, v, c = s["model"], s["vectors"], s["chunks"]
+    t = Table(show_header=False, box=None)
+    t.add_row("archive", f"{archive}  {_size(s['archive_bytes'])}")
+    t.add_row("original", f"{_size(s['original_bytes'])}  ratio {s['ratio']:.3f}" if s["ratio"] else "0 B")
+    t.add_row("split", f"vectors {_size(s['vector_bytes'])} · literal {_size(s['literal_bytes'])} · "
+                       f"header+checksum {_size(s['overhead_bytes'])}")
+    t.add_row("model", f"{m['name']}")
+    t.add_row("source", m["source"])
+    t.add_row("fingerprint", m["fingerprint"])
+    t.add_row("dims", f"hidden {m['hidden_size']} · vocab {m['vocab_size']} · layers {m['num_layers']} · {m['dtype']}")
+    t.add_row("vectors", f"{v['count']} × {v['per_chunk']} × {v['hidden_size']} {v['dtype']}")
+    tpv = c["tokens_per_vector"]
+    t.add_row("chunks", f"{c['total']}: {c['vector']} vector, {c['tokens']} literal-token, {c['bytes']} literal-bytes"
+              + (f" · tokens/vector min {tpv['min']} median {tpv['median']} max {tpv['max']}" if tpv else "")
+              + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else ""))
+    out.print(t, highlight=False)
+    d = Table("document", "bytes", "stored as", "chunks", "tokens", "sha256")
+    for doc in s["documents"]:
+        how = "literal zstd" if doc["encoding"] == "bytes" else (
+            f"{doc['vector_chunks']} vector + {doc['literal_chunks']} literal")
+        d.add_row(doc["name"], f"{doc['size']:,}", how, str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16])
+    out.print(d, highlight=False)
+
+
+if __name__ == "__main__":
+    main()

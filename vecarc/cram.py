@@ -1,0 +1,172 @@
+"""Optimising memory vectors: the expensive half of vecarc.
+
+Input to the frozen model is [sink, mem_1..mem_k, t_1..t_{n-1}]; the logits at
+mem_k .. t_{n-1} must predict t_1..t_n. Only the k vectors are trained.
+
+Many chunks are optimised as one batch, each with its own vectors and its own
+Adam state, so chunks that finish leave the batch and waiting ones take their
+place (continuous batching). Adam is written out by hand for that reason: a
+per-row step count is all it takes.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .models import LoadedModel
+
+VECTOR_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in VECTOR_DTYPES.items()}
+
+
+@dataclass
+class CramSettings:
+    vectors: int = 1  # memory vectors per chunk
+    lr: float = 0.3  # the paper's 0.01 was ~10x too slow with this model
+    beta1: float = 0.9
+    beta2: float = 0.9
+    margin: float = 0.5  # required min(correct logit - best other logit)
+    max_steps: int = 1000
+    patience: int = 150  # give up (and let pack split the chunk) after this many steps without a lower loss
+    batch_size: int = 8
+    seed: int = 0
+    vector_dtype: str = "fp16"  # what is stored, and what the model sees while training
+
+    def record(self) -> dict:
+        return {"optimizer": "adam", **asdict(self)}
+
+
+@dataclass
+class CramResult:
+    vectors: torch.Tensor | None  # (k, d) in the storage dtype, on the CPU; None if not converged
+    steps: int
+    margin: float  # min logit margin over the chunk at the step it stopped
+    accuracy: float
+    loss: float
+    seconds: float
+
+
+Progress = Callable[[dict], None]
+
+
+def _init_vectors(key: int, seed: int, k: int, d: int, std: float) -> torch.Tensor:
+    # Seeded per chunk, not per batch, so a chunk's result does not depend on its neighbours.
+    g = torch.Generator().manual_seed((seed * 1_000_003 + key) % (2**63))
+    return torch.randn(k, d, generator=g) * std
+
+
+def chunk_key(*parts: int) -> int:
+    return zlib.crc32(",".join(map(str, parts)).encode())
+
+
+class _Slot:
+    def __init__(self, idx: int, tokens: torch.Tensor, text_emb: torch.Tensor, p: torch.Tensor):
+        self.idx, self.tokens, self.text_emb = idx, tokens, text_emb
+        self.p, self.m, self.v = p, torch.zeros_like(p), torch.zeros_like(p)
+        self.t = 0
+        self.best, self.best_t = float("inf"), 0
+        self.start = time.perf_counter()
+
+
+def cram(
+    lm: LoadedModel,
+    chunks: Sequence[Sequence[int]],
+    keys: Sequence[int],
+    s: CramSettings,
+    progress: Progress | None = None,
+) -> list[CramResult]:
+    """Find memory vectors for each chunk; results come back in input order."""
+    model, dev = lm.model, lm.device
+    emb = model.get_input_embeddings()
+    qdtype = VECTOR_DTYPES[s.vector_dtype]
+    k, d = s.vectors, lm.hidden_size
+    wdtype = emb.weight.dtype
+    sink = emb.weight[lm.sink_id].detach().to(torch.float32)
+    std = float(emb.weight.detach().float().std())
+    pending = deque(range(len(chunks)))
+    results: list[CramResult | None] = [None] * len(chunks)
+    slots: list[_Slot] = []
+    done = 0
+    step = 0
+    while pending or slots:
+        while pending and len(slots) < s.batch_size:
+            i = pending.popleft()
+            toks = torch.tensor(list(chunks[i]), dtype=torch.long, device=dev)
+            with torch.no_grad():
+                text_emb = emb(toks[:-1]).to(torch.float32)
+            p = _init_vectors(keys[i], s.seed, k, d, std).to(dev)
+            slots.append(_Slot(i, toks, text_emb, p))
+        B = len(slots)
+        maxn = max(len(sl.tokens) for sl in slots)
+        params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
+        # Straight-through rounding: the model sees exactly what will be stored.
+        q = params + (params.to(qdtype).to(torch.float32) - params).detach()
+        text = torch.zeros(B, maxn - 1, d, device=dev)
+        targets = torch.full((B, maxn), -100, dtype=torch.long, device=dev)
+        for r, sl in enumerate(slots):
+            n = len(sl.tokens)
+            text[r, : n - 1] = sl.text_emb
+            targets[r, :n] = sl.tokens
+        x = torch.cat([sink.expand(B, 1, d), q, text], dim=1).to(wdtype)
+        logits = model(inputs_embeds=x, logits_to_keep=maxn, use_cache=False).logits.float()
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        valid = targets != -100
+        lengths = valid.sum(1)
+        row_loss = ce.sum(1) / lengths
+        row_loss.sum().backward()
+        with torch.no_grad():
+            tgt = targets.clamp(min=0)
+            correct = logits.gather(2, tgt[..., None]).squeeze(2)
+            other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
+            margin = (correct - other).masked_fill(~valid, float("inf"))
+            row_margin = margin.amin(1).tolist()
+            row_acc = (((margin > 0) & valid).sum(1) / lengths).tolist()
+            row_loss_l = row_loss.tolist()
+            grads = params.grad
+            step += 1
+            keep: list[_Slot] = []
+            for r, sl in enumerate(slots):
+                sl.t += 1
+                if row_loss_l[r] < sl.best:
+                    sl.best, sl.best_t = row_loss_l[r], sl.t
+                ok = row_margin[r] >= s.margin
+                stuck = sl.t - sl.best_t >= s.patience
+                if ok or stuck or sl.t >= s.max_steps:
+                    results[sl.idx] = CramResult(
+                        vectors=q[r].detach().to(qdtype).cpu() if ok else None,
+                        steps=sl.t,
+                        margin=row_margin[r],
+                        accuracy=row_acc[r],
+                        loss=row_loss_l[r],
+                        seconds=time.perf_counter() - sl.start,
+                    )
+                    done += 1
+                    continue
+                g = grads[r]
+                sl.m.mul_(s.beta1).add_(g, alpha=1 - s.beta1)
+                sl.v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)
+                mhat = sl.m / (1 - s.beta1**sl.t)
+                vhat = sl.v / (1 - s.beta2**sl.t)
+                sl.p.sub_(s.lr * mhat / (vhat.sqrt() + 1e-8))
+                keep.append(sl)
+            slots = keep
+        if progress is not None:
+            progress(
+                {
+                    "event": "step",
+                    "step": step,
+                    "done": done,
+                    "total": len(chunks),
+                    "active": len(slots),
+                    "accuracy": min(row_acc) if row_acc else 1.0,
+                    "loss": max(row_loss_l) if row_loss_l else 0.0,
+                }
+            )
+    return results  # type: ignore[return-value]

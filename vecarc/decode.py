@@ -1,0 +1,80 @@
+"""Greedy decoding from memory vectors: the only way tokens come back.
+
+Pack verifies every chunk with this very function, so what unpack runs is
+what was checked. Chunks are decoded as a batch with a KV cache; all rows
+share the prefix [sink, mem_1..mem_k], so no padding is needed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import torch
+
+from .models import LoadedModel
+
+
+def _cache_arg(model) -> str:
+    # transformers 5.x renamed past_key_values to cache; accept both.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def greedy_decode(
+    lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int]
+) -> tuple[list[list[int]], list[float]]:
+    """Decode lengths[i] tokens from vectors[i] (shape (B, k, d)).
+
+    Returns the tokens and, per row, the smallest margin between the chosen
+    token's logit and the runner-up: how close decoding came to flipping.
+    """
+    model, dev = lm.model, lm.device
+    emb = model.get_input_embeddings()
+    B, k, d = vectors.shape
+    maxn = max(lengths)
+    sink = emb.weight[lm.sink_id].to(emb.weight.dtype)
+    x = torch.cat([sink.expand(B, 1, d), vectors.to(dev, emb.weight.dtype)], dim=1)
+    arg = _cache_arg(model)
+    out = model(inputs_embeds=x, use_cache=True)
+    past = getattr(out, arg)
+    tokens: list[torch.Tensor] = []
+    margins: list[torch.Tensor] = []
+    logits = out.logits[:, -1].float()
+    for i in range(maxn):
+        top = logits.topk(2, dim=-1).values
+        nxt = logits.argmax(-1)
+        tokens.append(nxt)
+        margins.append(top[:, 0] - top[:, 1])
+        if i + 1 == maxn:
+            break
+        out = model(input_ids=nxt[:, None], use_cache=True, **{arg: past})
+        past = getattr(out, arg)
+        logits = out.logits[:, -1].float()
+    toks = torch.stack(tokens, 1).cpu()
+    marg = torch.stack(margins, 1).cpu()
+    rows = [toks[r, : lengths[r]].tolist() for r in range(B)]
+    mins = [float(marg[r, : lengths[r]].min()) if lengths[r] else float("inf") for r in range(B)]
+    return rows, mins
+
+
+def decode_many(
+    lm: LoadedModel,
+    vectors: Sequence[torch.Tensor],
+    lengths: Sequence[int],
+    batch_size: int = 16,
+    progress=None,
+) -> tuple[list[list[int]], list[float]]:
+    """Decode many chunks, grouping those of similar length into batches."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    tokens: list[list[int]] = [[] for _ in lengths]
+    margins: list[float] = [float("inf")] * len(lengths)
+    for start in range(0, len(order), batch_size):
+        group = order[start : start + batch_size]
+        vec = torch.stack([vectors[i] for i in group])
+        rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group])
+        for i, r, m in zip(group, rows, mins):
+            tokens[i], margins[i] = r, m
+        if progress is not None:
+            progress({"event": "decode", "done": min(start + batch_size, len(order)), "total": len(order)})
+    return tokens, margins

