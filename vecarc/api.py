@@ -250,14 +250,16 @@ def pack(
     t0 = time.perf_counter()
     lm = _model(model, device)
     archive, decoded, retries, steps = pack_documents(docs, lm, settings, chunk_tokens, min_chunk_tokens, progress)
-    data = _checked_bytes(archive, lm, decoded)
+    data, written = _checked_bytes(archive, lm, decoded)
     write_atomic(output, data, force=force)
-    archive.size = len(data)
-    return PackResult(output, archive, len(data), time.perf_counter() - t0, retries, steps)
+    return PackResult(output, written, len(data), time.perf_counter() - t0, retries, steps)
 
 
-def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> bytes:
-    """Serialize, read back, and check that what will be written is what was verified."""
+def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> tuple[bytes, Archive]:
+    """Serialize, read back, and check that what will be written is what was verified.
+
+    Returns the file bytes and the archive as a reader will see it.
+    """
     data = serialize(archive)
     back = parse_archive(data)
     if (archive.vectors is None) != (back.vectors is None) or (
@@ -267,7 +269,7 @@ def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[in
     result = decode_archive(back, lm, known=decoded)
     if not result.ok:
         raise VerificationError("internal error: " + result.problems[0] + "; nothing written")
-    return data
+    return data, back
 
 
 # ---------------------------------------------------------------- decoding

@@ -170,7 +170,7 @@ def parse_archive(data: bytes, load_vectors: bool = True) -> Archive:
 
 def _read(f, size: int, load_vectors: bool) -> Archive:
     head = f.read(PREFIX.size)
-    if head[: len(MAGIC)] != MAGIC[: len(head)] or len(head) < len(MAGIC):
+    if not head or head[: len(MAGIC)] != MAGIC[: len(head)]:
         raise VecarcError("not a vecarc archive (bad magic number)")
     if len(head) < PREFIX.size:
         raise _bad("truncated before the end of the fixed header")

@@ -122,6 +122,12 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chun
     if as_json:
         click.echo(json.dumps({**s, "seconds": r.seconds, "retries": r.retries, "output": str(r.output)}, indent=2))
     elif not quiet:
+        if verbose:
+            t = Table("chunk", "document", "kind", "tokens", "steps", "margin")
+            for i, ch in enumerate(r.archive.chunks):
+                t.add_row(str(i), r.archive.documents[ch["doc"]]["name"], ch["kind"], str(ch.get("tokens", "")),
+                          str(ch.get("steps", "")), f"{ch['margin']:.3f}" if "margin" in ch else "")
+            err.print(t, highlight=False)
         c = s["chunks"]
         err.print(f"{r.output}: {_size(s['original_bytes'])} -> {_size(r.archive_bytes)} "
                   f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); {c['vector']} vector / "
@@ -187,6 +193,8 @@ def info(archive, as_json, verbose):
         return
     m, v, c = s["model"], s["vectors"], s["chunks"]
     t = Table(show_header=False, box=None)
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")
     t.add_row("archive", f"{archive}  {_size(s['archive_bytes'])}")
     t.add_row("original", f"{_size(s['original_bytes'])}  ratio {s['ratio']:.3f}" if s["ratio"] else "0 B")
     t.add_row("split", f"vectors {_size(s['vector_bytes'])} · literal {_size(s['literal_bytes'])} · "
@@ -202,6 +210,8 @@ def info(archive, as_json, verbose):
               + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else ""))
     out.print(t, highlight=False)
     d = Table("document", "bytes", "stored as", "chunks", "tokens", "sha256")
+    for col in d.columns:
+        col.overflow = "fold"
     for doc in s["documents"]:
         how = "literal zstd" if doc["encoding"] == "bytes" else (
             f"{doc['vector_chunks']} vector + {doc['literal_chunks']} literal")

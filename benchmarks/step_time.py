@@ -1,0 +1,46 @@
+"""Seconds per optimisation step for one chunk, at several chunk sizes.
+
+    python benchmarks/step_time.py [--sizes 32,64,128] [--steps 15] [--model M]
+
+Times the same cram() loop that pack runs (forward, backward, Adam update),
+with an unreachable margin so no chunk stops early; reports the median step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from vecarc.cram import CramSettings, chunk_key, cram
+from vecarc.models import load_model
+
+CORPUS = "../shared/corpora/python-tutorial.rst"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="32,64,128")
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+    lm = load_model(args.model)
+    text = open(CORPUS, encoding="utf-8").read()[20000:40000]
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    print(f"model {lm.name} · threads {torch.get_num_threads()} · torch {torch.__version__} · batch {args.batch}")
+    for n in map(int, args.sizes.split(",")):
+        chunks = [ids[i * n : (i + 1) * n] for i in range(args.batch)]
+        stamps: list[float] = []
+        s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch)
+        cram(lm, chunks, [chunk_key(i) for i in range(len(chunks))], s,
+             lambda e: stamps.append(time.perf_counter()))
+        per = [b - a for a, b in zip(stamps, stamps[1:])]
+        print(f"{n:5d} tokens: median {statistics.median(per):.3f} s/step (min {min(per):.3f}, max {max(per):.3f}, "
+              f"{len(per)} steps)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""CLI behaviour, exit codes, and archives that must be refused."""
+
+from __future__ import annotations
+
+import json
+import struct
+import hashlib
+
+import pytest
+from click.testing import CliRunner
+
+import vecarc
+from vecarc import VecarcError, read_archive
+from vecarc.archive import MAGIC, PREFIX, parse_archive, serialize
+from vecarc.cli import main
+from vecarc.plan import plan_chunks
+
+FAST = ["--margin", "0.05", "--max-steps", "150", "--batch-size", "64", "--chunk-tokens", "2"]
+TEXT = b"Hello there, general Kenobi.\n"
+
+
+def run(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return r.exit_code, r.output
+
+
+@pytest.fixture()
+def packed(tmp_path, tiny_dir):
+    src = tmp_path / "hello.txt"
+    src.write_bytes(TEXT)
+    code, out = run("pack", src, "--model", tiny_dir, *FAST, "-q")
+    assert code == 0, out
+    return tmp_path / "hello.txt.vec"
+
+
+def test_cli_pack_info_verify_unpack(tmp_path, tiny_dir, packed):
+    code, out = run("info", packed, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["model"]["fingerprint"].startswith("sha256:")
+    assert info["documents"][0]["name"] == "hello.txt"
+    assert info["original_bytes"] == len(TEXT)
+    assert info["archive_bytes"] == packed.stat().st_size
+    code, out = run("info", packed)
+    assert code == 0 and "fingerprint" in out and "hello.txt" in out
+    code, out = run("verify", packed, "--model", tiny_dir, "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    code, out = run("unpack", packed, "-o", tmp_path / "out", "--model", tiny_dir, "-q")
+    assert code == 0, out
+    assert (tmp_path / "out" / "hello.txt").read_bytes() == TEXT
+
+
+def test_refuses_to_overwrite_without_force(tmp_path, tiny_dir, packed):
+    before = packed.read_bytes()
+    code, out = run("pack", tmp_path / "hello.txt", "--model", tiny_dir, *FAST, "-q")
+    assert code == 2 and "exists (use -f" in out
+    assert packed.read_bytes() == before
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "hello.txt").write_bytes(b"mine")
+    code, out = run("unpack", packed, "-o", tmp_path / "out", "--model", tiny_dir)
+    assert code == 2 and "exists" in out
+    assert (tmp_path / "out" / "hello.txt").read_bytes() == b"mine"
+    code, _ = run("unpack", packed, "-o", tmp_path / "out", "--model", tiny_dir, "-f", "-q")
+    assert code == 0 and (tmp_path / "out" / "hello.txt").read_bytes() == TEXT
+
+
+def test_missing_input_is_a_usage_error(tmp_path, tiny_dir):
+    code, out = run("pack", tmp_path / "nope.txt", "--model", tiny_dir)
+    assert code == 2 and "no such file" in out
+    assert not (tmp_path / "nope.txt.vec").exists()
+    code, out = run("info", tmp_path / "nope.vec")
+    assert code == 2 and "no such file" in out
+
+
+def _error_line(path) -> str:
+    code, out = run("info", path)
+    assert code == 2
+    assert out.count("\n") == 1 and "Traceback" not in out
+    return out
+
+
+def test_truncated_archive(tmp_path, packed):
+    data = packed.read_bytes()
+    for cut in (3, 20, len(data) // 2, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.vec"
+        bad.write_bytes(data[:cut])
+        assert "truncated" in _error_line(bad)
+
+
+def test_flipped_byte(tmp_path, packed):
+    data = bytearray(packed.read_bytes())
+    for pos in (40, len(data) // 2, len(data) - 5):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x10
+        bad = tmp_path / "flip.vec"
+        bad.write_bytes(bytes(flipped))
+        assert "checksum mismatch" in _error_line(bad)
+
+
+def test_wrong_magic_and_version(tmp_path, packed):
+    data = packed.read_bytes()
+    bad = tmp_path / "magic.vec"
+    bad.write_bytes(b"")
+    assert "not a vecarc archive" in _error_line(bad)
+    bad.write_bytes(b"PK\x03\x04" + data[4:])
+    assert "not a vecarc archive" in _error_line(bad)
+    bad.write_bytes(data[:8] + struct.pack("<H", 9) + data[10:])
+    assert "unsupported archive version 9" in _error_line(bad)
+
+
+def _resealed(archive, mutate) -> bytes:
+    """A hostile archive with a valid checksum: only header validation can stop it."""
+    mutate(archive.header)
+    return serialize(archive)
+
+
+def test_hostile_headers_are_refused(tmp_path, packed):
+    cases = {
+        "unsafe document name": lambda h: h["documents"][0].update(name="../evil.txt"),
+        "vector index out of range": lambda h: next(c for c in h["chunks"] if c["kind"] == "vector").update(index=99),
+        "sink_token_id": lambda h: h["model"].update(sink_token_id=10**9),
+        "per_chunk out of range": lambda h: h["vectors"].update(per_chunk=1000),
+    }
+    for want, mutate in cases.items():
+        data = _resealed(read_archive(packed), mutate)
+        with pytest.raises(VecarcError, match=want):
+            parse_archive(data)
+
+
+def test_header_size_checked_before_allocation():
+    prefix = PREFIX.pack(MAGIC, 1, 0, 1 << 30, 1 << 30, 0, 0)
+    with pytest.raises(VecarcError, match="header size out of range"):
+        parse_archive(prefix + b"\0" * 32)
+    prefix = PREFIX.pack(MAGIC, 1, 0, 10, 10, 0, 1 << 60)
+    with pytest.raises(VecarcError, match="truncated"):
+        parse_archive(prefix + b"\0" * 42)
+
+
+def test_other_model_is_refused_naming_both(tmp_path, packed, other_tiny_dir):
+    code, out = run("verify", packed, "--model", other_tiny_dir)
+    assert code == 2
+    assert "model mismatch" in out and "sha256:" in out
+    code, out = run("unpack", packed, "-o", tmp_path / "o", "--model", other_tiny_dir)
+    assert code == 2 and not (tmp_path / "o" / "hello.txt").exists()
+
+
+def test_tampered_vectors_fail_verification(tmp_path, packed, tiny):
+    a = read_archive(packed)
+    a.vectors = a.vectors.flip(0) if a.vectors.shape[0] > 1 else -a.vectors
+    bad = tmp_path / "tampered.vec"
+    bad.write_bytes(serialize(a))
+    r = vecarc.verify(bad, model=tiny)
+    assert not r.ok and r.problems
+    with pytest.raises(vecarc.VerificationError, match="nothing written"):
+        vecarc.unpack(bad, tmp_path / "o2", model=tiny)
+    assert not (tmp_path / "o2" / "hello.txt").exists()
+
+
+def test_plan_chunks_balanced():
+    assert plan_chunks(0, 32) == []
+    assert plan_chunks(10, 32) == [(0, 10)]
+    spans = plan_chunks(65, 32)
+    assert [b - a for a, b in spans] == [22, 22, 21]
+    assert spans[0][0] == 0 and spans[-1][1] == 65

@@ -1,0 +1,39 @@
+"""The embedded default model (SmolLM2-135M, GGUF), end to end, on one short sentence.
+
+Slow (about a minute on 2 CPU cores, plus a one-time conversion), and run in CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import vecarc
+from vecarc.models import DEFAULT_NAME, DEFAULT_SOURCE
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "hello.txt"
+
+
+@pytest.mark.slow
+def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
+    lm = vecarc.load_model(None, device="cpu")
+    assert lm.name == DEFAULT_NAME and lm.hidden_size == 576
+    out = tmp_path / "hello.vec"
+    res = vecarc.pack([EXAMPLE], out, model=lm)
+    a = vecarc.read_archive(out)
+    assert a.header["model"]["source"] == DEFAULT_SOURCE
+    assert a.header["model"]["fingerprint"] == lm.fingerprint
+    assert [c["kind"] for c in a.chunks] == ["vector"], "the sentence must be held by a vector, not a literal"
+    assert a.chunks[0]["tokens"] >= 15
+    assert a.chunks[0]["margin"] >= a.header["cram"]["margin"]
+    assert res.archive_bytes == out.stat().st_size
+    written = vecarc.unpack(out, tmp_path / "out", model=lm)
+    assert written[0].read_bytes() == EXAMPLE.read_bytes()
+
+
+@pytest.mark.slow
+def test_cached_conversion_is_reused_and_fingerprint_is_stable():
+    a = vecarc.load_model(None, device="cpu")
+    b = vecarc.load_model(None, device="cpu")
+    assert a.fingerprint == b.fingerprint
