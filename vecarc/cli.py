@@ -10,6 +10,7 @@ import sys
 import traceback
 from contextlib import contextmanager
 from functools import wraps
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -217,6 +218,88 @@ def info(archive, as_json, verbose):
             f"{doc['vector_chunks']} vector + {doc['literal_chunks']} literal")
         d.add_row(doc["name"], f"{doc['size']:,}", how, str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16])
     out.print(d, highlight=False)
+
+
+def _num(x, fmt: str = "{:,.0f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
+@click.option("--zstd-levels", default="3,19", show_default=True, help="Comma-separated zstd levels (22 is always added).")
+@click.option("--vector-dtypes", default="fp16", show_default=True, help="Comma-separated: fp32,fp16,bf16.")
+@click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
+@click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
+@click.option("--chunk-tokens", default=None, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int)
+@model_opt
+@device_opt
+@quiet_opt
+@verbose_opt
+@handled
+def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps, chunk_tokens, seed, model, device,
+          quiet, verbose):
+    """Compare vecarc with zstd and xz on the same files: sizes, times, the model's own limit."""
+    from . import bench as B
+    from .models import load_model
+
+    try:
+        levels = [int(x) for x in zstd_levels.split(",") if x.strip()]
+    except ValueError:
+        raise VecarcError(f"--zstd-levels must be integers, got {zstd_levels!r}") from None
+    if any(not 1 <= lv <= 22 for lv in levels):
+        raise VecarcError("zstd levels run from 1 to 22")
+    dtypes = [x.strip() for x in vector_dtypes.split(",") if x.strip()]
+    for p in inputs:
+        if not Path(p).exists():
+            raise VecarcError(f"no such file: {p}")
+        if not Path(p).is_file():
+            raise VecarcError(f"not a regular file: {p}")
+    lm = load_model(model, device)
+    results = []
+    with progress_bar(quiet) as on:
+        for p in inputs:
+            results.append(B.bench_file(p, lm, zstd_levels=levels, vector_dtypes=dtypes,
+                                        settings=CramSettings(seed=seed), archive=archive,
+                                        single=len(inputs) == 1, reps=reps, progress=on,
+                                        chunk_tokens=chunk_tokens))
+    if json_out:
+        from .archive import write_atomic
+
+        write_atomic(Path(json_out), json.dumps(results, indent=2).encode(), force=True)
+    if plot_out:
+        B.plot(results, plot_out)
+    if quiet:
+        return
+    for res in results:
+        t = Table(title=f"{res['input']} · {res['bytes']:,} B · {_num(res['tokens'])} tokens", title_justify="left")
+        for col in ("method", "bytes", "ratio", "compress s", "decompress s"):
+            t.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
+        notes = []
+        for m in res["methods"]:
+            t.add_row(m["method"], f"{m['bytes']:,}", _num(m["ratio"], "{:.3f}"), _num(m["compress_s"], "{:.3g}"),
+                      _num(m["decompress_s"], "{:.3g}"))
+            if m["method"].startswith("vecarc"):
+                tpv = m["tokens_per_vector"] or {}
+                notes.append(
+                    f"{m['method']}: vectors {m['vector_bytes']:,} B + header {m['header_bytes']:,} B + literal "
+                    f"{m['literal_bytes']:,} B; {m['vectors']} vectors ({m['vectors_per_kb']:.1f} per KB), "
+                    f"tokens/vector {tpv.get('median', '—')}, steps/chunk {_num(m['steps_median'])}, "
+                    f"{_num(m['gain_bits_per_vector_median'])} of {m['bits_stored_per_vector']:,} stored bits "
+                    f"removed per vector (utilisation {_num(m['utilisation'], '{:.1%}')}), verify "
+                    f"{'ok' if m['verify_ok'] else 'FAILED'}" + ("; reused archive" if m["reused_archive"] else ""))
+            elif m["method"].startswith("model limit"):
+                notes.append(f"model limit: {m['ce_bits']:,.0f} bits of cross-entropy without vectors, "
+                             f"{m['bits_per_byte']:.2f} bits per byte")
+        out.print(t, highlight=False)
+        for n in notes:
+            out.print("  " + n, highlight=False, markup=False)
+    mach, mod = results[0]["machine"], results[0]["model"]
+    out.print(f"model {mod['name']} · {mod['fingerprint']} · device {mach['device']} · {mach['torch_threads']} "
+              f"threads · torch {mach['torch']} · transformers {mach['transformers']} · zstandard "
+              f"{mach['zstandard']} · vecarc {mach['vecarc']}", highlight=False, markup=False)
 
 
 if __name__ == "__main__":

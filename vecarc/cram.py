@@ -75,6 +75,33 @@ class _Slot:
         self.start = time.perf_counter()
 
 
+def chunk_forward(
+    lm: LoadedModel, prefix: torch.Tensor, text_embs: Sequence[torch.Tensor], tokens: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass over [sink, prefix, text] for a batch of chunks.
+
+    prefix: (B, k, d) float32 memory vectors (k may be 0). Chunks are right-padded,
+    which needs no attention mask in a causal model. Returns logits (B, n_max, V)
+    for the positions that predict the text, targets (-100 on padding) and
+    per-token cross-entropy in nats.
+    """
+    model = lm.model
+    emb = model.get_input_embeddings()
+    B, _, d = prefix.shape
+    dev = prefix.device
+    maxn = max(len(t) for t in tokens)
+    text = torch.zeros(B, maxn - 1, d, device=dev)
+    targets = torch.full((B, maxn), -100, dtype=torch.long, device=dev)
+    for r, (e, t) in enumerate(zip(text_embs, tokens)):
+        text[r, : len(t) - 1] = e
+        targets[r, : len(t)] = t
+    sink = emb.weight[lm.sink_id].detach().to(torch.float32)
+    x = torch.cat([sink.expand(B, 1, d), prefix, text], dim=1).to(emb.weight.dtype)
+    logits = model(inputs_embeds=x, logits_to_keep=maxn, use_cache=False).logits.float()
+    ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    return logits, targets, ce
+
+
 def cram(
     lm: LoadedModel,
     chunks: Sequence[Sequence[int]],
@@ -87,8 +114,6 @@ def cram(
     emb = model.get_input_embeddings()
     qdtype = VECTOR_DTYPES[s.vector_dtype]
     k, d = s.vectors, lm.hidden_size
-    wdtype = emb.weight.dtype
-    sink = emb.weight[lm.sink_id].detach().to(torch.float32)
     std = float(emb.weight.detach().float().std())
     pending = deque(range(len(chunks)))
     results: list[CramResult | None] = [None] * len(chunks)
@@ -103,20 +128,10 @@ def cram(
                 text_emb = emb(toks[:-1]).to(torch.float32)
             p = _init_vectors(keys[i], s.seed, k, d, std).to(dev)
             slots.append(_Slot(i, toks, text_emb, p))
-        B = len(slots)
-        maxn = max(len(sl.tokens) for sl in slots)
         params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
         # Straight-through rounding: the model sees exactly what will be stored.
         q = params + (params.to(qdtype).to(torch.float32) - params).detach()
-        text = torch.zeros(B, maxn - 1, d, device=dev)
-        targets = torch.full((B, maxn), -100, dtype=torch.long, device=dev)
-        for r, sl in enumerate(slots):
-            n = len(sl.tokens)
-            text[r, : n - 1] = sl.text_emb
-            targets[r, :n] = sl.tokens
-        x = torch.cat([sink.expand(B, 1, d), q, text], dim=1).to(wdtype)
-        logits = model(inputs_embeds=x, logits_to_keep=maxn, use_cache=False).logits.float()
-        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        logits, targets, ce = chunk_forward(lm, q, [sl.text_emb for sl in slots], [sl.tokens for sl in slots])
         valid = targets != -100
         lengths = valid.sum(1)
         row_loss = ce.sum(1) / lengths

@@ -113,6 +113,18 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _silence_gguf_progress() -> None:
+    # transformers' GGUF reader draws its own tqdm bar, outside its logging switches.
+    try:
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    except (ImportError, AttributeError):
+        pass
+
+
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF once into a safetensors folder in the cache.
 
@@ -128,10 +140,9 @@ def convert_gguf(gguf: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
     tmp.chmod(0o755)
-    old_tqdm = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader draws its own bar
     try:
         _quiet_transformers()
+        _silence_gguf_progress()
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # save_pretrained on the GGUF-loaded model fails; a plain model does not.
@@ -150,10 +161,6 @@ def convert_gguf(gguf: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_tqdm
     return final
 
 

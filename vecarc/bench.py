@@ -1,0 +1,249 @@
+"""Side-by-side measurement of vecarc against zstd and xz on the same bytes.
+
+Besides sizes and times it reports the model's own limit: the text's
+cross-entropy under the model without vectors, which is the size an ideal
+arithmetic coder driven by the same model would reach, and how many of the
+bits stored in each vector actually remove uncertainty (utilisation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import zstandard
+
+from . import api
+from .archive import Archive, read_archive
+from .cram import VECTOR_DTYPES, CramSettings
+from .entropy import bits, text_nll, token_nll
+from .errors import VecarcError
+from .models import LoadedModel
+
+Timer = Callable[[], object]
+
+
+def _median_time(fn: Timer, reps: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(reps):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def _row(method: str, original: int, size: int, comp: float, decomp: float, **extra) -> dict:
+    return {"method": method, "bytes": size, "ratio": original / size if size else None,
+            "compress_s": comp, "decompress_s": decomp, **extra}
+
+
+def classic_rows(data: bytes, zstd_levels: Sequence[int], reps: int = 5) -> list[dict]:
+    """zstd at each level (22 means --ultra -22) and xz -9, times as medians over reps."""
+    rows = []
+    for level in sorted(set(zstd_levels) | {22}):
+        cctx = zstandard.ZstdCompressor(level=level)
+        comp_t, frame = _median_time(lambda: cctx.compress(data), reps)
+        dctx = zstandard.ZstdDecompressor()
+        dec_t, back = _median_time(lambda: dctx.decompress(frame, max_output_size=len(data) or 1), reps)
+        assert back == data
+        name = f"zstd --ultra -{level}" if level > 19 else f"zstd -{level}"
+        rows.append(_row(name, len(data), len(frame), comp_t, dec_t, level=level))
+    comp_t, xz = _median_time(lambda: lzma.compress(data, preset=9), reps)
+    dec_t, back = _median_time(lambda: lzma.decompress(xz), reps)
+    assert back == data
+    rows.append(_row("xz -9", len(data), len(xz), comp_t, dec_t))
+    return rows
+
+
+def model_limit(lm: LoadedModel, data: bytes) -> dict | None:
+    """Bits an ideal coder driven by this model needs for `data` (None if not text)."""
+    ids = api.tokenize_exact(lm, data)
+    if ids is None:
+        return None
+    t = time.perf_counter()
+    nll = text_nll(lm, ids)
+    total = bits(sum(nll))
+    return {"tokens": len(ids), "ce_bits": total, "ideal_bytes": total / 8,
+            "bits_per_byte": total / len(data) if data else 0.0,
+            "ideal_ratio": len(data) / (total / 8) if total else None, "seconds": time.perf_counter() - t}
+
+
+def chunk_gains(lm: LoadedModel, archive: Archive, tokens: dict[int, list[int]]) -> list[dict]:
+    """Per vector chunk: tokens held, cross-entropy without and with its vectors, in bits."""
+    idx = [i for i, c in enumerate(archive.chunks) if c["kind"] == "vector"]
+    chunks = [tokens[i] for i in idx]
+    vecs = [archive.vectors[archive.chunks[i]["index"]] for i in idx]
+    without = token_nll(lm, chunks)
+    with_v = token_nll(lm, chunks, vecs)
+    return [{"chunk": i, "tokens": len(c), "steps": archive.chunks[i]["steps"],
+             "ce_without_bits": bits(sum(a)), "ce_with_bits": bits(sum(b)), "gain_bits": bits(sum(a) - sum(b))}
+            for i, c, a, b in zip(idx, chunks, without, with_v)]
+
+
+def _archive_path(archive: str | Path | None, name: str, dtype: str, single: bool) -> Path | None:
+    if archive is None:
+        return None
+    p = Path(archive)
+    if single and p.suffix == ".vec":
+        return p
+    p.mkdir(parents=True, exist_ok=True)
+    return p / f"{Path(name).name}.{dtype}.vec"
+
+
+def vecarc_row(
+    path: Path, data: bytes, lm: LoadedModel, settings: CramSettings, archive_path: Path | None = None,
+    progress=None, **pack_kw,
+) -> tuple[dict, Archive, dict[int, list[int]]]:
+    """Pack (or reuse a packed archive), time a decode, and take the archive apart."""
+    reused = archive_path is not None and archive_path.exists()
+    if reused:
+        archive = read_archive(archive_path)
+        doc = archive.documents[0] if len(archive.documents) == 1 else None
+        if doc is None or doc["sha256"] != hashlib.sha256(data).hexdigest():
+            raise VecarcError(f"{archive_path} does not hold exactly {path}; delete it or pick another --archive")
+        api.model_for(archive, lm)
+        pack_s, retries = None, None
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = archive_path or Path(tmp) / "bench.vec"
+            r = api.pack([path], out, model=lm, settings=settings, force=True, progress=progress, **pack_kw)
+            archive, pack_s, retries = r.archive, r.seconds, r.retries
+    t = time.perf_counter()
+    decoded = api.decode_archive(archive, lm, progress=progress)
+    unpack_s = time.perf_counter() - t
+    # The chunks cut the document's token stream in order, so a verified
+    # archive's chunk tokens are slices of the tokenized input.
+    tokens: dict[int, list[int]] = {}
+    ids = api.tokenize_exact(lm, data) if decoded.ok else None
+    pos = 0
+    for i, c in enumerate(archive.chunks):
+        if ids is not None and c["kind"] == "vector":
+            tokens[i] = ids[pos : pos + c["tokens"]]
+        pos += c.get("tokens", 0)
+    s = api.summary(archive)
+    vec_tokens = [c["tokens"] for c in archive.chunks if c["kind"] == "vector"]
+    steps = [c["steps"] for c in archive.chunks if c["kind"] == "vector"]
+    row = _row(
+        f"vecarc {archive.header['vectors']['dtype']}", len(data), archive.size, pack_s, unpack_s,
+        vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
+        vectors=archive.header["vectors"]["count"], per_chunk=archive.header["vectors"]["per_chunk"],
+        literal_chunks=s["chunks"]["tokens"] + s["chunks"]["bytes"],
+        tokens_per_vector=s["chunks"]["tokens_per_vector"],
+        vectors_per_kb=archive.header["vectors"]["count"] / (len(data) / 1024) if data else 0.0,
+        steps_median=statistics.median(steps) if steps else None, retries=retries,
+        verify_ok=decoded.ok, reused_archive=reused,
+    )
+    return row, archive, tokens
+
+
+def machine(lm: LoadedModel) -> dict:
+    import tokenizers
+    import transformers
+
+    from . import __version__
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "device": str(lm.device) + (f" ({torch.cuda.get_device_name()})" if lm.device.type == "cuda" else ""),
+        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "vecarc": __version__, "torch": torch.__version__,
+        "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+        "zstandard": zstandard.__version__,
+    }
+
+
+def bench_file(
+    path: str | Path,
+    lm: LoadedModel,
+    *,
+    zstd_levels: Sequence[int] = (3, 19),
+    vector_dtypes: Sequence[str] = ("fp16",),
+    settings: CramSettings | None = None,
+    archive: str | Path | None = None,
+    single: bool = True,
+    reps: int = 5,
+    progress=None,
+    **pack_kw,
+) -> dict:
+    """Every number `vecarc bench` reports for one input."""
+    path = Path(path)
+    if not path.is_file():
+        raise VecarcError(f"no such file: {path}" if not path.exists() else f"not a regular file: {path}")
+    data = path.read_bytes()
+    for dt in vector_dtypes:
+        if dt not in VECTOR_DTYPES:
+            raise VecarcError(f"unknown vector dtype {dt!r}: use one of {', '.join(VECTOR_DTYPES)}")
+    base = settings or CramSettings()
+    rows = classic_rows(data, zstd_levels, reps)
+    limit = model_limit(lm, data)
+    per_chunk: dict[str, list[dict]] = {}
+    for dt in vector_dtypes:
+        s = CramSettings(**{**base.__dict__, "vector_dtype": dt})
+        apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
+        row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
+        gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
+        stored = a.header["vectors"]["per_chunk"] * a.header["vectors"]["hidden_size"] * \
+            (32 if dt == "fp32" else 16)
+        g = [c["gain_bits"] for c in gains]
+        row["bits_stored_per_vector"] = stored
+        row["gain_bits_per_vector_median"] = statistics.median(g) if g else None
+        row["utilisation"] = (statistics.median(g) / stored) if g else None
+        row["bits_per_token"] = (row["bytes"] * 8 / limit["tokens"]) if limit and limit["tokens"] else None
+        rows.append(row)
+        per_chunk[dt] = gains
+    if limit:
+        rows.append(_row("model limit (ideal coder)", len(data), max(1, round(limit["ideal_bytes"])), None, None,
+                         ce_bits=limit["ce_bits"], bits_per_byte=limit["bits_per_byte"]))
+    return {"input": str(path), "bytes": len(data), "tokens": limit["tokens"] if limit else None,
+            "model": lm.describe(), "machine": machine(lm), "model_limit": limit, "methods": rows,
+            "chunks": per_chunk}
+
+
+def plot(results: list[dict], out: str | Path) -> None:
+    """Ratio per method and input, and tokens held against bits removed per chunk."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise VecarcError("--plot needs matplotlib: pip install 'vecarc[plot]'") from None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    methods = [r["method"] for r in results[0]["methods"]]
+    width = 0.8 / max(1, len(results))
+    for j, res in enumerate(results):
+        ratios = [m["ratio"] or 0 for m in res["methods"]]
+        ax1.bar([i + j * width for i in range(len(methods))], ratios, width, label=Path(res["input"]).name)
+    ax1.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(methods))])
+    ax1.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set_ylabel("compression ratio (original / stored)")
+    ax1.legend(fontsize=8)
+    for res in results:
+        for dt, gains in res["chunks"].items():
+            ax2.scatter([g["gain_bits"] for g in gains], [g["tokens"] for g in gains], s=12,
+                        label=f"{Path(res['input']).name} {dt}")
+    ax2.set_xlabel("cross-entropy removed by the vector (bits)")
+    ax2.set_ylabel("tokens held")
+    if any(res["chunks"] for res in results):
+        ax2.legend(fontsize=8)
+    m = results[0]["model"]
+    fig.suptitle(f"vecarc vs zstd/xz · {m['name']} · {m['fingerprint'][:19]}…", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

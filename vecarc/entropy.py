@@ -1,0 +1,54 @@
+"""How much a text surprises the model: the yardstick for vector capacity and for
+the ideal coder that vecarc is compared against.
+
+Cross-entropy here is teacher-forced, in nats, through the same forward pass that
+cramming optimises (`chunk_forward`), so "with vectors" and "without" differ only
+in the memory vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .cram import chunk_forward
+from .models import LoadedModel
+
+LN2 = math.log(2)
+
+
+@torch.no_grad()
+def token_nll(
+    lm: LoadedModel,
+    chunks: Sequence[Sequence[int]],
+    vectors: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 8,
+) -> list[list[float]]:
+    """Per-token nats of each chunk given [sink, its vectors (if any), preceding tokens]."""
+    emb = lm.model.get_input_embeddings()
+    out: list[list[float]] = [[] for _ in chunks]
+    order = [i for i in sorted(range(len(chunks)), key=lambda i: len(chunks[i])) if len(chunks[i])]
+    for start in range(0, len(order), batch_size):
+        group = order[start : start + batch_size]
+        toks = [torch.tensor(list(chunks[i]), dtype=torch.long, device=lm.device) for i in group]
+        if vectors is None:
+            prefix = torch.zeros(len(group), 0, lm.hidden_size, device=lm.device)
+        else:
+            prefix = torch.stack([vectors[i] for i in group]).to(lm.device, torch.float32)
+        _, targets, ce = chunk_forward(lm, prefix, [emb(t[:-1]).float() for t in toks], toks)
+        for r, i in enumerate(group):
+            out[i] = ce[r, : len(chunks[i])].tolist()
+    return out
+
+
+def text_nll(lm: LoadedModel, ids: Sequence[int], window: int = 1024) -> list[float]:
+    """Per-token nats of a whole text, read in windows of `window` tokens after the sink token."""
+    window = min(window, lm.max_positions - 1)
+    windows = [ids[i : i + window] for i in range(0, len(ids), window)]
+    return [x for row in token_nll(lm, windows, batch_size=2) for x in row]
+
+
+def bits(nats: float) -> float:
+    return nats / LN2
