@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from vecarc.cram import CramSettings, chunk_key, cram
+from vecarc.cram import CramSettings, Job, cram
 from vecarc.models import load_model
 
 CORPUS = "../shared/corpora/python-tutorial.rst"
@@ -35,8 +35,7 @@ def main() -> None:
         chunks = [ids[i * n : (i + 1) * n] for i in range(args.batch)]
         stamps: list[float] = []
         s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch)
-        cram(lm, chunks, [chunk_key(i) for i in range(len(chunks))], s,
-             lambda e: stamps.append(time.perf_counter()))
+        cram(lm, [Job(c, i) for i, c in enumerate(chunks)], s, lambda e: stamps.append(time.perf_counter()))
         per = [b - a for a, b in zip(stamps, stamps[1:])]
         print(f"{n:5d} tokens: median {statistics.median(per):.3f} s/step (min {min(per):.3f}, max {max(per):.3f}, "
               f"{len(per)} steps)")

@@ -30,8 +30,8 @@ from .archive import (
     token_hash,
     write_atomic,
 )
-from .cram import CramSettings, chunk_key, cram
-from .decode import decode_many
+from .cram import CramResult, CramSettings, Job, chunk_key, cram
+from .decode import decode_many, greedy_decode
 from .errors import VecarcError, VerificationError
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for, plan_chunks, split_span
@@ -148,7 +148,7 @@ def pack_documents(
     size = min(chunk_tokens or chunk_tokens_for(lm.name, s.vectors), limit)
     if size < 1:
         raise VecarcError("chunk size must be at least one token")
-    documents, doc_tokens, jobs = [], {}, []
+    documents, doc_tokens, spans = [], {}, []
     literal_docs: dict[int, bytes] = {}
     for d, (name, data) in enumerate(docs):
         check_name(name)
@@ -161,36 +161,37 @@ def pack_documents(
             literal_docs[d] = data
             continue
         doc_tokens[d] = ids
-        jobs += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
+        spans += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
 
     done: dict[tuple[int, int], dict] = {}
     vectors: dict[tuple[int, int], torch.Tensor] = {}
     token_blocks: dict[tuple[int, int], list[int]] = {}
-    retries, steps, round_no = 0, [], 0
-    while jobs:
-        round_no += 1
-        _emit(progress, event="round", round=round_no, chunks=len(jobs))
-        toks = [doc_tokens[d][a:b] for d, a, b in jobs]
-        results = cram(lm, toks, [chunk_key(d, a, b) for d, a, b in jobs], s, progress)
-        ok = [i for i, r in enumerate(results) if r.vectors is not None]
-        decoded, _ = decode_many(lm, [results[i].vectors for i in ok], [len(toks[i]) for i in ok], progress=progress)
-        passed = {i for i, got in zip(ok, decoded) if got == toks[i]}
-        nxt = []
-        for i, (d, a, b) in enumerate(jobs):
-            r = results[i]
-            if i in passed:
-                vectors[(d, a)] = r.vectors
-                steps.append(r.steps)
-                done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, "margin": round(r.margin, 4),
-                                "steps": r.steps, "hash": token_hash(toks[i])}
-                continue
-            retries += 1
-            if b - a >= 2 * min_chunk_tokens:
-                nxt += [(d, x, y) for x, y in split_span(a, b)]
-            else:
-                token_blocks[(d, a)] = toks[i]
-                done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks[i])}
-        jobs = nxt
+    steps: list[int] = []
+    retries = 0
+
+    def job(d: int, a: int, b: int) -> Job:
+        return Job(doc_tokens[d][a:b], chunk_key(d, a, b), (d, a, b))
+
+    def judge(j: Job, r: CramResult) -> list[Job]:
+        """Verify a finished chunk by greedy decoding; split or give up on failure."""
+        nonlocal retries
+        d, a, b = j.tag
+        toks = list(j.tokens)
+        if r.ok and greedy_decode(lm, r.vectors[None], [len(toks)])[0][0] == toks:
+            vectors[(d, a)] = r.vectors
+            steps.append(r.steps)
+            done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, "margin": round(r.margin, 4),
+                            "steps": r.steps, "hash": token_hash(toks)}
+            return []
+        retries += 1
+        if b - a >= 2 * min_chunk_tokens:
+            return [job(d, x, y) for x, y in split_span(a, b)]
+        token_blocks[(d, a)] = toks
+        done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks)}
+        return []
+
+    _emit(progress, event="plan", chunks=len(spans))
+    cram(lm, [job(*x) for x in spans], s, progress, on_result=judge)
 
     chunks, rows, literals, decoded_tokens = [], [], {}, {}
     for d in range(len(documents)):

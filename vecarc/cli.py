@@ -68,11 +68,10 @@ def progress_bar(quiet: bool):
 
         def on(e: dict) -> None:
             kind = e["event"]
-            if kind == "round":
-                name = "packing" if e["round"] == 1 else f"retry {e['round'] - 1}"
-                tasks["cram"] = bar.add_task(name, total=e["chunks"], info="")
-            elif kind == "step":
-                bar.update(tasks["cram"], completed=e["done"],
+            if kind == "plan":
+                tasks["cram"] = bar.add_task("packing", total=e["chunks"], info="")
+            elif kind == "step" and "cram" in tasks:
+                bar.update(tasks["cram"], completed=e["done"], total=e["total"],
                            info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · loss {e['loss']:.3f}")
             elif kind == "decode":
                 if "decode" not in tasks:

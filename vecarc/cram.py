@@ -15,7 +15,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ class CramSettings:
     batch_size: int = 8
     seed: int = 0
     vector_dtype: str = "fp16"  # what is stored, and what the model sees while training
+    init_scale: float = 1.0  # initial vector std, in units of the embedding matrix's std
 
     def record(self) -> dict:
         return {"optimizer": "adam", **asdict(self)}
@@ -45,7 +46,8 @@ class CramSettings:
 
 @dataclass
 class CramResult:
-    vectors: torch.Tensor | None  # (k, d) in the storage dtype, on the CPU; None if not converged
+    vectors: torch.Tensor  # (k, d) in the storage dtype, on the CPU: the last vectors evaluated
+    ok: bool  # reached the margin
     steps: int
     margin: float  # min logit margin over the chunk at the step it stopped
     accuracy: float
@@ -67,8 +69,8 @@ def chunk_key(*parts: int) -> int:
 
 
 class _Slot:
-    def __init__(self, idx: int, tokens: torch.Tensor, text_emb: torch.Tensor, p: torch.Tensor):
-        self.idx, self.tokens, self.text_emb = idx, tokens, text_emb
+    def __init__(self, job: "Job", tokens: torch.Tensor, text_emb: torch.Tensor, p: torch.Tensor):
+        self.job, self.tokens, self.text_emb = job, tokens, text_emb
         self.p, self.m, self.v = p, torch.zeros_like(p), torch.zeros_like(p)
         self.t = 0
         self.best, self.best_t = float("inf"), 0
@@ -102,32 +104,46 @@ def chunk_forward(
     return logits, targets, ce
 
 
+@dataclass
+class Job:
+    """One chunk to cram. `tag` is the caller's, returned untouched."""
+
+    tokens: Sequence[int]
+    key: int
+    tag: Any = None
+
+
 def cram(
     lm: LoadedModel,
-    chunks: Sequence[Sequence[int]],
-    keys: Sequence[int],
+    jobs: Sequence[Job],
     s: CramSettings,
     progress: Progress | None = None,
-) -> list[CramResult]:
-    """Find memory vectors for each chunk; results come back in input order."""
+    on_result: Callable[[Job, CramResult], Sequence[Job]] | None = None,
+) -> list[tuple[Job, CramResult]]:
+    """Find memory vectors for each job; returns (job, result) in completion order.
+
+    on_result sees each result as soon as its chunk leaves the batch and may
+    return follow-up jobs (pack returns the two halves of a chunk that failed),
+    which join the running batch at once instead of waiting for a new round.
+    """
     model, dev = lm.model, lm.device
     emb = model.get_input_embeddings()
     qdtype = VECTOR_DTYPES[s.vector_dtype]
     k, d = s.vectors, lm.hidden_size
-    std = float(emb.weight.detach().float().std())
-    pending = deque(range(len(chunks)))
-    results: list[CramResult | None] = [None] * len(chunks)
+    std = float(emb.weight.detach().float().std()) * s.init_scale
+    pending = deque(jobs)
+    total = len(pending)
+    results: list[tuple[Job, CramResult]] = []
     slots: list[_Slot] = []
-    done = 0
     step = 0
     while pending or slots:
         while pending and len(slots) < s.batch_size:
-            i = pending.popleft()
-            toks = torch.tensor(list(chunks[i]), dtype=torch.long, device=dev)
+            job = pending.popleft()
+            toks = torch.tensor(list(job.tokens), dtype=torch.long, device=dev)
             with torch.no_grad():
                 text_emb = emb(toks[:-1]).to(torch.float32)
-            p = _init_vectors(keys[i], s.seed, k, d, std).to(dev)
-            slots.append(_Slot(i, toks, text_emb, p))
+            p = _init_vectors(job.key, s.seed, k, d, std).to(dev)
+            slots.append(_Slot(job, toks, text_emb, p))
         params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
         # Straight-through rounding: the model sees exactly what will be stored.
         q = params + (params.to(qdtype).to(torch.float32) - params).detach()
@@ -154,15 +170,20 @@ def cram(
                 ok = row_margin[r] >= s.margin
                 stuck = sl.t - sl.best_t >= s.patience
                 if ok or stuck or sl.t >= s.max_steps:
-                    results[sl.idx] = CramResult(
-                        vectors=q[r].detach().to(qdtype).cpu() if ok else None,
+                    res = CramResult(
+                        vectors=q[r].detach().to(qdtype).cpu(),
+                        ok=ok,
                         steps=sl.t,
                         margin=row_margin[r],
                         accuracy=row_acc[r],
                         loss=row_loss_l[r],
                         seconds=time.perf_counter() - sl.start,
                     )
-                    done += 1
+                    results.append((sl.job, res))
+                    if on_result is not None:
+                        more = list(on_result(sl.job, res))
+                        pending.extendleft(reversed(more))
+                        total += len(more)
                     continue
                 g = grads[r]
                 sl.m.mul_(s.beta1).add_(g, alpha=1 - s.beta1)
@@ -177,11 +198,11 @@ def cram(
                 {
                     "event": "step",
                     "step": step,
-                    "done": done,
-                    "total": len(chunks),
+                    "done": len(results),
+                    "total": total,
                     "active": len(slots),
                     "accuracy": min(row_acc) if row_acc else 1.0,
                     "loss": max(row_loss_l) if row_loss_l else 0.0,
                 }
             )
-    return results  # type: ignore[return-value]
+    return results

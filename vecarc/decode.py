@@ -62,7 +62,7 @@ def decode_many(
     lm: LoadedModel,
     vectors: Sequence[torch.Tensor],
     lengths: Sequence[int],
-    batch_size: int = 16,
+    batch_size: int = 64,
     progress=None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode many chunks, grouping those of similar length into batches."""
