@@ -1,0 +1,38 @@
+"""Steps needed per chunk under different optimiser settings, on the same chunks.
+
+    python benchmarks/sweep.py jargon.txt lr=0.5,init_scale=20 lr=0.3,init_scale=1
+
+Takes 4 chunks of 32 tokens from the 1 KiB slice of a corpus file and crams them
+as one batch with each setting (max 400 steps; a failure shows as 400 / False).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from corpora import CORPORA, fixed_slice  # noqa: E402
+
+from vecarc.cram import CramSettings, Job, cram  # noqa: E402
+from vecarc.models import load_model  # noqa: E402
+
+
+def main() -> None:
+    lm = load_model(None, "cpu")
+    text = fixed_slice((CORPORA / sys.argv[1]).read_bytes(), 1024).decode()
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = 32
+    chunks = [ids[i * n : (i + 1) * n] for i in range(4)]
+    for cfg in sys.argv[2:]:
+        kw = {k: float(v) for k, v in (x.split("=") for x in cfg.split(","))}
+        s = CramSettings(batch_size=4, max_steps=400, patience=400, **kw)
+        t = time.time()
+        res = sorted(cram(lm, [Job(c, i, i) for i, c in enumerate(chunks)], s), key=lambda x: x[0].tag)
+        print(cfg, f"{time.time() - t:.0f} s", [r.steps for _, r in res], [r.ok for _, r in res], flush=True)
+
+
+if __name__ == "__main__":
+    main()
