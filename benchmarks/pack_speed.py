@@ -58,8 +58,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     lm = load_model(None, args.device)
-    print(f"| config | input | tokens | pack tok/s | unpack tok/s | steps/chunk (median) | retries | vectors | "
-          f"bytes | peak RSS MiB |")
+    print("| config | input | tokens | pack tok/s | unpack tok/s | steps/chunk (median) | retries | vectors | "
+          "bytes | peak RSS MiB |")
     print("|" + "---|" * 10)
     for name in args.configs.split(","):
         for f in args.files.split(","):

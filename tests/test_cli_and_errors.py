@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import hashlib
 
 import pytest
 from click.testing import CliRunner

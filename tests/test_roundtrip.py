@@ -66,7 +66,7 @@ def test_several_documents_and_non_utf8(tmp_path, tiny):
 def test_chunks_that_never_converge_become_literal(tmp_path, tiny):
     hopeless = CramSettings(margin=1e9, max_steps=2, batch_size=64)
     res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=hopeless,
-                             chunk_tokens=8, min_chunk_tokens=4)
+                             chunk_tokens=8, min_chunk_tokens=2)
     kinds = {c["kind"] for c in a.chunks}
     assert kinds == {"tokens"}
     assert res.retries > 0

@@ -37,7 +37,6 @@ from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for, plan_chunks, split_span
 
 Progress = Callable[[dict], None]
-ModelArg = "str | LoadedModel | None"
 
 
 @dataclass
@@ -183,8 +182,8 @@ def pack_documents(
             done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, "margin": round(r.margin, 4),
                             "steps": r.steps, "hash": token_hash(toks)}
             return []
-        retries += 1
         if b - a >= 2 * min_chunk_tokens:
+            retries += 1
             return [job(d, x, y) for x, y in split_span(a, b)]
         token_blocks[(d, a)] = toks
         done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks)}

@@ -129,7 +129,6 @@ def vecarc_row(
             tokens[i] = ids[pos : pos + c["tokens"]]
         pos += c.get("tokens", 0)
     s = api.summary(archive)
-    vec_tokens = [c["tokens"] for c in archive.chunks if c["kind"] == "vector"]
     steps = [c["steps"] for c in archive.chunks if c["kind"] == "vector"]
     row = _row(
         f"vecarc {archive.header['vectors']['dtype']}", len(data), archive.size, pack_s, unpack_s,

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from .models import LoadedModel
 
 VECTOR_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in VECTOR_DTYPES.items()}
 
 
 @dataclass
