@@ -161,3 +161,31 @@ def test_plan_chunks_balanced():
     spans = plan_chunks(65, 32)
     assert [b - a for a, b in spans] == [22, 22, 21]
     assert spans[0][0] == 0 and spans[-1][1] == 65
+
+
+def test_output_file_mode_follows_umask(packed):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert packed.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_sigint_during_pack_leaves_nothing(tmp_path, tiny_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "long.txt"
+    src.write_text("All work and no play makes Jack a dull boy. " * 400)
+    cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "--model", str(tiny_dir), "--margin", "1e9",
+           "--max-steps", "100000", "-q"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    time.sleep(10)  # past start-up, inside the optimisation loop
+    p.send_signal(signal.SIGINT)
+    rc = p.wait(timeout=60)
+    err = p.stderr.read()
+    assert rc == 130, err
+    assert "interrupted; nothing written" in err and "Traceback" not in err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["long.txt"]

@@ -119,6 +119,9 @@ def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
         raise VecarcError(f"folder {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 is not what a user expects of an output file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
