@@ -189,3 +189,17 @@ def test_sigint_during_pack_leaves_nothing(tmp_path, tiny_dir):
     assert rc == 130, err
     assert "interrupted; nothing written" in err and "Traceback" not in err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["long.txt"]
+
+
+def test_fingerprint_memo_follows_the_files(tmp_path, monkeypatch):
+    from conftest import build_tiny_model
+
+    from vecarc.models import load_model
+
+    monkeypatch.setenv("VECARC_CACHE", str(tmp_path / "cache"))
+    folder = build_tiny_model(tmp_path / "m")
+    first = load_model(str(folder), "cpu").fingerprint
+    assert list((tmp_path / "cache" / "fingerprints").iterdir())
+    assert load_model(str(folder), "cpu").fingerprint == first
+    build_tiny_model(folder, seed=5)  # other weights in the same folder
+    assert load_model(str(folder), "cpu").fingerprint != first

@@ -178,6 +178,38 @@ def fingerprint(model: Any, tokenizer: Any) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def _cached_fingerprint(folder: str | None, model: Any, tokenizer: Any) -> str:
+    """Fingerprint, remembered per local folder by its files' names, sizes and mtimes.
+
+    Hashing ~540 MB of weights costs over a second on every load. A stale entry
+    could only come from a file rewritten with the same size and mtime, and even
+    then unpack's per-document SHA-256 would catch any wrong output.
+    """
+    if folder is None:
+        return fingerprint(model, tokenizer)
+    root = Path(folder)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    stamp = hashlib.sha256(
+        "\n".join(f"{p.relative_to(root)}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files).encode()
+    ).hexdigest()
+    memo = cache_dir() / "fingerprints" / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}-{stamp[:32]}"
+    try:
+        value = memo.read_text().strip()
+        if value.startswith("sha256:") and len(value) == 71:
+            return value
+    except OSError:
+        pass
+    value = fingerprint(model, tokenizer)
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(value)
+        os.replace(tmp, memo)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return value
+
+
 def _sink_id(tokenizer: Any) -> int:
     vocab = tokenizer.get_vocab()
     for t in SINK_CANDIDATES:
@@ -248,7 +280,7 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
         tokenizer=tokenizer,
         name=name,
         source=source,
-        fingerprint=fingerprint(model, tokenizer),
+        fingerprint=_cached_fingerprint(folder if kind != "hub" else None, model, tokenizer),
         device=dev,
         sink_id=_sink_id(tokenizer),
     )
