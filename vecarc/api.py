@@ -54,6 +54,7 @@ class DecodeResult:
     documents: list[bytes | None]
     problems: list[str]
     min_margin: float
+    tokens: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> decoded token ids
 
     @property
     def ok(self) -> bool:
@@ -80,15 +81,21 @@ def document_name(path: str | Path) -> str:
     return Path(path).name
 
 
+def check_input(path: str | Path) -> Path:
+    """An input must be an existing regular file; say which it is not."""
+    p = Path(path)
+    if not p.exists():
+        raise VecarcError(f"no such file: {p}")
+    if not p.is_file():
+        raise VecarcError(f"not a regular file: {p}")
+    return p
+
+
 def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
     docs: list[tuple[str, bytes]] = []
     seen: set[str] = set()
     for path in paths:
-        p = Path(path)
-        if not p.exists():
-            raise VecarcError(f"no such file: {p}")
-        if not p.is_file():
-            raise VecarcError(f"not a regular file: {p}")
+        p = check_input(path)
         name = document_name(p)
         if name in seen:
             raise VecarcError(f"two inputs would be stored under the same name {name!r}")
@@ -320,7 +327,7 @@ def decode_archive(
             out.append(None)
         else:
             out.append(data)
-    return DecodeResult(out, problems, min_margin)
+    return DecodeResult(out, problems, min_margin, tokens)
 
 
 def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto") -> LoadedModel:

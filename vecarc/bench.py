@@ -22,7 +22,7 @@ import torch
 import zstandard
 
 from . import api
-from .archive import Archive, read_archive
+from .archive import STORAGE_DTYPES, Archive, read_archive
 from .cram import VECTOR_DTYPES, CramSettings
 from .entropy import bits, text_nll, token_nll
 from .errors import VecarcError
@@ -119,15 +119,6 @@ def vecarc_row(
     t = time.perf_counter()
     decoded = api.decode_archive(archive, lm, progress=progress)
     unpack_s = time.perf_counter() - t
-    # The chunks cut the document's token stream in order, so a verified
-    # archive's chunk tokens are slices of the tokenized input.
-    tokens: dict[int, list[int]] = {}
-    ids = api.tokenize_exact(lm, data) if decoded.ok else None
-    pos = 0
-    for i, c in enumerate(archive.chunks):
-        if ids is not None and c["kind"] == "vector":
-            tokens[i] = ids[pos : pos + c["tokens"]]
-        pos += c.get("tokens", 0)
     s = api.summary(archive)
     steps = [c["steps"] for c in archive.chunks if c["kind"] == "vector"]
     row = _row(
@@ -140,7 +131,7 @@ def vecarc_row(
         steps_median=statistics.median(steps) if steps else None, retries=retries,
         verify_ok=decoded.ok, reused_archive=reused,
     )
-    return row, archive, tokens
+    return row, archive, decoded.tokens
 
 
 def machine(lm: LoadedModel) -> dict:
@@ -166,6 +157,12 @@ def machine(lm: LoadedModel) -> dict:
     }
 
 
+def check_dtypes(dtypes: Sequence[str]) -> None:
+    for dt in dtypes:
+        if dt not in VECTOR_DTYPES:
+            raise VecarcError(f"unknown vector dtype {dt!r}: use one of {', '.join(VECTOR_DTYPES)}")
+
+
 def bench_file(
     path: str | Path,
     lm: LoadedModel,
@@ -180,13 +177,9 @@ def bench_file(
     **pack_kw,
 ) -> dict:
     """Every number `vecarc bench` reports for one input."""
-    path = Path(path)
-    if not path.is_file():
-        raise VecarcError(f"no such file: {path}" if not path.exists() else f"not a regular file: {path}")
+    path = api.check_input(path)
     data = path.read_bytes()
-    for dt in vector_dtypes:
-        if dt not in VECTOR_DTYPES:
-            raise VecarcError(f"unknown vector dtype {dt!r}: use one of {', '.join(VECTOR_DTYPES)}")
+    check_dtypes(vector_dtypes)
     base = settings or CramSettings()
     rows = classic_rows(data, zstd_levels, reps)
     limit = model_limit(lm, data)
@@ -196,8 +189,7 @@ def bench_file(
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
         row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
-        stored = a.header["vectors"]["per_chunk"] * a.header["vectors"]["hidden_size"] * \
-            (32 if dt == "fp32" else 16)
+        stored = a.header["vectors"]["per_chunk"] * a.header["vectors"]["hidden_size"] * STORAGE_DTYPES[dt][1] * 8
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

@@ -251,11 +251,9 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
     if any(not 1 <= lv <= 22 for lv in levels):
         raise VecarcError("zstd levels run from 1 to 22")
     dtypes = [x.strip() for x in vector_dtypes.split(",") if x.strip()]
+    B.check_dtypes(dtypes)
     for p in inputs:
-        if not Path(p).exists():
-            raise VecarcError(f"no such file: {p}")
-        if not Path(p).is_file():
-            raise VecarcError(f"not a regular file: {p}")
+        api.check_input(p)  # before the model loads: a typo should not cost seconds
     lm = load_model(model, device)
     results = []
     with progress_bar(quiet) as on:

@@ -188,10 +188,8 @@ def _cached_fingerprint(folder: str | None, model: Any, tokenizer: Any) -> str:
     if folder is None:
         return fingerprint(model, tokenizer)
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    stamp = hashlib.sha256(
-        "\n".join(f"{p.relative_to(root)}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files).encode()
-    ).hexdigest()
+    stats = [(p.relative_to(root), p.stat()) for p in sorted(root.rglob("*")) if p.is_file()]
+    stamp = hashlib.sha256("\n".join(f"{n}|{st.st_size}|{st.st_mtime_ns}" for n, st in stats).encode()).hexdigest()
     memo = cache_dir() / "fingerprints" / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}-{stamp[:32]}"
     try:
         value = memo.read_text().strip()
