@@ -27,9 +27,10 @@ from vecarc.api import _checked_bytes, decode_archive, pack_documents, parse_arc
 
 CONFIGS = {
     # The straightforward loop: one chunk at a time, the first recipe that worked here.
-    "baseline": CramSettings(batch_size=1, lr=0.3, init_scale=1.0),
-    "batched": CramSettings(batch_size=16, lr=0.3, init_scale=1.0),
+    "baseline": CramSettings(batch_size=1, lr=0.3, init_scale=1.0, search_dtype="fp32"),
+    "batched": CramSettings(batch_size=16, lr=0.3, init_scale=1.0, search_dtype="fp32"),
     "tuned": CramSettings(batch_size=16),  # the defaults: batched, lr 0.5, init_scale 20
+    "bf16-search": CramSettings(batch_size=16, search_dtype="bf16"),  # + bf16 search, float32 polish
 }
 
 

@@ -25,13 +25,13 @@ def main() -> None:
     text = fixed_slice((CORPORA / sys.argv[1]).read_bytes(), 1024).decode()
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     n = 32
-    chunks = [ids[i * n : (i + 1) * n] for i in range(4)]
+    chunks = [ids[i * n : (i + 1) * n] for i in range(6)]
     for cfg in sys.argv[2:]:
-        kw = {k: float(v) for k, v in (x.split("=") for x in cfg.split(","))}
-        s = CramSettings(batch_size=4, max_steps=400, patience=400, **kw)
+        kw = {k: (v if k.endswith("dtype") else float(v)) for k, v in (x.split("=") for x in cfg.split(","))}
+        s = CramSettings(batch_size=6, max_steps=400, patience=400, **kw)
         t = time.time()
         res = sorted(cram(lm, [Job(c, i, i) for i, c in enumerate(chunks)], s), key=lambda x: x[0].tag)
-        print(cfg, f"{time.time() - t:.0f} s", [r.steps for _, r in res], [r.ok for _, r in res], flush=True)
+        print(cfg, f"{time.time() - t:.0f} s", sum(r.steps for _, r in res), [r.steps for _, r in res], [r.search_steps for _, r in res], [r.ok for _, r in res], flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ TRAIN_TEXT = (
 ) * 20
 
 
-def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
+def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64, train_steps: int = 0) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -31,7 +31,19 @@ def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
         vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
     )
-    LlamaForCausalLM(cfg).save_pretrained(folder)
+    model = LlamaForCausalLM(cfg)
+    if train_steps:  # a model that knows TRAIN_TEXT, so cross-entropy differs between texts
+        ids = torch.tensor(fast(TRAIN_TEXT)["input_ids"])
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(train_steps):
+            starts = torch.randint(0, len(ids) - 65, (16,), generator=g)
+            batch = torch.stack([ids[s : s + 64] for s in starts])
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
 
@@ -44,6 +56,13 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def other_tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny2"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    from vecarc.models import load_model
+
+    return load_model(str(build_tiny_model(tmp_path_factory.mktemp("trained"), seed=2, train_steps=150)), device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,11 +31,13 @@ from .archive import (
     token_hash,
     write_atomic,
 )
+from .capacity import DEFAULT_FILL, budget_for, calibrate, load_entry, representation, save_entry
 from .cram import CramResult, CramSettings, Job, chunk_key, cram
 from .decode import decode_many, greedy_decode
 from .errors import VecarcError, VerificationError
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
-from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for, plan_chunks, split_span
+from .entropy import token_nll
+from .plan import MIN_CHUNK_TOKENS, Budget, chunk_tokens_for, plan_by_budget, plan_chunks, split_span
 
 Progress = Callable[[dict], None]
 
@@ -144,9 +147,12 @@ def pack_documents(
     chunk_tokens: int | None = None,
     min_chunk_tokens: int = MIN_CHUNK_TOKENS,
     progress: Progress | None = None,
+    budget: Budget | None = None,
 ) -> tuple[Archive, dict[int, list[int]], int, list[int]]:
     """Build a verified in-memory archive.
 
+    Chunks are cut by `budget` (the capacity plan) unless `chunk_tokens` is given
+    or there is no budget, in which case they are equal spans of chunk_tokens.
     Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
     """
     s = settings or CramSettings()
@@ -154,6 +160,8 @@ def pack_documents(
     size = min(chunk_tokens or chunk_tokens_for(lm.name, s.vectors), limit)
     if size < 1:
         raise VecarcError("chunk size must be at least one token")
+    if chunk_tokens is not None:
+        budget = None
     documents, doc_tokens, spans = [], {}, []
     literal_docs: dict[int, bytes] = {}
     for d, (name, data) in enumerate(docs):
@@ -167,7 +175,16 @@ def pack_documents(
             literal_docs[d] = data
             continue
         doc_tokens[d] = ids
-        spans += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
+        if budget is None:
+            spans += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
+    nats: dict[int, list[float]] = {}  # per-token nats as planned, each chunk read from its own start
+    if budget is not None:
+        order = sorted(doc_tokens)
+        _emit(progress, event="measure", documents=len(order))
+        cuts, measured = plan_by_budget([doc_tokens[d] for d in order], budget, lambda w: token_nll(lm, w))
+        for d, doc_spans, doc_nats in zip(order, cuts, measured):
+            spans += [(d, a, b) for a, b in doc_spans]
+            nats[d] = doc_nats
 
     done: dict[tuple[int, int], dict] = {}
     vectors: dict[tuple[int, int], torch.Tensor] = {}
@@ -187,7 +204,9 @@ def pack_documents(
             vectors[(d, a)] = r.vectors
             steps.append(r.steps)
             done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, "margin": round(r.margin, 4),
-                            "steps": r.steps, "hash": token_hash(toks)}
+                            "steps": r.steps, "search_steps": r.search_steps, "hash": token_hash(toks)}
+            if d in nats:
+                done[(d, a)]["planned_nats"] = round(sum(nats[d][a:b]), 2)
             return []
         if b - a >= 2 * min_chunk_tokens:
             retries += 1
@@ -221,6 +240,9 @@ def pack_documents(
         "model": lm.describe(),
         "vectors": {"per_chunk": s.vectors, "dtype": s.vector_dtype, "hidden_size": d_model, "count": len(rows)},
         "cram": {**s.record(), "chunk_tokens": size, "min_chunk_tokens": min_chunk_tokens},
+        "plan": ({"method": "capacity", "budget_nats": round(budget.nats, 3), "fill": budget.fill,
+                  "max_tokens": budget.max_tokens} if budget else {"method": "fixed", "chunk_tokens": size})
+        | {"chunks_planned": len(spans), "retries": retries},
         "decode": {"method": "greedy-kv", "dtype": lm.describe()["dtype"]},
         "documents": documents,
         "chunks": chunks,
@@ -240,8 +262,14 @@ def pack(
     min_chunk_tokens: int = MIN_CHUNK_TOKENS,
     force: bool = False,
     progress: Progress | None = None,
+    fill: float = DEFAULT_FILL,
+    warn: Callable[[str], None] | None = None,
 ) -> PackResult:
-    """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec."""
+    """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
+
+    Chunks follow the model's measured capacity (its stored profile; calibrated
+    first, and stored, when there is none) unless chunk_tokens fixes their size.
+    """
     if not inputs:
         raise VecarcError("nothing to pack")
     if output is None:
@@ -256,10 +284,32 @@ def pack(
     docs = read_inputs(inputs)
     t0 = time.perf_counter()
     lm = _model(model, device)
-    archive, decoded, retries, steps = pack_documents(docs, lm, settings, chunk_tokens, min_chunk_tokens, progress)
+    s = settings or CramSettings()
+    budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
+    archive, decoded, retries, steps = pack_documents(docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget)
     data, written = _checked_bytes(archive, lm, decoded)
     write_atomic(output, data, force=force)
     return PackResult(output, written, len(data), time.perf_counter() - t0, retries, steps)
+
+
+def capacity_budget(
+    lm: LoadedModel,
+    s: CramSettings,
+    fill: float = DEFAULT_FILL,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Budget:
+    """The planning budget from this model's profile; calibrates (and stores) when there is none."""
+    rep = representation(s)
+    found = load_entry(lm, rep, warn)
+    if found is None:
+        if warn:
+            warn(f"no capacity profile for {lm.name} ({rep}); calibrating first (vecarc calibrate)")
+        entry = calibrate(lm, s, progress=progress)
+        save_entry(lm, entry)
+    else:
+        entry = found[0]
+    return budget_for(lm, entry, s, fill)
 
 
 def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> tuple[bytes, Archive]:
@@ -415,6 +465,7 @@ def summary(archive: Archive) -> dict:
     kinds = {k: sum(1 for c in chunks if c["kind"] == k) for k in ("vector", "tokens", "bytes")}
     vec_tokens = [c["tokens"] for c in chunks if c["kind"] == "vector"]
     margins = [c["margin"] for c in chunks if c["kind"] == "vector"]
+    planned = [c["planned_nats"] for c in chunks if c["kind"] == "vector" and "planned_nats" in c]
     v = h["vectors"]
     vec_bytes = v["section"][1]
     lit_bytes = sum(c["length"] for c in chunks if c["kind"] != "vector")
@@ -439,8 +490,14 @@ def summary(archive: Archive) -> dict:
         "decode": h.get("decode"),
         "software": h.get("software"),
         "chunks": {"total": len(chunks), **kinds,
-                   "tokens_per_vector": {"min": min(vec_tokens), "median": sorted(vec_tokens)[len(vec_tokens) // 2],
-                                         "max": max(vec_tokens)} if vec_tokens else None,
+                   "tokens_per_vector": _spread(vec_tokens) if vec_tokens else None,
+                   "planned_nats_per_vector": _spread(planned) if planned else None,
+                   "literal_blocks": kinds["tokens"] + kinds["bytes"],
                    "min_margin": min(margins) if margins else None},
+        "plan": h.get("plan"),
         "documents": docs,
     }
+
+
+def _spread(xs: Sequence[float]) -> dict:
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}

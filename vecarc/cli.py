@@ -19,7 +19,9 @@ from rich.table import Table
 
 from . import api
 from .archive import read_archive
-from .cram import VECTOR_DTYPES, CramSettings
+from . import capacity
+from .capacity import DEFAULT_FILL
+from .cram import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
 from .errors import VecarcError
 
 err = Console(stderr=True)
@@ -69,10 +71,17 @@ def progress_bar(quiet: bool):
         def on(e: dict) -> None:
             kind = e["event"]
             if kind == "plan":
+                if "cal" in tasks:
+                    bar.remove_task(tasks.pop("cal"))
                 tasks["cram"] = bar.add_task("packing", total=e["chunks"], info="")
             elif kind == "step" and "cram" in tasks:
                 bar.update(tasks["cram"], completed=e["done"], total=e["total"],
                            info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · loss {e['loss']:.3f}")
+            elif kind == "calibrate":
+                if "cal" not in tasks:
+                    tasks["cal"] = bar.add_task("calibrating", total=None, info="")
+                bar.console.print(_try_line(e), markup=False, highlight=False)
+                bar.update(tasks["cal"], info=f"sample {e['sample']} · {e['tokens']} tokens")
             elif kind == "decode":
                 if "decode" not in tasks:
                     tasks["decode"] = bar.add_task("decoding", total=e["total"], info="")
@@ -81,6 +90,14 @@ def progress_bar(quiet: bool):
                     tasks.pop("decode")
 
         yield on
+
+
+def _warner(quiet: bool):
+    def warn(msg: str) -> None:
+        if not quiet:
+            err.print(f"vecarc: {msg}", markup=False, highlight=False, soft_wrap=True)
+
+    return warn
 
 
 def _size(n: int) -> str:
@@ -102,22 +119,31 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
 @click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
-@click.option("--chunk-tokens", default=None, type=click.IntRange(1), help="Tokens per chunk (default: per-model table).")
+@click.option("--chunk-tokens", default=None, type=click.IntRange(1),
+              help="Equal chunks of N tokens instead of the capacity plan.")
+@click.option("--fill", default=DEFAULT_FILL, show_default=True, type=click.FloatRange(0, 4, min_open=True),
+              help="Plan chunks to this fraction of the calibrated budget.")
 @click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
 @click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True, type=click.Choice(list(SEARCH_DTYPES)),
+              help="Model copy the search runs on; the float32 model always confirms the margin.")
 @click.option("--json", "as_json", is_flag=True, help="Print the archive summary as JSON.")
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, margin, max_steps,
-         batch_size, as_json, quiet, verbose):
-    """Pack text files into one .vec archive."""
+def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, fill, margin, max_steps,
+         batch_size, search_dtype, as_json, quiet, verbose):
+    """Pack text files into one .vec archive.
+
+    Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
+    without a stored profile is calibrated first.
+    """
     settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
-                            batch_size=batch_size, seed=seed)
+                            batch_size=batch_size, seed=seed, search_dtype=search_dtype)
     with progress_bar(quiet) as on:
         r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
-                     chunk_tokens=chunk_tokens, force=force, progress=on)
+                     chunk_tokens=chunk_tokens, force=force, progress=on, fill=fill, warn=_warner(quiet))
     s = api.summary(r.archive)
     if as_json:
         click.echo(json.dumps({**s, "seconds": r.seconds, "retries": r.retries, "output": str(r.output)}, indent=2))
@@ -204,7 +230,16 @@ def info(archive, as_json, verbose):
     t.add_row("fingerprint", m["fingerprint"])
     t.add_row("dims", f"hidden {m['hidden_size']} · vocab {m['vocab_size']} · layers {m['num_layers']} · {m['dtype']}")
     t.add_row("vectors", f"{v['count']} × {v['per_chunk']} × {v['hidden_size']} {v['dtype']}")
-    tpv = c["tokens_per_vector"]
+    tpv, plan = c["tokens_per_vector"], s.get("plan") or {}
+    if plan.get("method") == "capacity":
+        pn = c["planned_nats_per_vector"] or {}
+        t.add_row("plan", f"capacity: budget {plan['budget_nats']:.1f} nats × fill {plan['fill']} · planned nats/vector "
+                          f"min {_num(pn.get('min'), '{:.1f}')} median {_num(pn.get('median'), '{:.1f}')} "
+                          f"max {_num(pn.get('max'), '{:.1f}')} · {plan['chunks_planned']} planned, "
+                          f"{plan['retries']} retries")
+    elif plan:
+        t.add_row("plan", f"fixed: {plan['chunk_tokens']} tokens · {plan['chunks_planned']} planned, "
+                          f"{plan['retries']} retries")
     t.add_row("chunks", f"{c['total']}: {c['vector']} vector, {c['tokens']} literal-token, {c['bytes']} literal-bytes"
               + (f" · tokens/vector min {tpv['min']} median {tpv['median']} max {tpv['max']}" if tpv else "")
               + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else ""))
@@ -297,6 +332,99 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
     out.print(f"model {mod['name']} · {mod['fingerprint']} · device {mach['device']} · {mach['torch_threads']} "
               f"threads · torch {mach['torch']} · transformers {mach['transformers']} · zstandard "
               f"{mach['zstandard']} · vecarc {mach['vecarc']}", highlight=False, markup=False)
+
+
+def _try_line(e: dict) -> str:
+    return (f"  sample {e['sample']:>2}  {e['tokens']:>4} tokens  {e['steps']:>4} steps  "
+            f"margin {e['margin']:>6.2f}  {'pass' if e['ok'] else 'fail'}")
+
+
+@main.command()
+@model_opt
+@device_opt
+@click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
+@click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
+@click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
+@click.option("--samples", default=capacity.DEFAULT_SAMPLES, show_default=True, type=click.IntRange(1, 256))
+@click.option("--text", "texts", multiple=True, type=click.Path(dir_okay=False),
+              help="Calibration text (repeatable; default: built-in English passages).")
+@click.option("--percentile", default=capacity.DEFAULT_PERCENTILE, show_default=True,
+              type=click.FloatRange(0, 100), help="Budget = this percentile of the samples' information gain.")
+@click.option("--first-tokens", default=32, show_default=True, type=click.IntRange(2),
+              help="First length tried; the search doubles, then bisects.")
+@click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
+@click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True, type=click.Choice(list(SEARCH_DTYPES)))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the profile entry as JSON.")
+@quiet_opt
+@verbose_opt
+@handled
+def calibrate(model, device, vectors, vector_dtype, margin, samples, texts, percentile, first_tokens, max_steps,
+              batch_size, search_dtype, seed, as_json, quiet, verbose):
+    """Measure how much information one set of memory vectors holds; store it as a profile."""
+    from .models import load_model
+
+    loaded = []
+    for p in texts:
+        api.check_input(p)
+        raw = Path(p).read_bytes()
+        try:
+            loaded.append((Path(p).name, raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise VecarcError(f"{p}: calibration text must be UTF-8") from None
+    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
+                            batch_size=batch_size, seed=seed, search_dtype=search_dtype)
+    lm = load_model(model, device)
+    show = not (quiet or as_json)
+    if show:
+        err.print(f"calibrating {lm.name} · {capacity.representation(settings)} · {samples} samples",
+                  markup=False, highlight=False)
+
+    def on(e: dict) -> None:
+        if show and e["event"] == "calibrate":
+            err.print(_try_line(e), markup=False, highlight=False)
+
+    entry = capacity.calibrate(lm, settings, texts=loaded or None, samples=samples, first_tokens=first_tokens,
+                               percentile=percentile, progress=on)
+    path = capacity.save_entry(lm, entry)
+    if as_json:
+        click.echo(json.dumps({"profile": str(path), "model": lm.name, "fingerprint": lm.fingerprint, **entry},
+                              indent=2))
+        return
+    if quiet:
+        return
+    t = Table("sample", "source", "tokens held", "nats without", "nats with", "gain", "steps",
+              title="capacity per sample", title_justify="left")
+    for i, x in enumerate(entry["samples"]):
+        t.add_row(str(i), x["source"], str(x["tokens"]), f"{x['nats_without']:.1f}", f"{x['nats_with']:.1f}",
+                  f"{x['gain']:.1f}", str(x["steps"]))
+    out.print(t, highlight=False)
+    tk, g = entry["tokens"], entry["gain_nats"]
+    out.print(f"budget {entry['budget_nats']:.1f} nats (p{entry['percentile']:g} of gains; min {g['min']:.1f}, "
+              f"median {g['median']:.1f}, max {g['max']:.1f}) · tokens held min {tk['min']} median {tk['median']} "
+              f"max {tk['max']} · {entry['seconds']:.0f} s · saved {path}", highlight=False, markup=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@verbose_opt
+@handled
+def models(as_json, verbose):
+    """Models with stored capacity profiles."""
+    rows = capacity.list_profiles(warn=_warner(as_json))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        err.print("no capacity profiles yet (run vecarc calibrate)", highlight=False)
+        return
+    t = Table("model", "fingerprint", "representation", "budget nats", "tokens held (min/median/max)", "where")
+    for r in rows:
+        tk = r["tokens"]
+        t.add_row(r["model"], r["fingerprint"][:16], r["representation"], f"{r['budget_nats']:.1f}",
+                  f"{tk['min']}/{tk['median']}/{tk['max']}", r["where"])
+    out.print(t, highlight=False)
 
 
 if __name__ == "__main__":

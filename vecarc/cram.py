@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from .models import LoadedModel
 
 VECTOR_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -38,6 +39,10 @@ class CramSettings:
     seed: int = 0
     vector_dtype: str = "fp16"  # what is stored, and what the model sees while training
     init_scale: float = 20.0  # initial std in units of the embedding std: solved vectors end up about this large
+    # Model copy for the search; the float32 model confirms the margin (polish). bf16 steps cost
+    # ~half on AMX CPUs but needed ~1.45x more steps and failed more chunks (docs/benchmarks.md): off.
+    search_dtype: str = "fp32"
+    search_extra: float = 0.0  # margin above `margin` the search must reach before the float32 polish
 
     def record(self) -> dict:
         return {"optimizer": "adam", **asdict(self)}
@@ -52,6 +57,7 @@ class CramResult:
     accuracy: float
     loss: float
     seconds: float
+    search_steps: int = 0  # of `steps`, how many ran on the search model
 
 
 Progress = Callable[[dict], None]
@@ -68,8 +74,10 @@ def chunk_key(*parts: int) -> int:
 
 
 class _Slot:
-    def __init__(self, job: "Job", tokens: torch.Tensor, text_emb: torch.Tensor, p: torch.Tensor):
+    def __init__(self, job: "Job", tokens: torch.Tensor, text_emb: torch.Tensor, p: torch.Tensor, polish: bool):
         self.job, self.tokens, self.text_emb = job, tokens, text_emb
+        self.polish = polish  # optimising on the float32 model
+        self.search_steps: int | None = None
         self.p, self.m, self.v = p, torch.zeros_like(p), torch.zeros_like(p)
         self.t = 0
         self.best, self.best_t = float("inf"), 0
@@ -77,18 +85,22 @@ class _Slot:
 
 
 def chunk_forward(
-    lm: LoadedModel, prefix: torch.Tensor, text_embs: Sequence[torch.Tensor], tokens: Sequence[torch.Tensor]
+    lm: LoadedModel,
+    prefix: torch.Tensor,
+    text_embs: Sequence[torch.Tensor],
+    tokens: Sequence[torch.Tensor],
+    model: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher-forced pass over [sink, prefix, text] for a batch of chunks.
 
     prefix: (B, k, d) float32 memory vectors (k may be 0). Chunks are right-padded,
     which needs no attention mask in a causal model. Returns logits (B, n_max, V)
     for the positions that predict the text, targets (-100 on padding) and
-    per-token cross-entropy in nats.
+    per-token cross-entropy in nats. `model` defaults to lm.model (float32).
     """
-    model = lm.model
-    emb = model.get_input_embeddings()
-    B, _, d = prefix.shape
+    model = lm.model if model is None else model
+    emb = lm.model.get_input_embeddings()
+    B, k, d = prefix.shape
     dev = prefix.device
     maxn = max(len(t) for t in tokens)
     text = torch.zeros(B, maxn - 1, d, device=dev)
@@ -97,10 +109,35 @@ def chunk_forward(
         text[r, : len(t) - 1] = e
         targets[r, : len(t)] = t
     sink = emb.weight[lm.sink_id].detach().to(torch.float32)
-    x = torch.cat([sink.expand(B, 1, d), prefix, text], dim=1).to(emb.weight.dtype)
-    logits = model(inputs_embeds=x, logits_to_keep=maxn, use_cache=False).logits.float()
+    x = torch.cat([sink.expand(B, 1, d), prefix, text], dim=1).to(model.dtype)
+    # Logits for every position, then slice: keeping only the last n made the head
+    # a broadcast bmm that copied the whole output matrix per row in bf16.
+    logits = model(inputs_embeds=x, use_cache=False).logits[:, k:].float()
     ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
     return logits, targets, ce
+
+
+def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], qdtype: torch.dtype) -> list[tuple]:
+    """One forward/backward for some rows: (vectors seen, min margin, accuracy, loss, grad) per row."""
+    params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
+    # Straight-through rounding: the model sees exactly what will be stored.
+    q = params + (params.to(qdtype).to(torch.float32) - params).detach()
+    logits, targets, ce = chunk_forward(lm, q, [sl.text_emb for sl in slots], [sl.tokens for sl in slots], model)
+    valid = targets != -100
+    lengths = valid.sum(1)
+    row_loss = ce.sum(1) / lengths
+    row_loss.sum().backward()
+    with torch.no_grad():
+        tgt = targets.clamp(min=0)
+        correct = logits.gather(2, tgt[..., None]).squeeze(2)
+        other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
+        margin = (correct - other).masked_fill(~valid, float("inf"))
+        row_margin = margin.amin(1).tolist()
+        row_acc = (((margin > 0) & valid).sum(1) / lengths).tolist()
+        row_loss_l = row_loss.tolist()
+    grads = params.grad
+    qd = q.detach()
+    return [(qd[r], row_margin[r], row_acc[r], row_loss_l[r], grads[r]) for r in range(len(slots))]
 
 
 @dataclass
@@ -125,9 +162,10 @@ def cram(
     return follow-up jobs (pack returns the two halves of a chunk that failed),
     which join the running batch at once instead of waiting for a new round.
     """
-    model, dev = lm.model, lm.device
-    emb = model.get_input_embeddings()
+    dev = lm.device
+    emb = lm.model.get_input_embeddings()
     qdtype = VECTOR_DTYPES[s.vector_dtype]
+    search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     k, d = s.vectors, lm.hidden_size
     std = float(emb.weight.detach().float().std()) * s.init_scale
     pending = deque(jobs)
@@ -142,41 +180,40 @@ def cram(
             with torch.no_grad():
                 text_emb = emb(toks[:-1]).to(torch.float32)
             p = _init_vectors(job.key, s.seed, k, d, std).to(dev)
-            slots.append(_Slot(job, toks, text_emb, p))
-        params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
-        # Straight-through rounding: the model sees exactly what will be stored.
-        q = params + (params.to(qdtype).to(torch.float32) - params).detach()
-        logits, targets, ce = chunk_forward(lm, q, [sl.text_emb for sl in slots], [sl.tokens for sl in slots])
-        valid = targets != -100
-        lengths = valid.sum(1)
-        row_loss = ce.sum(1) / lengths
-        row_loss.sum().backward()
+            slots.append(_Slot(job, toks, text_emb, p, polish=search is lm.model))
+        # Rows still searching run on the cheap model; rows polishing run on the float32
+        # model, whose margin is the one that counts.
+        stats: dict[int, tuple] = {}
+        for polish in (False, True):
+            group = [r for r, sl in enumerate(slots) if sl.polish == polish]
+            if group:
+                stats.update(zip(group, _group_step(lm, search if not polish else lm.model,
+                                                    [slots[r] for r in group], qdtype)))
+        row_acc = [stats[r][2] for r in range(len(slots))]
+        row_loss_l = [stats[r][3] for r in range(len(slots))]
+        step += 1
+        keep: list[_Slot] = []
         with torch.no_grad():
-            tgt = targets.clamp(min=0)
-            correct = logits.gather(2, tgt[..., None]).squeeze(2)
-            other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
-            margin = (correct - other).masked_fill(~valid, float("inf"))
-            row_margin = margin.amin(1).tolist()
-            row_acc = (((margin > 0) & valid).sum(1) / lengths).tolist()
-            row_loss_l = row_loss.tolist()
-            grads = params.grad
-            step += 1
-            keep: list[_Slot] = []
             for r, sl in enumerate(slots):
+                q, margin, acc, loss, g = stats[r]
                 sl.t += 1
-                if row_loss_l[r] < sl.best:
-                    sl.best, sl.best_t = row_loss_l[r], sl.t
-                ok = row_margin[r] >= s.margin
+                if loss < sl.best:
+                    sl.best, sl.best_t = loss, sl.t
+                # Only a float32 margin counts; a search row that reaches it switches to float32.
+                ok = sl.polish and margin >= s.margin
+                if not sl.polish and margin >= s.margin + s.search_extra:
+                    sl.polish, sl.search_steps = True, sl.t
                 stuck = sl.t - sl.best_t >= s.patience
                 if ok or stuck or sl.t >= s.max_steps:
                     res = CramResult(
-                        vectors=q[r].detach().to(qdtype).cpu(),
+                        vectors=q.to(qdtype).cpu(),
                         ok=ok,
                         steps=sl.t,
-                        margin=row_margin[r],
-                        accuracy=row_acc[r],
-                        loss=row_loss_l[r],
+                        margin=margin,
+                        accuracy=acc,
+                        loss=loss,
                         seconds=time.perf_counter() - sl.start,
+                        search_steps=sl.search_steps if sl.search_steps is not None else sl.t,
                     )
                     results.append((sl.job, res))
                     if on_result is not None:
@@ -184,7 +221,6 @@ def cram(
                         pending.extendleft(reversed(more))
                         total += len(more)
                     continue
-                g = grads[r]
                 sl.m.mul_(s.beta1).add_(g, alpha=1 - s.beta1)
                 sl.v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)
                 mhat = sl.m / (1 - s.beta1**sl.t)

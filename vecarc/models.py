@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,25 @@ class LoadedModel:
     fingerprint: str
     device: torch.device
     sink_id: int
+    _search: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def search_model(self, dtype: torch.dtype) -> Any:
+        """A copy of the model in `dtype` for the cheap search phase of cramming.
+
+        Only the search runs on it; margins are confirmed and chunks decoded on
+        the float32 model, so it never decides what is stored. Eager attention:
+        the bf16 SDPA kernel was slower than eager on the CPUs measured.
+        """
+        if dtype == self.model.dtype:
+            return self.model
+        if dtype not in self._search:
+            import copy
+
+            m = copy.deepcopy(self.model).to(dtype)
+            if self.device.type == "cpu" and hasattr(m, "set_attn_implementation"):
+                m.set_attn_implementation("eager")
+            self._search[dtype] = m
+        return self._search[dtype]
 
     @property
     def hidden_size(self) -> int:

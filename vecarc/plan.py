@@ -1,11 +1,16 @@
 """Where to cut a document's token stream into chunks.
 
-One vector holds a limited amount of information, so chunks are sized per
-model. This fixed table is the simple plan; a capacity-measuring plan can
-replace `plan_chunks` without touching the rest of the pipeline.
+A vector holds a limited amount of information — the cross-entropy it must
+remove — not a fixed number of tokens. The capacity plan therefore cuts a chunk
+where the text's cross-entropy under the model (given only the sink token, as
+the chunk will be read) reaches the budget that calibration measured. The
+fixed plan (equal spans of N tokens) remains for `--chunk-tokens`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from .models import DEFAULT_NAME
 
@@ -42,3 +47,62 @@ def plan_chunks(n_tokens: int, max_tokens: int) -> list[tuple[int, int]]:
 def split_span(start: int, end: int) -> list[tuple[int, int]]:
     mid = (start + end) // 2
     return [(start, mid), (mid, end)]
+
+
+@dataclass
+class Budget:
+    """How much a chunk may hold: the calibrated information budget times a safety factor."""
+
+    nats: float  # information gain a vector reliably delivers (from the profile)
+    max_tokens: int  # never plan longer chunks than this (context limit, or well past anything calibrated)
+    fill: float = 0.9  # plan chunks to this fraction of the budget
+    min_tokens: int = MIN_CHUNK_TOKENS
+
+    @property
+    def target(self) -> float:
+        return self.nats * self.fill
+
+
+def cut_by_budget(nats: Sequence[float], budget: Budget) -> int:
+    """Length of the longest prefix whose summed nats stay within the budget (at least min_tokens)."""
+    total, n = 0.0, 0
+    for x in nats[: budget.max_tokens]:
+        if total + x > budget.target and n >= budget.min_tokens:
+            break
+        total += x
+        n += 1
+    return n
+
+
+def plan_by_budget(
+    docs: Sequence[Sequence[int]],
+    budget: Budget,
+    chunk_nats: Callable[[list[list[int]]], list[list[float]]],
+) -> tuple[list[list[tuple[int, int]]], list[list[float]]]:
+    """Cut every document into chunks of about `budget.target` nats.
+
+    chunk_nats(windows) gives per-token nats of each window read from its own
+    start, the way a chunk is decoded. Each round measures one window per
+    unfinished document (batched across documents) and cuts one chunk from it,
+    so cross-entropy is always measured in the context the chunk will have —
+    in-document context would underrate a chunk's first tokens.
+    Returns spans per document and, per document, every token's nats as measured
+    in its chunk (so any sub-span's planned nats is a slice sum).
+    """
+    spans: list[list[tuple[int, int]]] = [[] for _ in docs]
+    token_nats: list[list[float]] = [[] for _ in docs]
+    cursor = [0] * len(docs)
+    while True:
+        active = [i for i, ids in enumerate(docs) if cursor[i] < len(ids)]
+        if not active:
+            break
+        windows = [list(docs[i][cursor[i] : cursor[i] + budget.max_tokens]) for i in active]
+        for i, w, nats in zip(active, windows, chunk_nats(windows)):
+            n = cut_by_budget(nats, budget)
+            rest = len(docs[i]) - cursor[i] - n
+            if 0 < rest < budget.min_tokens and n + rest <= len(nats):  # no tail too short for a vector
+                n += rest
+            spans[i].append((cursor[i], cursor[i] + n))
+            token_nats[i] += nats[:n]
+            cursor[i] += n
+    return spans, token_nats

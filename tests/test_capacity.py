@@ -1,0 +1,122 @@
+"""Capacity planning: calibration stores a per-model profile that pack then plans by.
+
+Uses a tiny model trained briefly on TRAIN_TEXT, so its cross-entropy is low on
+that text and high on shuffled words, as a real model's is on easy and hard text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+
+import pytest
+from conftest import TRAIN_TEXT
+
+import vecarc
+from vecarc import CramSettings, capacity
+from vecarc.api import capacity_budget, summary
+from vecarc.entropy import token_nll
+from vecarc.plan import Budget, cut_by_budget, plan_by_budget
+
+FAST = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
+EASY = TRAIN_TEXT[:700]
+
+
+def _hard() -> str:
+    words = TRAIN_TEXT.split()[:120]
+    random.Random(0).shuffle(words)
+    return " ".join(words)
+
+
+def test_cut_by_budget_stops_at_budget():
+    b = Budget(nats=10, max_tokens=100, fill=1.0, min_tokens=2)
+    assert cut_by_budget([3, 3, 3, 3], b) == 3  # 9 fits, 12 does not
+    assert cut_by_budget([20, 1, 1], b) == 2  # never fewer than min_tokens
+    assert cut_by_budget([0.1] * 500, b) == 100  # never more than max_tokens
+    assert cut_by_budget([3, 3, 3, 3], Budget(nats=10, max_tokens=100, fill=0.5, min_tokens=1)) == 1
+
+
+def test_plan_follows_cross_entropy(trained_tiny):
+    lm = trained_tiny
+    easy = lm.tokenizer(EASY, add_special_tokens=False)["input_ids"]
+    hard = lm.tokenizer(_hard(), add_special_tokens=False)["input_ids"]
+    budget = Budget(nats=30, max_tokens=120, fill=1.0)
+    spans, nats = plan_by_budget([easy, hard], budget, lambda w: token_nll(lm, w))
+    for ids, sp, nt in zip((easy, hard), spans, nats):
+        assert sp[0][0] == 0 and sp[-1][1] == len(ids)  # covers the document without gaps
+        assert all(a < b and b == c for (a, b), (c, _) in zip(sp, sp[1:]))
+        assert len(nt) == len(ids)
+        assert all(sum(nt[a:b]) <= 30 or b - a <= budget.min_tokens for a, b in sp[:-1])
+    easy_len = statistics.median(b - a for a, b in spans[0])
+    hard_len = statistics.median(b - a for a, b in spans[1])
+    assert easy_len > 3 * hard_len, (easy_len, hard_len)
+
+
+def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
+    lm = trained_tiny
+    entry = capacity.calibrate(lm, FAST, texts=[("easy", EASY), ("hard", _hard())], samples=2, first_tokens=4,
+                               sample_tokens=48)
+    assert entry["representation"] == capacity.representation(FAST)
+    assert entry["budget_nats"] > 0 and len(entry["samples"]) == 2
+    for smp in entry["samples"]:
+        assert smp["tries"], smp
+        if smp["tokens"]:
+            assert any(t["ok"] and t["tokens"] == smp["tokens"] for t in smp["tries"])
+            assert smp["gain"] == pytest.approx(smp["nats_without"] - smp["nats_with"])
+    path = capacity.save_entry(lm, entry)
+    assert capacity.load_entry(lm, entry["representation"])[1] == path
+    rows = capacity.list_profiles()
+    assert any(r["fingerprint"] == lm.fingerprint and r["representation"] == entry["representation"] for r in rows)
+
+    src = tmp_path / "easy.txt"
+    src.write_text(EASY[:300] + "\n" + _hard()[:200])
+    warnings: list[str] = []
+    res = vecarc.pack([src], tmp_path / "a.vec", model=lm, settings=FAST, warn=warnings.append)
+    assert not warnings  # the stored profile was found: no recalibration
+    plan = res.archive.header["plan"]
+    assert plan["method"] == "capacity"
+    assert plan["budget_nats"] == pytest.approx(entry["budget_nats"], abs=1e-3)
+    s = summary(res.archive)
+    assert s["chunks"]["planned_nats_per_vector"] is not None
+    vecarc.unpack(tmp_path / "a.vec", tmp_path / "out", model=lm)
+    assert (tmp_path / "out" / "easy.txt").read_bytes() == src.read_bytes()
+
+
+def test_profile_of_another_model_is_never_used(trained_tiny, tiny, monkeypatch):
+    entry = {"representation": capacity.representation(FAST), "budget_nats": 123.0, "tokens": {"min": 1, "median": 2,
+             "max": 3}}
+    capacity.save_entry(trained_tiny, entry)
+    # The same content under the other model's file name: its fingerprint inside does not match.
+    src = capacity.profile_path(trained_tiny.fingerprint)
+    dst = capacity.profile_path(tiny.fingerprint)
+    dst.write_text(src.read_text())
+    assert capacity.load_entry(tiny, entry["representation"]) is None
+    assert capacity.load_entry(trained_tiny, entry["representation"])[0]["budget_nats"] == 123.0
+    dst.unlink()
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "vecarc-profile", "version": 99}),
+                                     json.dumps({"format": "vecarc-profile", "version": 1, "model": {},
+                                                 "entries": {"k1-fp16-m0.05": {"budget_nats": "lots"}}})])
+def test_corrupt_profile_warns_and_recalibrates(trained_tiny, content, monkeypatch):
+    lm = trained_tiny
+    path = capacity.profile_path(lm.fingerprint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    calls = []
+    real = capacity.calibrate
+
+    def small(lm_, s, **kw):
+        calls.append(1)
+        return real(lm_, s, texts=[("easy", EASY)], samples=2, first_tokens=4, sample_tokens=32)
+
+    monkeypatch.setattr("vecarc.api.calibrate", small)
+    warnings: list[str] = []
+    budget = capacity_budget(lm, FAST, warn=warnings.append)
+    assert calls == [1]
+    assert any("ignoring it" in w for w in warnings) and any("calibrating first" in w for w in warnings)
+    assert budget.nats > 0
+    data = json.loads(path.read_text())  # replaced by a valid profile
+    assert data["model"]["fingerprint"] == lm.fingerprint
+    assert capacity.load_entry(lm, capacity.representation(FAST)) is not None
