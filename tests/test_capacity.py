@@ -120,3 +120,38 @@ def test_corrupt_profile_warns_and_recalibrates(trained_tiny, content, monkeypat
     data = json.loads(path.read_text())  # replaced by a valid profile
     assert data["model"]["fingerprint"] == lm.fingerprint
     assert capacity.load_entry(lm, capacity.representation(FAST)) is not None
+
+
+def test_cli_calibrate_models_pack_info(tmp_path, tiny_dir):
+    from click.testing import CliRunner
+
+    from vecarc.cli import main
+
+    def run(*args):
+        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        return r.exit_code, r.output
+
+    text = tmp_path / "cal.txt"
+    text.write_text(EASY)
+    fast = ["--margin", "0.05", "--max-steps", "100", "--batch-size", "64"]
+    code, out = run("calibrate", "--model", tiny_dir, "--samples", "2", "--text", text, "--first-tokens", "2", *fast,
+                    "--json")
+    assert code == 0, out
+    entry = json.loads(out)
+    assert entry["representation"] == "k1-fp16-m0.05" and entry["budget_nats"] > 0
+    code, out = run("models", "--json")
+    assert code == 0
+    assert any(r["representation"] == "k1-fp16-m0.05" and r["fingerprint"] == entry["fingerprint"]
+               for r in json.loads(out))
+    src = tmp_path / "t.txt"
+    src.write_text("To be or not to be.")
+    code, out = run("pack", src, "--model", tiny_dir, *fast)
+    assert code == 0, out
+    assert "calibrating first" not in out
+    code, out = run("info", tmp_path / "t.txt.vec", "--json")
+    info = json.loads(out)
+    assert info["plan"]["method"] == "capacity"
+    assert info["plan"]["budget_nats"] == pytest.approx(entry["budget_nats"], abs=1e-3)
+    assert info["chunks"]["tokens_per_vector"]["max"] >= 1
+    code, out = run("calibrate", "--model", tiny_dir, "--text", tmp_path / "missing.txt")
+    assert code == 2 and "missing.txt" in out

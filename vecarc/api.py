@@ -402,6 +402,11 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
             f"model mismatch: the archive was packed with {want['name']} ({want['fingerprint'][:19]}…), "
             f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded"
         )
+    # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
+    limit = lm.max_positions - archive.header["vectors"]["per_chunk"] - 1
+    worst = max((c["tokens"] for c in archive.chunks if c["kind"] == "vector"), default=0)
+    if worst > limit:
+        raise VecarcError(f"corrupt archive: a chunk of {worst} tokens exceeds the model's context ({limit})")
     return lm
 
 

@@ -1,0 +1,206 @@
+"""Hostile archives: random bytes, truncations, byte mutations and re-sealed header
+mutations (valid checksum, so only validation stands between them and the decoder).
+
+Every case must end in VecarcError — never another exception — within a time bound,
+and unpack must write nothing. CI runs a bounded number of cases;
+`VECARC_FUZZ_CASES=5000 pytest tests/test_fuzz.py` runs a longer campaign.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tracemalloc
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import vecarc
+from vecarc import VecarcError
+from vecarc.api import summary
+from vecarc.archive import CHECKSUM_LEN, MAGIC, PREFIX, parse_archive
+
+CASES = int(os.environ.get("VECARC_FUZZ_CASES", "300"))
+SLOW_CASES = max(10, CASES // 10)  # cases that may load the model and decode
+FAST = vecarc.CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
+RAN = {"parse": 0, "resealed": 0, "unpack": 0}
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory, tiny):
+    d = tmp_path_factory.mktemp("fuzz")
+    (d / "a.txt").write_bytes(b"The quick brown fox.")
+    (d / "b.bin").write_bytes(bytes(range(256)))
+    out = d / "good.vec"
+    vecarc.pack([d / "a.txt", d / "b.bin"], out, model=tiny, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    return out.read_bytes()
+
+
+def _parse_only(data: bytes) -> None:
+    """parse + info's summary: VecarcError or success, bounded Python allocation."""
+    tracemalloc.start()
+    try:
+        a = parse_archive(data)
+        summary(a)
+    except VecarcError as e:
+        assert "\n" not in str(e)
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"parsing allocated {peak} bytes"
+
+
+BOUND = settings(max_examples=CASES, deadline=2000, suppress_health_check=list(HealthCheck), derandomize=True)
+SLOW_BOUND = settings(max_examples=SLOW_CASES, deadline=20000, suppress_health_check=list(HealthCheck),
+                      derandomize=True)
+
+
+@BOUND
+@given(data=st.binary(max_size=4096))
+def test_random_bytes(data):
+    RAN["parse"] += 1
+    _parse_only(data)
+    _parse_only(b"\x89VEC\r\n\x1a\n" + data)  # past the magic number
+
+
+@BOUND
+@given(st.data())
+def test_truncated_and_mutated(good, data):
+    RAN["parse"] += 1
+    raw = bytearray(good)
+    op = data.draw(st.sampled_from(["truncate", "flip", "insert", "delete", "splice"]))
+    pos = data.draw(st.integers(0, len(raw) - 1))
+    if op == "truncate":
+        raw = raw[:pos]
+    elif op == "flip":
+        raw[pos] ^= data.draw(st.integers(1, 255))
+    elif op == "insert":
+        raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=64))
+    elif op == "delete":
+        del raw[pos : pos + data.draw(st.integers(1, 64))]
+    else:
+        raw[pos : pos + 8] = data.draw(st.binary(min_size=8, max_size=8))
+    if bytes(raw) == good:
+        return
+    with pytest.raises(VecarcError):
+        parse_archive(bytes(raw))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=8,
+)
+
+
+def _paths(obj, prefix=()):
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _paths(v, prefix + (i,))
+
+
+def _reseal(good: bytes, header) -> bytes:
+    """The good archive's body under another header, with a valid checksum."""
+    _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
+    body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]
+    text = json.dumps(header, allow_nan=True).encode()
+    z = zstandard.ZstdCompressor().compress(text)
+    head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
+    return head + z + body + hashlib.sha256(head + z + body).digest()
+
+
+def _resealed(good: bytes, data) -> bytes:
+    h = copy.deepcopy(parse_archive(good).header)
+    paths = [p for p in _paths(h) if p]
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        parent = h
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = data.draw(JSON)
+        except (KeyError, IndexError, TypeError):
+            pass
+    return _reseal(good, h)
+
+
+@BOUND
+@given(st.data())
+def test_resealed_header_mutations_parse(good, data):
+    RAN["resealed"] += 1
+    _parse_only(_resealed(good, data))
+
+
+@SLOW_BOUND
+@given(st.data())
+def test_resealed_mutations_never_crash_unpack(good, tiny, tmp_path_factory, data):
+    """Verify and unpack a re-sealed mutant: VecarcError / VerificationError or an exact result, nothing written."""
+    RAN["unpack"] += 1
+    raw = _resealed(good, data)
+    d = tmp_path_factory.mktemp("u")
+    path = d / "m.vec"
+    path.write_bytes(raw)
+    out = d / "out"
+    try:
+        written = vecarc.unpack(path, out, model=tiny)
+    except VecarcError as e:
+        assert "\n" not in str(e)
+        assert not out.exists() or not any(out.rglob("*")), "unpack wrote something before failing"
+        return
+    # A mutation that unpack accepted: every file inside the output folder, each matching its hash.
+    for doc, p in zip(parse_archive(raw).documents, written):
+        assert p.resolve().is_relative_to(out.resolve())
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == doc["sha256"]
+
+
+def test_report_counts():
+    # Runs last in this file (pytest keeps file order): says how many cases ran.
+    print(f"fuzz cases: {RAN}")
+    assert RAN["parse"] >= 1 and RAN["resealed"] >= 1
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../escape.txt", "a/../../b.txt", "C:/x.txt", "a//b.txt", "./a.txt",
+                                  "a\\..\\b.txt", "nul\x00.txt"])
+def test_unsafe_names_are_refused(good, tmp_path, name):
+    h = copy.deepcopy(parse_archive(good).header)
+    h["documents"][0]["name"] = name
+    bad = tmp_path / "bad.vec"
+    bad.write_bytes(_reseal(good, h))
+    with pytest.raises(VecarcError, match="unsafe document name"):
+        vecarc.unpack(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_names_are_refused(good, tmp_path):
+    h = copy.deepcopy(parse_archive(good).header)
+    h["documents"][1]["name"] = h["documents"][0]["name"]
+    bad = tmp_path / "dup.vec"
+    bad.write_bytes(_reseal(good, h))
+    with pytest.raises(VecarcError, match="duplicate document name"):
+        vecarc.unpack(bad, tmp_path / "out")
+
+
+def test_symlink_in_target_path_is_refused(good, tiny, tmp_path):
+    h = copy.deepcopy(parse_archive(good).header)
+    h["documents"][0]["name"] = "sub/a.txt"
+    arc = tmp_path / "sub.vec"
+    arc.write_bytes(_reseal(good, h))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(VecarcError, match="symlink"):
+        vecarc.unpack(arc, out, model=tiny)
+    assert not any(outside.iterdir()) and not (out / "b.bin").exists()
