@@ -59,10 +59,15 @@ def other_tiny_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory):
+def trained_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("trained"), seed=2, train_steps=150)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(trained_dir):
     from vecarc.models import load_model
 
-    return load_model(str(build_tiny_model(tmp_path_factory.mktemp("trained"), seed=2, train_steps=150)), device="cpu")
+    return load_model(str(trained_dir), device="cpu")
 
 
 @pytest.fixture(scope="session")

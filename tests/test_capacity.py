@@ -122,7 +122,7 @@ def test_corrupt_profile_warns_and_recalibrates(trained_tiny, content, monkeypat
     assert capacity.load_entry(lm, capacity.representation(FAST)) is not None
 
 
-def test_cli_calibrate_models_pack_info(tmp_path, tiny_dir):
+def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
     from click.testing import CliRunner
 
     from vecarc.cli import main
@@ -134,7 +134,7 @@ def test_cli_calibrate_models_pack_info(tmp_path, tiny_dir):
     text = tmp_path / "cal.txt"
     text.write_text(EASY)
     fast = ["--margin", "0.05", "--max-steps", "100", "--batch-size", "64"]
-    code, out = run("calibrate", "--model", tiny_dir, "--samples", "2", "--text", text, "--first-tokens", "2", *fast,
+    code, out = run("calibrate", "--model", trained_dir, "--samples", "2", "--text", text, "--first-tokens", "4", *fast,
                     "--json")
     assert code == 0, out
     entry = json.loads(out)
@@ -144,14 +144,14 @@ def test_cli_calibrate_models_pack_info(tmp_path, tiny_dir):
     assert any(r["representation"] == "k1-fp16-m0.05" and r["fingerprint"] == entry["fingerprint"]
                for r in json.loads(out))
     src = tmp_path / "t.txt"
-    src.write_text("To be or not to be.")
-    code, out = run("pack", src, "--model", tiny_dir, *fast)
+    src.write_text(EASY[:200])
+    code, out = run("pack", src, "--model", trained_dir, *fast)
     assert code == 0, out
     assert "calibrating first" not in out
     code, out = run("info", tmp_path / "t.txt.vec", "--json")
     info = json.loads(out)
     assert info["plan"]["method"] == "capacity"
     assert info["plan"]["budget_nats"] == pytest.approx(entry["budget_nats"], abs=1e-3)
-    assert info["chunks"]["tokens_per_vector"]["max"] >= 1
-    code, out = run("calibrate", "--model", tiny_dir, "--text", tmp_path / "missing.txt")
+    assert info["chunks"]["vector"] >= 1 and info["chunks"]["tokens_per_vector"]["max"] >= 1
+    code, out = run("calibrate", "--model", trained_dir, "--text", tmp_path / "missing.txt")
     assert code == 2 and "missing.txt" in out

@@ -126,7 +126,7 @@ def calibrate(
     samples: int = DEFAULT_SAMPLES,
     first_tokens: int = 32,
     sample_tokens: int = SAMPLE_TOKENS,
-    tol: float = 0.125,
+    tol: float = 0.2,
     percentile: float = DEFAULT_PERCENTILE,
     progress: Progress | None = None,
 ) -> dict:

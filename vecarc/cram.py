@@ -33,7 +33,7 @@ class CramSettings:
     beta1: float = 0.9
     beta2: float = 0.9
     margin: float = 0.5  # required min(correct logit - best other logit)
-    max_steps: int = 1000
+    max_steps: int = 400  # a chunk not solved by then is split: cheaper than pushing on
     patience: int = 150  # give up (and let pack split the chunk) after this many steps without a lower loss
     batch_size: int = 8
     seed: int = 0
