@@ -199,7 +199,7 @@ def _builtin_dir() -> Path:
 
 
 def profile_path(fingerprint: str, folder: Path | None = None) -> Path:
-    return (folder or profiles_dir()) / f"{fingerprint[:32]}.json"
+    return (folder or profiles_dir()) / f"{fingerprint.split(':')[-1][:32]}.json"
 
 
 def _read(path: Path) -> dict:

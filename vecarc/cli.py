@@ -396,6 +396,7 @@ def calibrate(model, device, vectors, vector_dtype, margin, samples, texts, perc
         return
     t = Table("sample", "source", "tokens held", "nats without", "nats with", "gain", "steps",
               title="capacity per sample", title_justify="left")
+    t.columns[1].overflow = "fold"
     for i, x in enumerate(entry["samples"]):
         t.add_row(str(i), x["source"], str(x["tokens"]), f"{x['nats_without']:.1f}", f"{x['nats_with']:.1f}",
                   f"{x['gain']:.1f}", str(x["steps"]))
