@@ -8,6 +8,7 @@ every document has decoded to its recorded SHA-256.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import statistics
 import time
@@ -469,8 +470,9 @@ def summary(archive: Archive) -> dict:
     chunks = h["chunks"]
     kinds = {k: sum(1 for c in chunks if c["kind"] == k) for k in ("vector", "tokens", "bytes")}
     vec_tokens = [c["tokens"] for c in chunks if c["kind"] == "vector"]
-    margins = [c["margin"] for c in chunks if c["kind"] == "vector"]
-    planned = [c["planned_nats"] for c in chunks if c["kind"] == "vector" and "planned_nats" in c]
+    # margin, planned_nats and plan are informational: unvalidated, so only well-typed values count.
+    margins = [c["margin"] for c in chunks if c["kind"] == "vector" and _number(c.get("margin"))]
+    planned = [c["planned_nats"] for c in chunks if c["kind"] == "vector" and _number(c.get("planned_nats"))]
     v = h["vectors"]
     vec_bytes = v["section"][1]
     lit_bytes = sum(c["length"] for c in chunks if c["kind"] != "vector")
@@ -499,9 +501,23 @@ def summary(archive: Archive) -> dict:
                    "planned_nats_per_vector": _spread(planned) if planned else None,
                    "literal_blocks": kinds["tokens"] + kinds["bytes"],
                    "min_margin": min(margins) if margins else None},
-        "plan": h.get("plan"),
+        "plan": _plan(h.get("plan")),
         "documents": docs,
     }
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _plan(p: object) -> dict | None:
+    """The header's plan record if it has the shape `info` prints, else None."""
+    if not isinstance(p, dict) or p.get("method") not in ("capacity", "fixed"):
+        return None
+    need = ("budget_nats", "fill") if p["method"] == "capacity" else ("chunk_tokens",)
+    if not all(_number(p.get(k)) for k in need + ("chunks_planned", "retries")):
+        return None
+    return p
 
 
 def _spread(xs: Sequence[float]) -> dict:

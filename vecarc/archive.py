@@ -273,7 +273,7 @@ def _validate(h: Any, body_len: int) -> None:
     _need(_int(m.get("hidden_size"), 1, 1 << 16), "model.hidden_size out of range")
     _need(_int(m.get("sink_token_id"), 0, m["vocab_size"] - 1), "model.sink_token_id out of range")
     v = h["vectors"]
-    _need(v.get("dtype") in STORAGE_DTYPES, f"unknown vector dtype {v.get('dtype')!r}")
+    _need(isinstance(v.get("dtype"), str) and v["dtype"] in STORAGE_DTYPES, f"unknown vector dtype {v.get('dtype')!r}")
     _need(_int(v.get("per_chunk"), 1, MAX_PER_CHUNK), "vectors.per_chunk out of range")
     _need(v.get("hidden_size") == m["hidden_size"], "vectors.hidden_size differs from the model's")
     _need(_int(v.get("count"), 0, body_len), "vectors.count out of range")
