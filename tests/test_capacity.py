@@ -155,3 +155,16 @@ def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
     assert info["chunks"]["vector"] >= 1 and info["chunks"]["tokens_per_vector"]["max"] >= 1
     code, out = run("calibrate", "--model", trained_dir, "--text", tmp_path / "missing.txt")
     assert code == 2 and "missing.txt" in out
+
+
+def test_pack_falls_back_to_fixed_plan_when_calibration_fails(tiny, tmp_path):
+    """A model that holds nothing at the calibration settings still packs, losslessly."""
+    src = tmp_path / "t.txt"
+    src.write_bytes(b"Hello there.")
+    warnings: list[str] = []
+    s = CramSettings(margin=1e9, max_steps=5, patience=5, batch_size=64)
+    res = vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1, warn=warnings.append)
+    assert any("using the fixed plan" in w for w in warnings)
+    assert res.archive.header["plan"]["method"] == "fixed"
+    vecarc.unpack(tmp_path / "t.vec", tmp_path / "out", model=tiny)
+    assert (tmp_path / "out" / "t.txt").read_bytes() == b"Hello there."

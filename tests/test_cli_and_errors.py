@@ -180,7 +180,7 @@ def test_sigint_during_pack_leaves_nothing(tmp_path, tiny_dir):
     src = tmp_path / "long.txt"
     src.write_text("All work and no play makes Jack a dull boy. " * 400)
     cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "--model", str(tiny_dir), "--margin", "1e9",
-           "--max-steps", "100000", "-q"]
+           "--max-steps", "100000", "--chunk-tokens", "8", "-q"]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     time.sleep(10)  # past start-up, inside the optimisation loop
     p.send_signal(signal.SIGINT)

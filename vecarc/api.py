@@ -299,14 +299,22 @@ def capacity_budget(
     fill: float = DEFAULT_FILL,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
-) -> Budget:
-    """The planning budget from this model's profile; calibrates (and stores) when there is none."""
+) -> Budget | None:
+    """The planning budget from this model's profile; calibrates (and stores) when there is none.
+
+    None (the fixed plan) when calibration cannot reconstruct even its shortest sample.
+    """
     rep = representation(s)
     found = load_entry(lm, rep, warn)
     if found is None:
         if warn:
             warn(f"no capacity profile for {lm.name} ({rep}); calibrating first (vecarc calibrate)")
-        entry = calibrate(lm, s, progress=progress)
+        try:
+            entry = calibrate(lm, s, progress=progress)
+        except VecarcError as e:  # the fixed plan still packs (and keeps what fails as literals)
+            if warn:
+                warn(f"{e}; using the fixed plan")
+            return None
         save_entry(lm, entry)
     else:
         entry = found[0]
