@@ -184,9 +184,14 @@ def test_sigint_during_pack_leaves_nothing(tmp_path, tiny_dir):
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     time.sleep(10)  # past start-up, inside the optimisation loop
     p.send_signal(signal.SIGINT)
-    rc = p.wait(timeout=60)
-    err = p.stderr.read()
-    assert rc == 130, err
+    try:
+        _, err = p.communicate(timeout=60)  # drains stderr: a full pipe must not block the child
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        pytest.fail(f"pack did not exit within 60 s of SIGINT; stderr tail: {err[-2000:]!r}")
+    rc = p.returncode
+    assert rc == 130, err[-2000:]
     assert "interrupted; nothing written" in err and "Traceback" not in err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["long.txt"]
 
