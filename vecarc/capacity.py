@@ -158,15 +158,13 @@ def calibrate(
 
     cram(lm, [job(i, sr.next) for i, sr in enumerate(searches)], s, progress, on_result)
 
-    for i, (sample, sr) in enumerate(zip(found, searches)):
-        if sr.best is None:
-            continue
-        n = sr.lo
-        toks = sr.tokens[:n]
-        without = sum(token_nll(lm, [toks])[0])
-        with_ = sum(token_nll(lm, [toks], [sr.best.vectors])[0])
-        sample.tokens, sample.nats_without, sample.nats_with = n, without, with_
-        sample.gain, sample.steps = without - with_, sr.best.steps
+    solved = [(x, sr) for x, sr in zip(found, searches) if sr.best is not None]
+    prefixes = [sr.tokens[: sr.lo] for _, sr in solved]
+    without = token_nll(lm, prefixes)  # one batched pass each, not two per sample
+    with_ = token_nll(lm, prefixes, [sr.best.vectors for _, sr in solved])
+    for (sample, sr), a, b in zip(solved, without, with_):
+        sample.tokens, sample.nats_without, sample.nats_with = sr.lo, sum(a), sum(b)
+        sample.gain, sample.steps = sum(a) - sum(b), sr.best.steps
     held = [x for x in found if x.tokens > 0]
     if not held:
         raise VecarcError("calibration failed: no sample was reconstructed even at the shortest length")
