@@ -8,7 +8,7 @@ For every slice in --pack-sizes: also pack it with each plan (every chunk
 verified by greedy decoding) and report retries, literal blocks, tokens per
 vector actually stored, archive bytes and pack wall time.
 The capacity plan uses the model's stored profile (run `vecarc calibrate` first).
-Writes build/bench/plans.json.
+Writes build/bench/plans.json (--out).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--pack-sizes", default="")
     ap.add_argument("--files", default=",".join(FILES))
     ap.add_argument("--fill", type=float, default=0.9)
+    ap.add_argument("--out", default="build/bench/plans.json")
     args = ap.parse_args()
     lm = load_model(None, "cpu")
     s = CramSettings(batch_size=16)
@@ -92,7 +93,7 @@ def main() -> None:
                 print(f"| {f} {size} | {name} | {back.header['plan']['chunks_planned']} | {retries} | {c['vector']} | "
                       f"{c['literal_blocks']} | {spread(lens)} | {len(raw):,} | {secs:.0f} | {tokens / secs:.2f} |",
                       flush=True)
-    out = Path("build/bench/plans.json")
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"budget": vars(budget), "fixed_tokens": fixed, "plans": rows, "packed": packed},
                               indent=1))

@@ -37,6 +37,7 @@ from .cram import CramResult, CramSettings, Job, chunk_key, cram
 from .decode import decode_many, greedy_decode
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
+from .journal import Journal, identity
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
 from .plan import MIN_CHUNK_TOKENS, Budget, chunk_tokens_for, plan_by_budget, plan_chunks, split_span
 
@@ -149,11 +150,15 @@ def pack_documents(
     min_chunk_tokens: int = MIN_CHUNK_TOKENS,
     progress: Progress | None = None,
     budget: Budget | None = None,
+    journal: Journal | None = None,
+    checkpoint_every: float = 60.0,
 ) -> tuple[Archive, dict[int, list[int]], int, list[int]]:
     """Build a verified in-memory archive.
 
     Chunks are cut by `budget` (the capacity plan) unless `chunk_tokens` is given
     or there is no budget, in which case they are equal spans of chunk_tokens.
+    With a journal, finished chunks and snapshots of the optimiser are recorded
+    as they happen, and a journal left by an interrupted run is continued.
     Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
     """
     s = settings or CramSettings()
@@ -196,28 +201,56 @@ def pack_documents(
     def job(d: int, a: int, b: int) -> Job:
         return Job(doc_tokens[d][a:b], chunk_key(d, a, b), (d, a, b))
 
+    def settle(tag: tuple[int, int, int], outcome: str, vec: torch.Tensor | None = None, info: dict | None = None):
+        """Record one chunk's fate (vector, literal tokens or split) here and in the journal."""
+        nonlocal retries
+        d, a, b = tag
+        toks = doc_tokens[d][a:b]
+        if outcome == "vector":
+            vectors[(d, a)] = vec
+            steps.append(info["steps"])
+            done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, **info, "hash": token_hash(toks)}
+            if d in nats:
+                done[(d, a)]["planned_nats"] = round(sum(nats[d][a:b]), 2)
+        elif outcome == "tokens":
+            token_blocks[(d, a)] = toks
+            done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks)}
+        else:
+            retries += 1
+        if journal is not None and not replaying:
+            journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, {"v": vec} if vec is not None else None)
+
     def judge(j: Job, r: CramResult) -> list[Job]:
         """Verify a finished chunk by greedy decoding; split or give up on failure."""
-        nonlocal retries
         d, a, b = j.tag
         toks = list(j.tokens)
         if r.ok and greedy_decode(lm, r.vectors[None], [len(toks)])[0][0] == toks:
-            vectors[(d, a)] = r.vectors
-            steps.append(r.steps)
-            done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, "margin": round(r.margin, 4),
-                            "steps": r.steps, "search_steps": r.search_steps, "hash": token_hash(toks)}
-            if d in nats:
-                done[(d, a)]["planned_nats"] = round(sum(nats[d][a:b]), 2)
+            settle(j.tag, "vector", r.vectors,
+                   {"margin": round(r.margin, 4), "steps": r.steps, "search_steps": r.search_steps})
             return []
         if b - a >= 2 * min_chunk_tokens:
-            retries += 1
+            settle(j.tag, "split")
             return [job(d, x, y) for x, y in split_span(a, b)]
-        token_blocks[(d, a)] = toks
-        done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks)}
+        settle(j.tag, "tokens")
         return []
 
+    jobs, resume = [job(*x) for x in spans], None
+    replaying = False
+    if journal is not None:
+        journal.start(identity(
+            vecarc=__version__, documents=[(x["name"], x["sha256"]) for x in documents],
+            model=lm.fingerprint, settings=s.record(), chunk_tokens=size, min_chunk_tokens=min_chunk_tokens,
+            budget=vars(budget) if budget else None, spans=spans))
+        replaying = True
+        for meta, ten in journal.results:
+            settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"])
+        replaying = False
+        if journal.state is not None:
+            jobs, resume = [], journal.state
+            _emit(progress, event="resume", done=len(done), step=resume["step"])
     _emit(progress, event="plan", chunks=len(spans))
-    cram(lm, [job(*x) for x in spans], s, progress, on_result=judge)
+    cram(lm, jobs, s, progress, on_result=judge, resume=resume, rebuild=lambda t: job(*t),
+         snapshot=journal.add_state if journal is not None else None, snapshot_every=checkpoint_every)
 
     chunks, rows, literals, decoded_tokens = [], [], {}, {}
     for d in range(len(documents)):
@@ -265,11 +298,15 @@ def pack(
     progress: Progress | None = None,
     fill: float = DEFAULT_FILL,
     warn: Callable[[str], None] | None = None,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
 ) -> PackResult:
     """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
 
     Chunks follow the model's measured capacity (its stored profile; calibrated
     first, and stored, when there is none) unless chunk_tokens fixes their size.
+    Work in progress is kept in OUTPUT.journal; resume=True continues it after
+    an interruption, and the journal is removed once the archive is written.
     """
     if not inputs:
         raise VecarcError("nothing to pack")
@@ -283,13 +320,21 @@ def pack(
     if any(Path(i).resolve() == output.resolve() for i in inputs):
         raise VecarcError(f"output {output} is also an input")
     docs = read_inputs(inputs)
+    journal = Journal.open(output, resume, force)
+    if resume and not journal.path.exists() and warn:
+        warn(f"no journal {journal.path}; starting from the beginning")
     t0 = time.perf_counter()
-    lm = _model(model, device)
-    s = settings or CramSettings()
-    budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
-    archive, decoded, retries, steps = pack_documents(docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget)
-    data, written = _checked_bytes(archive, lm, decoded)
-    write_atomic(output, data, force=force)
+    try:
+        lm = _model(model, device)
+        s = settings or CramSettings()
+        budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
+        archive, decoded, retries, steps = pack_documents(
+            docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal, checkpoint_every)
+        data, written = _checked_bytes(archive, lm, decoded)
+        write_atomic(output, data, force=force)
+    finally:
+        journal.close()
+    journal.remove()
     return PackResult(output, written, len(data), time.perf_counter() - t0, retries, steps)
 
 

@@ -23,6 +23,7 @@ from . import capacity
 from .capacity import DEFAULT_FILL
 from .cram import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
 from .errors import VecarcError
+from .journal import journal_path
 
 err = Console(stderr=True)
 out = Console()
@@ -128,12 +129,15 @@ def main() -> None:
 @click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
 @click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True, type=click.Choice(list(SEARCH_DTYPES)),
               help="Model copy the search runs on; the float32 model always confirms the margin.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted pack whose work is in OUTPUT.journal.")
+@click.option("--checkpoint-every", default=60.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
+              help="How often the optimiser's state goes to the journal (work lost on a kill is at most this).")
 @click.option("--json", "as_json", is_flag=True, help="Print the archive summary as JSON.")
 @quiet_opt
 @verbose_opt
 @handled
 def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, fill, margin, max_steps,
-         batch_size, search_dtype, as_json, quiet, verbose):
+         batch_size, search_dtype, resume, checkpoint_every, as_json, quiet, verbose):
     """Pack text files into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
@@ -141,9 +145,17 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chun
     """
     settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
                             batch_size=batch_size, seed=seed, search_dtype=search_dtype)
-    with progress_bar(quiet) as on:
-        r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
-                     chunk_tokens=chunk_tokens, force=force, progress=on, fill=fill, warn=_warner(quiet))
+    target = Path(output) if output else Path(str(inputs[0]) + ".vec")
+    try:
+        with progress_bar(quiet) as on:
+            r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
+                         chunk_tokens=chunk_tokens, force=force, progress=on, fill=fill, warn=_warner(quiet),
+                         resume=resume, checkpoint_every=checkpoint_every)
+    except KeyboardInterrupt:
+        j = journal_path(target)
+        kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""
+        err.print(f"vecarc: interrupted; no archive written{kept}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(130)
     s = api.summary(r.archive)
     if as_json:
         click.echo(json.dumps({**s, "seconds": r.seconds, "retries": r.retries, "output": str(r.output)}, indent=2))

@@ -155,12 +155,21 @@ def cram(
     s: CramSettings,
     progress: Progress | None = None,
     on_result: Callable[[Job, CramResult], Sequence[Job]] | None = None,
+    snapshot: Callable[[dict], None] | None = None,
+    snapshot_every: float = 60.0,
+    resume: dict | None = None,
+    rebuild: Callable[[Any], Job] | None = None,
 ) -> list[tuple[Job, CramResult]]:
     """Find memory vectors for each job; returns (job, result) in completion order.
 
     on_result sees each result as soon as its chunk leaves the batch and may
     return follow-up jobs (pack returns the two halves of a chunk that failed),
     which join the running batch at once instead of waiting for a new round.
+
+    snapshot receives the whole in-flight state (at a step boundary, at most
+    every snapshot_every seconds); cram(resume=that state, rebuild=tag -> Job)
+    continues from it exactly, so an interrupted run can finish with the same
+    bits as one that was never stopped. Tags must then be JSON values.
     """
     dev = lm.device
     emb = lm.model.get_input_embeddings()
@@ -173,14 +182,30 @@ def cram(
     results: list[tuple[Job, CramResult]] = []
     slots: list[_Slot] = []
     step = 0
+
+    def new_slot(job: Job, p: torch.Tensor | None = None) -> _Slot:
+        toks = torch.tensor(list(job.tokens), dtype=torch.long, device=dev)
+        with torch.no_grad():
+            text_emb = emb(toks[:-1]).to(torch.float32)
+        if p is None:
+            p = _init_vectors(job.key, s.seed, k, d, std).to(dev)
+        return _Slot(job, toks, text_emb, p, polish=search is lm.model)
+
+    done_before = 0  # chunks finished before the snapshot we resumed from
+    if resume is not None:
+        step, total, done_before = resume["step"], resume["total"], resume.get("done", 0)
+        pending = deque(rebuild(_tag(t)) for t in resume["pending"])
+        ten = resume["tensors"]
+        for i, rec in enumerate(resume["slots"]):
+            sl = new_slot(rebuild(_tag(rec["tag"])), ten["p"][i].to(dev).clone())
+            sl.m, sl.v = ten["m"][i].to(dev).clone(), ten["v"][i].to(dev).clone()
+            sl.t, sl.best, sl.best_t = rec["t"], rec["best"], rec["best_t"]
+            sl.polish, sl.search_steps = rec["polish"], rec["search_steps"]
+            slots.append(sl)
+    last_snapshot = time.monotonic()
     while pending or slots:
         while pending and len(slots) < s.batch_size:
-            job = pending.popleft()
-            toks = torch.tensor(list(job.tokens), dtype=torch.long, device=dev)
-            with torch.no_grad():
-                text_emb = emb(toks[:-1]).to(torch.float32)
-            p = _init_vectors(job.key, s.seed, k, d, std).to(dev)
-            slots.append(_Slot(job, toks, text_emb, p, polish=search is lm.model))
+            slots.append(new_slot(pending.popleft()))
         # Rows still searching run on the cheap model; rows polishing run on the float32
         # model, whose margin is the one that counts.
         stats: dict[int, tuple] = {}
@@ -228,12 +253,15 @@ def cram(
                 sl.p.sub_(s.lr * mhat / (vhat.sqrt() + 1e-8))
                 keep.append(sl)
             slots = keep
+        if snapshot is not None and time.monotonic() - last_snapshot >= snapshot_every:
+            snapshot(_state(step, total, done_before + len(results), pending, slots))
+            last_snapshot = time.monotonic()
         if progress is not None:
             progress(
                 {
                     "event": "step",
                     "step": step,
-                    "done": len(results),
+                    "done": done_before + len(results),
                     "total": total,
                     "active": len(slots),
                     "accuracy": min(row_acc) if row_acc else 1.0,
@@ -241,3 +269,21 @@ def cram(
                 }
             )
     return results
+
+
+def _tag(x: Any) -> Any:
+    return tuple(_tag(v) for v in x) if isinstance(x, list) else x
+
+
+def _state(step: int, total: int, done: int, pending: Sequence[Job], slots: Sequence[_Slot]) -> dict:
+    """Everything the loop needs to continue exactly: float32 tensors, not rounded copies."""
+    return {
+        "step": step,
+        "total": total,
+        "done": done,
+        "pending": [j.tag for j in pending],
+        "slots": [{"tag": sl.job.tag, "t": sl.t, "best": sl.best, "best_t": sl.best_t, "polish": sl.polish,
+                   "search_steps": sl.search_steps} for sl in slots],
+        "tensors": {name: torch.stack([getattr(sl, name).detach().cpu() for sl in slots])
+                    for name in ("p", "m", "v")} if slots else {},
+    }

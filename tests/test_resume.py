@@ -1,0 +1,148 @@
+"""An interrupted pack keeps its work: resuming gives the archive an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TRAIN_TEXT
+
+from vecarc import api
+from vecarc.cram import CramSettings
+from vecarc.errors import VecarcError
+from vecarc.journal import count_records, journal_path
+
+TEXT = TRAIN_TEXT[:700] + " zebra quantum fjord, then a sentence the model has never seen."
+SETTINGS = dict(batch_size=4, max_steps=150)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, trained_tiny):
+    d = tmp_path_factory.mktemp("ref")
+    (d / "a.txt").write_text(TEXT)
+    r = api.pack([d / "a.txt"], d / "ref.vec", model=trained_tiny, settings=CramSettings(**SETTINGS), chunk_tokens=24)
+    assert r.retries > 0 and r.archive.header["vectors"]["count"] > 0  # splits and vectors both get resumed
+    return (d / "ref.vec").read_bytes()
+
+
+def _interrupt_at(step: int):
+    def progress(e: dict) -> None:
+        if e.get("event") == "step" and e["step"] == step:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def _pack(src, out, model, **kw):
+    return api.pack([src], out, model=model, settings=CramSettings(**SETTINGS), chunk_tokens=24, **kw)
+
+
+@pytest.mark.parametrize("kill_step", [1, 10, 40])
+def test_resume_after_interrupt_is_byte_identical(tmp_path, trained_tiny, reference, kill_step):
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(src, out, trained_tiny, progress=_interrupt_at(kill_step), checkpoint_every=0)
+    assert not out.exists()
+    assert count_records(journal_path(out))["snapshots"] == kill_step
+    _pack(src, out, trained_tiny, resume=True, checkpoint_every=0)
+    assert out.read_bytes() == reference
+    assert not journal_path(out).exists()
+
+
+def test_torn_tail_and_work_after_the_last_snapshot_are_redone(tmp_path, trained_tiny, reference):
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(src, out, trained_tiny, progress=_interrupt_at(12), checkpoint_every=0)
+    j = journal_path(out)
+    whole = j.read_bytes()
+    j.write_bytes(whole[: len(whole) - 100])  # the last snapshot is torn, as a kill mid-write leaves it
+    assert count_records(j)["snapshots"] == 11
+    _pack(src, out, trained_tiny, resume=True, checkpoint_every=1e9)
+    assert out.read_bytes() == reference
+
+
+def test_no_snapshot_yet_means_start_over(tmp_path, trained_tiny, reference):
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(src, out, trained_tiny, progress=_interrupt_at(8), checkpoint_every=1e9)
+    counts = count_records(journal_path(out))
+    assert counts["snapshots"] == 0 and counts["results"] > 0  # results without a snapshot are not trusted
+    _pack(src, out, trained_tiny, resume=True)
+    assert out.read_bytes() == reference
+
+
+def test_journal_is_not_overwritten_or_misused(tmp_path, trained_tiny):
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(src, out, trained_tiny, progress=_interrupt_at(2), checkpoint_every=0)
+    with pytest.raises(VecarcError, match="--resume to continue it, or -f to start over"):
+        _pack(src, out, trained_tiny)
+    src.write_text(TEXT + " changed")
+    with pytest.raises(VecarcError, match="belongs to another pack"):
+        _pack(src, out, trained_tiny, resume=True)
+    journal_path(out).write_bytes(b"garbage")
+    with pytest.raises(VecarcError, match="not a readable pack journal"):
+        _pack(src, out, trained_tiny, resume=True)
+    _pack(src, out, trained_tiny, force=True)  # -f starts over
+    assert out.exists() and not journal_path(out).exists()
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "vecarc.cli", "pack", *map(str, args), "--chunk-tokens", "24", "--batch-size", "2",
+            "--max-steps", "150", "--checkpoint-every", "0", "-q"]
+
+
+def _kill_when(cmd, ready, timeout=120):
+    """Start a real pack, SIGKILL it once ready() holds; fail if it finished first."""
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not ready():
+        if p.poll() is not None:
+            pytest.fail(f"pack ended (rc {p.returncode}) before the kill point: {p.stderr.read()[-1500:]}")
+        if time.monotonic() - t0 > timeout:
+            p.kill()
+            pytest.fail("kill point not reached in time")
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+
+
+def test_sigkill_at_three_points_then_resume_matches_uninterrupted(tmp_path, trained_dir):
+    src = tmp_path / "long.txt"
+    src.write_text(TEXT)
+    ref, out = tmp_path / "ref.vec", tmp_path / "out.vec"
+    j = journal_path(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads in every run: same bits
+    subprocess.run(_cli(src, "-o", ref, "--model", trained_dir), check=True, env=env, timeout=600)
+
+    def snapshots() -> int:
+        try:
+            return count_records(j)["snapshots"]
+        except FileNotFoundError:
+            return 0
+
+    # 1: as soon as the process exists (during start-up: no journal yet, or only its header)
+    p = subprocess.Popen(_cli(src, "-o", out, "--model", trained_dir), stderr=subprocess.DEVNULL, env=env)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    assert not out.exists()
+    # 2: after a few snapshots; 3: after more, on the resumed run
+    _kill_when(_cli(src, "-o", out, "--model", trained_dir, "--resume"), lambda: snapshots() >= 3)
+    first = snapshots()
+    _kill_when(_cli(src, "-o", out, "--model", trained_dir, "--resume"), lambda: snapshots() >= first + 10)
+    assert not out.exists()
+    r = subprocess.run(_cli(src, "-o", out, "--model", trained_dir, "--resume"), env=env, timeout=600,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert out.read_bytes() == ref.read_bytes()
+    assert not j.exists()

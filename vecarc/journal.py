@@ -1,0 +1,172 @@
+"""The pack journal: an interrupted pack keeps its work and `--resume` continues it.
+
+Packing a long text takes hours, so a kill must not throw the work away.
+Next to the output, pack appends records to OUTPUT.journal (format in
+docs/format.md): first the identity of the pack (inputs, model, settings,
+plan), then each finished chunk as it leaves the batch, and every
+`checkpoint_every` seconds a snapshot of the optimiser's whole in-flight
+state (vectors, Adam moments, step counts, the queue).
+
+Resuming restores the last snapshot bit for bit and drops the records that
+came after it: they are recomputed, and because the computation from a
+snapshot is the same computation, the archive comes out byte-identical to an
+uninterrupted run's. A record torn by the kill fails its checksum and ends
+the journal there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import VecarcError
+
+MAGIC = b"VECJ"
+VERSION = 1
+RECORD = struct.Struct("<4sBII")  # magic, kind, meta_len, blob_len
+MAX_META = 64 << 20
+MAX_BLOB = 1 << 30
+HEADER, RESULT, STATE = 1, 2, 3
+
+
+def journal_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.name + ".journal")
+
+
+def identity(**parts: Any) -> str:
+    """A hash of everything that decides the archive's bytes; resuming needs it to match."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _tensors_to_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous().cpu() for k, v in tensors.items()}) if tensors else b""
+
+
+def _bytes_to_tensors(blob: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(blob) if blob else {}
+
+
+def _record(kind: int, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> bytes:
+    m = json.dumps(meta, separators=(",", ":")).encode()
+    blob = _tensors_to_bytes(tensors or {})
+    body = RECORD.pack(MAGIC, kind, len(m), len(blob)) + m + blob
+    return body + hashlib.sha256(body).digest()
+
+
+def _records(data: bytes) -> tuple[list[tuple[int, dict, dict, int]], int]:
+    """Valid records from the start: (kind, meta, tensors, end offset); and where the valid part ends.
+
+    Stops at the first record that is short, oversized or fails its checksum:
+    that is where a kill tore the file.
+    """
+    out, pos = [], 0
+    while pos + RECORD.size <= len(data):
+        magic, kind, mlen, blen = RECORD.unpack_from(data, pos)
+        end = pos + RECORD.size + mlen + blen + 32
+        if magic != MAGIC or kind not in (HEADER, RESULT, STATE) or mlen > MAX_META or blen > MAX_BLOB:
+            break
+        if end > len(data) or hashlib.sha256(data[pos : end - 32]).digest() != data[end - 32 : end]:
+            break
+        start = pos + RECORD.size
+        try:
+            meta = json.loads(data[start : start + mlen])
+            tensors = _bytes_to_tensors(data[start + mlen : start + mlen + blen])
+        except Exception:  # a record that checks out but does not parse: a bug or tampering; stop here
+            break
+        out.append((kind, meta, tensors, end))
+        pos = end
+    return out, pos
+
+
+class Journal:
+    """Append-only record of one pack. Create with `Journal.open`, then `start(identity)`."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = Path(path)
+        self.resume = resume
+        self._f = None
+        self.results: list[tuple[dict, dict]] = []  # kept (meta, tensors) from a previous run
+        self.state: dict | None = None  # cram state from the last snapshot
+
+    @classmethod
+    def open(cls, output: str | Path, resume: bool, force: bool) -> "Journal":
+        """Refuse to start over silently on top of a previous pack's work."""
+        path = journal_path(output)
+        if path.exists() and not resume:
+            if not force:
+                raise VecarcError(
+                    f"{path} holds the work of an interrupted pack: add --resume to continue it, "
+                    f"or -f to start over"
+                )
+            path.unlink()
+        return cls(path, resume)
+
+    def start(self, ident: str) -> None:
+        """Load what a previous run left (when resuming), cut the file after its last snapshot, reopen for appending."""
+        if self.resume and self.path.exists():
+            data = self.path.read_bytes()
+            recs, _ = _records(data)
+            if not recs or recs[0][0] != HEADER or recs[0][1].get("version") != VERSION:
+                raise VecarcError(f"{self.path} is not a readable pack journal; remove it to start over")
+            if recs[0][1].get("identity") != ident:
+                raise VecarcError(
+                    f"{self.path} belongs to another pack (inputs, model, settings or plan differ); "
+                    f"remove it, or pack with -f to start over"
+                )
+            last = max((i for i, r in enumerate(recs) if r[0] == STATE), default=0)
+            keep = recs[: last + 1]
+            self.results = [(m, t) for k, m, t, _ in keep if k == RESULT]
+            if last:
+                self.state = {**recs[last][1], "tensors": recs[last][2]}
+            with open(self.path, "r+b") as f:
+                f.truncate(keep[-1][3])
+            self._f = open(self.path, "ab")
+            return
+        self._f = open(self.path, "wb")
+        self._append(_record(HEADER, {"version": VERSION, "identity": ident}))
+
+    def _append(self, rec: bytes) -> None:
+        self._f.write(rec)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def add_result(self, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        self._append(_record(RESULT, meta, tensors))
+
+    def add_state(self, state: dict) -> None:
+        tensors = state.pop("tensors", {})
+        try:
+            self._append(_record(STATE, state, tensors))
+        finally:
+            state["tensors"] = tensors
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def remove(self) -> None:
+        """The archive is written: the journal has served its purpose."""
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def count_records(path: str | Path) -> dict[str, int]:
+    """How many valid records of each kind a journal holds (tests and `--verbose` use it)."""
+    recs, _ = _records(Path(path).read_bytes())
+    names = {HEADER: "header", RESULT: "results", STATE: "snapshots"}
+    counts = {v: 0 for v in names.values()}
+    for k, *_ in recs:
+        counts[names[k]] += 1
+    return counts
