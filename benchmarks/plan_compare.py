@@ -25,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpora import CORPORA, FILES, fixed_slice  # noqa: E402
 
 from vecarc import CramSettings, load_model  # noqa: E402
-from vecarc.api import _checked_bytes, capacity_budget, pack_documents, summary, tokenize_exact  # noqa: E402
+from vecarc.api import (  # noqa: E402
+    _checked_bytes,
+    capacity_budget,
+    pack_documents,
+    summary,
+    tokenize_exact,
+)
 from vecarc.entropy import token_nll  # noqa: E402
 from vecarc.plan import chunk_tokens_for, plan_by_budget, plan_chunks  # noqa: E402
 

@@ -32,14 +32,28 @@ from .archive import (
     token_hash,
     write_atomic,
 )
-from .capacity import DEFAULT_FILL, budget_for, calibrate, load_entry, representation, save_entry
+from .capacity import (
+    DEFAULT_FILL,
+    budget_for,
+    calibrate,
+    load_entry,
+    representation,
+    save_entry,
+)
 from .cram import CramResult, CramSettings, Job, chunk_key, cram
 from .decode import decode_many, greedy_decode
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
 from .journal import Journal, identity
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
-from .plan import MIN_CHUNK_TOKENS, Budget, chunk_tokens_for, plan_by_budget, plan_chunks, split_span
+from .plan import (
+    MIN_CHUNK_TOKENS,
+    Budget,
+    chunk_tokens_for,
+    plan_by_budget,
+    plan_chunks,
+    split_span,
+)
 
 Progress = Callable[[dict], None]
 

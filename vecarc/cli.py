@@ -14,12 +14,18 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from . import api
+from . import api, capacity
 from .archive import read_archive
-from . import capacity
 from .capacity import DEFAULT_FILL
 from .cram import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
 from .errors import VecarcError
