@@ -74,6 +74,8 @@ class DecodeResult:
     problems: list[str]
     min_margin: float
     tokens: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> decoded token ids
+    margins: dict[int, float] = field(default_factory=dict)  # chunk index -> smallest greedy decode margin
+    stress: list = field(default_factory=list)  # robust.ConditionReport per condition (verify --strict)
 
     @property
     def ok(self) -> bool:
@@ -238,7 +240,9 @@ def pack_documents(
         """Verify a finished chunk by greedy decoding; split or give up on failure."""
         d, a, b = j.tag
         toks = list(j.tokens)
-        if r.ok and greedy_decode(lm, r.vectors[None], [len(toks)])[0][0] == toks:
+        if r.ok:  # the stored vectors must decode, and keep the margin while decoding (verify --strict)
+            got, dmargin = greedy_decode(lm, r.vectors[None], [len(toks)])
+        if r.ok and got[0] == toks and dmargin[0] >= s.margin:
             settle(j.tag, "vector", r.vectors,
                    {"margin": round(r.margin, 4), "steps": r.steps, "search_steps": r.search_steps})
             return []
@@ -291,7 +295,7 @@ def pack_documents(
         "plan": ({"method": "capacity", "budget_nats": round(budget.nats, 3), "fill": budget.fill,
                   "max_tokens": budget.max_tokens} if budget else {"method": "fixed", "chunk_tokens": size})
         | {"chunks_planned": len(spans), "retries": retries},
-        "decode": {"method": "greedy-kv", "dtype": lm.describe()["dtype"]},
+        "decode": {"method": "greedy-kv", "dtype": lm.describe()["dtype"], "margin": s.margin},
         "documents": documents,
         "chunks": chunks,
     }
@@ -413,12 +417,14 @@ def decode_archive(
     problems: list[str] = []
     vec_idx = [i for i, c in enumerate(chunks) if c["kind"] == "vector"]
     min_margin = float("inf")
+    chunk_margins: dict[int, float] = {}
     if known is not None:
         tokens.update(known)
     elif vec_idx:
         vecs = [archive.vectors[chunks[i]["index"]] for i in vec_idx]
         got, margins = decode_many(lm, vecs, [chunks[i]["tokens"] for i in vec_idx], progress=progress)
         tokens.update(zip(vec_idx, got))
+        chunk_margins = dict(zip(vec_idx, margins))
         min_margin = min(margins)
     out: list[bytes | None] = []
     for d, doc in enumerate(archive.documents):
@@ -445,7 +451,7 @@ def decode_archive(
             out.append(None)
         else:
             out.append(data)
-    return DecodeResult(out, problems, min_margin, tokens)
+    return DecodeResult(out, problems, min_margin, tokens, chunk_margins)
 
 
 def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto") -> LoadedModel:
@@ -484,10 +490,42 @@ def verify(
     model: str | LoadedModel | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    strict: bool = False,
 ) -> DecodeResult:
-    """Decode everything in memory and compare with the stored hashes; writes nothing."""
+    """Decode everything in memory and compare with the stored hashes; writes nothing.
+
+    strict: also demand the archive's recorded margin at every token, and the
+    same tokens under the conditions another reader may decode with (thread
+    count, attention kernel, batch shape; a bf16 model is reported, not
+    required). See vecarc.robust.
+    """
     a = archive if isinstance(archive, Archive) else read_archive(archive)
-    return decode_archive(a, model_for(a, model, device), progress)
+    lm = model_for(a, model, device)
+    r = decode_archive(a, lm, progress)
+    if strict and r.ok and r.margins:
+        from .robust import stress
+
+        need = required_margin(a)
+        low = sorted(i for i, m in r.margins.items() if m < need)
+        if low:
+            r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
+                              f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
+        idx = sorted(r.margins)
+        r.stress = stress(lm, [a.vectors[a.chunks[i]["index"]] for i in idx], [r.tokens[i] for i in idx],
+                          progress=progress)
+        for rep in r.stress:
+            if rep.binding and rep.flips:
+                r.problems.append(f"under {rep.name}, {rep.flips} of {rep.chunks} chunks decode to other tokens")
+    return r
+
+
+def required_margin(a: Archive) -> float:
+    """The decode margin the archive promises: recorded under decode (cram's before that field existed)."""
+    for sec in ("decode", "cram"):
+        m = (a.header.get(sec) or {}).get("margin")
+        if _number(m):
+            return float(m)
+    return 0.0
 
 
 def _target(outdir: Path, name: str) -> Path:

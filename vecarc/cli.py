@@ -202,19 +202,31 @@ def unpack(archive, outdir, force, model, device, quiet, verbose):
 @click.argument("archive", type=click.Path(dir_okay=False))
 @model_opt
 @device_opt
+@click.option("--strict", is_flag=True,
+              help="Also require the recorded margin at every token, and the same tokens with another thread "
+                   "count, attention kernel and batch shape (a bf16 model is reported).")
 @click.option("--json", "as_json", is_flag=True)
 @quiet_opt
 @verbose_opt
 @handled
-def verify(archive, model, device, as_json, quiet, verbose):
+def verify(archive, model, device, strict, as_json, quiet, verbose):
     """Decode everything in memory and check it; exit 1 if anything differs."""
     a = read_archive(archive)
     with progress_bar(quiet or as_json) as on:
-        r = api.verify(a, model=model, device=device, progress=on)
+        r = api.verify(a, model=model, device=device, progress=on, strict=strict)
     if as_json:
         click.echo(json.dumps({"ok": r.ok, "problems": r.problems, "documents": len(a.documents),
-                               "min_decode_margin": None if r.min_margin == float("inf") else r.min_margin}))
+                               "min_decode_margin": None if r.min_margin == float("inf") else r.min_margin,
+                               **({"required_margin": api.required_margin(a),
+                                   "conditions": [c.as_dict() for c in r.stress]} if strict else {})}))
     elif not quiet:
+        if r.stress:
+            t = Table("condition", "chunks", "flips", "min decode margin", "max drift", "binding",
+                      title=f"decoding under other conditions (recorded margin {api.required_margin(a):g})")
+            for c in r.stress:
+                t.add_row(c.name, str(c.chunks), str(c.flips), f"{c.min_margin:.4f}", f"{c.max_drift:.2e}",
+                          "yes" if c.binding else "report")
+            err.print(t, highlight=False)
         for p in r.problems:
             err.print(f"FAILED {p}", markup=False, highlight=False)
         if r.ok:

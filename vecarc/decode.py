@@ -22,14 +22,15 @@ def _cache_arg(model) -> str:
 
 @torch.no_grad()
 def greedy_decode(
-    lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int]
+    lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None
 ) -> tuple[list[list[int]], list[float]]:
     """Decode lengths[i] tokens from vectors[i] (shape (B, k, d)).
 
     Returns the tokens and, per row, the smallest margin between the chosen
     token's logit and the runner-up: how close decoding came to flipping.
+    `model` (default lm.model) lets `verify --strict` decode on a variant.
     """
-    model, dev = lm.model, lm.device
+    model, dev = (lm.model if model is None else model), lm.device
     emb = model.get_input_embeddings()
     B, k, d = vectors.shape
     maxn = max(lengths)
@@ -64,6 +65,7 @@ def decode_many(
     lengths: Sequence[int],
     batch_size: int = 64,
     progress=None,
+    model=None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode many chunks, grouping those of similar length into batches."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -72,7 +74,7 @@ def decode_many(
     for start in range(0, len(order), batch_size):
         group = order[start : start + batch_size]
         vec = torch.stack([vectors[i] for i in group])
-        rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group])
+        rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model)
         for i, r, m in zip(group, rows, mins):
             tokens[i], margins[i] = r, m
         if progress is not None:

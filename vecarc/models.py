@@ -41,7 +41,7 @@ class LoadedModel:
     fingerprint: str
     device: torch.device
     sink_id: int
-    _search: dict = field(default_factory=dict, repr=False, compare=False)
+    _variants: dict = field(default_factory=dict, repr=False, compare=False)
 
     def search_model(self, dtype: torch.dtype) -> Any:
         """A copy of the model in `dtype` for the cheap search phase of cramming.
@@ -52,14 +52,29 @@ class LoadedModel:
         """
         if dtype == self.model.dtype:
             return self.model
-        if dtype not in self._search:
+        return self.variant(dtype, "eager" if self.device.type == "cpu" else None)
+
+    def variant(self, dtype: torch.dtype, attention: str | None = None) -> Any:
+        """A cached copy of the model in another dtype and/or attention implementation.
+
+        For the search (bf16) and for `verify --strict`, which decodes under the
+        conditions another machine might use.
+        """
+        key = (dtype, attention)
+        if key not in self._variants:
             import copy
 
             m = copy.deepcopy(self.model).to(dtype)
-            if self.device.type == "cpu" and hasattr(m, "set_attn_implementation"):
-                m.set_attn_implementation("eager")
-            self._search[dtype] = m
-        return self._search[dtype]
+            if attention is not None:
+                if not hasattr(m, "set_attn_implementation"):
+                    raise RuntimeError("this transformers version cannot switch attention implementation")
+                m.set_attn_implementation(attention)
+            self._variants[key] = m
+        return self._variants[key]
+
+    @property
+    def attention(self) -> str:
+        return str(getattr(self.model.config, "_attn_implementation", "unknown"))
 
     @property
     def hidden_size(self) -> int:

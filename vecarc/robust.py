@@ -1,0 +1,131 @@
+"""Would another machine decode the same tokens? Decoding under perturbed conditions.
+
+Greedy decoding is exact only if every token's winning logit stays ahead of
+the runner-up wherever the archive is read. Other CPUs, thread counts,
+attention kernels or batch shapes change the last bits of every logit; pack
+therefore demands a margin. This module measures how far those conditions
+actually move the margins (drift, teacher-forced on the stored tokens) and
+whether any chunk's greedy decode flips, so the margin can be chosen from
+numbers and `verify --strict` can re-check an archive on the machine at hand.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .cram import chunk_forward
+from .decode import decode_many
+from .models import LoadedModel
+
+# Margins at which `stress` counts the chunks whose drift would reach them.
+MARGIN_GRID = (0.01, 0.03, 0.1, 0.3, 0.5, 1.0)
+
+
+@dataclass
+class Condition:
+    """One way another reader might decode. `binding`: a conforming fp32 decoder may do this,
+    so a flip under it fails `verify --strict`; bf16 is reported only."""
+
+    name: str
+    threads: int | None = None
+    attention: str | None = None
+    dtype: torch.dtype = torch.float32
+    batch_size: int = 64
+    binding: bool = True
+
+
+@dataclass
+class ConditionReport:
+    name: str
+    binding: bool
+    chunks: int
+    flips: int  # chunks whose greedy decode differs from the stored tokens
+    min_margin: float  # smallest greedy decode margin under this condition
+    max_drift: float  # largest |margin change| of any token, teacher-forced
+    drift: list[float] = field(default_factory=list)  # per chunk
+
+    def reaching(self, margin: float) -> int:
+        """Chunks that a margin this small would not protect against this condition."""
+        return sum(d >= margin for d in self.drift)
+
+    def as_dict(self) -> dict:
+        return {"condition": self.name, "binding": self.binding, "chunks": self.chunks, "flips": self.flips,
+                "min_margin": self.min_margin, "max_drift": self.max_drift,
+                "chunks_drift_at_least": {str(m): self.reaching(m) for m in MARGIN_GRID}}
+
+
+def conditions(lm: LoadedModel) -> list[Condition]:
+    """The perturbations this machine can try: another thread count, the other attention kernel,
+    one chunk per batch, and a bf16 model."""
+    threads = torch.get_num_threads()
+    other_attn = "eager" if lm.attention != "eager" else "sdpa"
+    return [
+        Condition(f"threads {1 if threads > 1 else 2}", threads=1 if threads > 1 else 2),
+        Condition(f"attention {other_attn}", attention=other_attn),
+        Condition("batch 1", batch_size=1),
+        Condition("bf16 model", dtype=torch.bfloat16, binding=False),
+    ]
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _model_for(lm: LoadedModel, c: Condition) -> Any:
+    if c.dtype == lm.model.dtype and c.attention is None:
+        return lm.model
+    return lm.variant(c.dtype, c.attention)
+
+
+@torch.no_grad()
+def token_margins(
+    lm: LoadedModel, vectors: Sequence[torch.Tensor], tokens: Sequence[list[int]], model: Any = None,
+    batch_size: int = 16,
+) -> list[torch.Tensor]:
+    """Per-token margin (stored token's logit minus the best other), teacher-forced."""
+    emb = lm.model.get_input_embeddings()
+    out: list[torch.Tensor] = []
+    for start in range(0, len(tokens), batch_size):
+        toks = [torch.tensor(t, dtype=torch.long, device=lm.device) for t in tokens[start : start + batch_size]]
+        vecs = torch.stack([v.to(lm.device, torch.float32) for v in vectors[start : start + batch_size]])
+        text = [emb(t[:-1]).float() for t in toks]
+        logits, targets, _ = chunk_forward(lm, vecs, text, toks, model)
+        tgt = targets.clamp(min=0)
+        correct = logits.gather(2, tgt[..., None]).squeeze(2)
+        other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
+        margin = (correct - other).cpu()
+        out += [margin[r, : len(t)] for r, t in enumerate(toks)]
+    return out
+
+
+def stress(
+    lm: LoadedModel, vectors: Sequence[torch.Tensor], tokens: Sequence[list[int]],
+    which: Sequence[Condition] | None = None, progress=None,
+) -> list[ConditionReport]:
+    """Decode every chunk under each condition; count flips and measure margin drift."""
+    base = token_margins(lm, vectors, tokens)
+    lengths = [len(t) for t in tokens]
+    reports = []
+    for c in which if which is not None else conditions(lm):
+        model = _model_for(lm, c)
+        with _threads(c.threads):
+            got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model)
+            moved = token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size))
+        drift = [float((a - b).abs().max()) if len(a) else 0.0 for a, b in zip(base, moved)]
+        flips = sum(g != t for g, t in zip(got, tokens))
+        reports.append(ConditionReport(c.name, c.binding, len(tokens), flips, min(mins, default=float("inf")),
+                                       max(drift, default=0.0), drift))
+        if progress is not None:
+            progress({"event": "stress", "condition": c.name, "flips": flips})
+    return reports
