@@ -71,6 +71,40 @@ def test_chunks_that_never_converge_become_literal(tmp_path, tiny):
     assert kinds == {"tokens"}
     assert res.retries > 0
     assert a.vectors is None
+    assert len(a.chunks) == 1  # neighbouring literal chunks are stored as one block
+
+
+def test_long_text_is_tokenized_in_pieces_and_round_trips(tmp_path, tiny, monkeypatch):
+    from vecarc import api
+
+    text = ("Café naïve résumé, the quick brown fox; 12345 jumps over the lazy dog.\n   indented line\n" * 40).encode()
+    monkeypatch.setattr(api, "PIECE_CHARS", 300)
+    assert len(api._pieces(text.decode())) > 5
+    ids = api.tokenize_exact(tiny, text)
+    assert api.detokenize(tiny, ids) == text
+    hopeless = CramSettings(margin=1e9, max_steps=1, batch_size=64)  # the data path only
+    _, a = pack_and_unpack(tmp_path, tiny, {"long.txt": text}, settings=hopeless, chunk_tokens=32,
+                           min_chunk_tokens=16)
+    assert sum(c["tokens"] for c in a.chunks) == len(ids)
+
+
+def test_cram_draws_jobs_only_as_slots_free_up(tiny):
+    from vecarc.cram import Job, cram
+
+    drawn, seen = [], []
+
+    def jobs():
+        for i in range(40):
+            drawn.append(i)
+            yield Job([5, 6, 7, 8], i, i)
+
+    def on_result(job, r):
+        seen.append(len(drawn))
+        return []
+
+    out = cram(tiny, jobs(), CramSettings(margin=1e9, max_steps=1, batch_size=4), on_result=on_result, total=40)
+    assert out == [] and len(seen) == 40  # handed over, not kept
+    assert seen[0] <= 4  # the first result came before more than one batch was drawn
 
 
 def test_vectors_are_stored_in_the_dtype_they_were_verified_in(tmp_path, tiny):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import statistics
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
@@ -45,7 +47,7 @@ from .decode import decode_many, greedy_decode
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
 from .journal import Journal, identity
-from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model, parse_spec
+from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model
 from .plan import (
     MIN_CHUNK_TOKENS,
     Budget,
@@ -128,19 +130,65 @@ def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
     return docs
 
 
-def tokenize_exact(lm: LoadedModel, data: bytes) -> list[int] | None:
-    """Token ids whose decoding gives back exactly `data`, or None."""
+PIECE_CHARS = 1 << 16  # tokenize long texts in pieces of about this many characters
+
+
+_CUT = re.compile(r"(?<=[A-Za-z]) (?=[A-Za-z])")
+
+
+def _pieces(text: str, size: int | None = None) -> list[tuple[int, int]]:
+    """Cut before a single space between two letters: byte-level pre-tokenizers split there
+    anyway (the space goes with the next word)."""
+    cuts, start, n, size = [], 0, len(text), size or PIECE_CHARS
+    while n - start > size:
+        m = _CUT.search(text, start + size)
+        if m is None:
+            break
+        cuts.append((start, m.start()))
+        start = m.start()
+    return cuts + [(start, n)]
+
+
+def tokenize_exact(lm: LoadedModel, data: bytes) -> array | None:
+    """Token ids (int32 array) whose decoding gives back exactly `data`, or None.
+
+    A long text is tokenized piece by piece, so memory follows the piece, not
+    the document (a tokenizer's per-token bookkeeping is ~100 bytes). Each
+    piece must decode to itself, and the ids around each cut must decode to
+    the concatenation of their halves; else the whole text is tokenized at once.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    tok = lm.tokenizer
+
+    def dec(ids) -> str:
+        return tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    out = array("i")
+    prev: list[int] = []
+    for a, b in _pieces(text):
+        ids = tok(text[a:b], add_special_tokens=False)["input_ids"]
+        ok = dec(ids) == text[a:b]
+        if ok and prev and ids:
+            ok = dec(prev[-16:] + ids[:16]) == dec(prev[-16:]) + dec(ids[:16])
+        if not ok:
+            if a == 0 and b == len(text):
+                return None
+            return _tokenize_whole(lm, text)
+        out.extend(ids)
+        prev = ids
+    return out
+
+
+def _tokenize_whole(lm: LoadedModel, text: str) -> array | None:
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    back = lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    return list(ids) if back == text else None
+    return array("i", ids) if detokenize(lm, ids) == text.encode("utf-8") else None
 
 
-def detokenize(lm: LoadedModel, ids: list[int]) -> bytes:
-    return lm.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False).encode("utf-8")
+def detokenize(lm: LoadedModel, ids: Sequence[int]) -> bytes:
+    return lm.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False).encode("utf-8")
 
 
 def software_versions() -> dict:
@@ -210,7 +258,6 @@ def pack_documents(
 
     done: dict[tuple[int, int], dict] = {}
     vectors: dict[tuple[int, int], torch.Tensor] = {}
-    token_blocks: dict[tuple[int, int], list[int]] = {}
     steps: list[int] = []
     retries = 0
 
@@ -229,8 +276,7 @@ def pack_documents(
             if d in nats:
                 done[(d, a)]["planned_nats"] = round(sum(nats[d][a:b]), 2)
         elif outcome == "tokens":
-            token_blocks[(d, a)] = toks
-            done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks)}
+            done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a}
         else:
             retries += 1
         if journal is not None and not replaying:
@@ -252,7 +298,7 @@ def pack_documents(
         settle(j.tag, "tokens")
         return []
 
-    jobs, resume = [job(*x) for x in spans], None
+    jobs, resume = (job(*x) for x in spans), None  # drawn lazily: a long input is not copied chunk by chunk
     replaying = False
     if journal is not None:
         journal.start(identity(
@@ -264,10 +310,10 @@ def pack_documents(
             settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"])
         replaying = False
         if journal.state is not None:
-            jobs, resume = [], journal.state
+            resume = journal.state
             _emit(progress, event="resume", done=len(done), step=resume["step"])
     _emit(progress, event="plan", chunks=len(spans))
-    cram(lm, jobs, s, progress, on_result=judge, resume=resume, rebuild=lambda t: job(*t),
+    cram(lm, jobs, s, progress, on_result=judge, resume=resume, rebuild=lambda t: job(*t), total=len(spans),
          snapshot=journal.add_state if journal is not None else None, snapshot_every=checkpoint_every)
 
     chunks, rows, literals, decoded_tokens = [], [], {}, {}
@@ -276,15 +322,26 @@ def pack_documents(
             literals[len(chunks)] = zstandard.ZstdCompressor(level=19).compress(literal_docs[d])
             chunks.append({"doc": d, "kind": "bytes", "size": len(literal_docs[d])})
             continue
-        for key in sorted(k for k in done if k[0] == d):
-            ch = done[key]
+        keys = sorted(k for k in done if k[0] == d)
+        i = 0
+        while i < len(keys):
+            ch = done[keys[i]]
             if ch["kind"] == "vector":
                 ch["index"] = len(rows)
-                rows.append(vectors[key])
-                decoded_tokens[len(chunks)] = doc_tokens[d][key[1] : key[1] + ch["tokens"]]
-            else:
-                literals[len(chunks)] = encode_tokens(token_blocks[key])
-            chunks.append(ch)
+                rows.append(vectors[keys[i]])
+                decoded_tokens[len(chunks)] = doc_tokens[d][keys[i][1] : keys[i][1] + ch["tokens"]]
+                chunks.append(ch)
+                i += 1
+                continue
+            # Neighbouring literal chunks become one block: one zstd frame compresses far better than many.
+            j = i
+            while j + 1 < len(keys) and done[keys[j + 1]]["kind"] == "tokens":
+                j += 1
+            a, b = keys[i][1], keys[j][1] + done[keys[j]]["tokens"]
+            toks = doc_tokens[d][a:b]
+            literals[len(chunks)] = encode_tokens(toks)
+            chunks.append({"doc": d, "kind": "tokens", "tokens": b - a, "hash": token_hash(toks)})
+            i = j + 1
     d_model = lm.hidden_size
     header = {
         "format": "vecarc",
@@ -433,14 +490,14 @@ def decode_archive(
             if doc["encoding"] == "bytes":
                 data = literal_bytes(archive, mine[0])
             else:
-                ids: list[int] = []
+                ids = array("i")
                 for i in mine:
                     c = chunks[i]
                     if c["kind"] == "tokens":
                         tokens[i] = decode_tokens(archive.literals[i], c["tokens"])
                     if token_hash(tokens[i]) != c["hash"]:
                         problems.append(f"{doc['name']}: chunk {i} ({c['kind']}) decoded to other tokens")
-                    ids += tokens[i]
+                    ids.extend(tokens[i])
                 data = detokenize(lm, ids) if ids else b""
         except VecarcError as e:
             problems.append(f"{doc['name']}: {e}")

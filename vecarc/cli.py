@@ -30,6 +30,7 @@ from .capacity import DEFAULT_FILL
 from .cram import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
 from .errors import VecarcError
 from .journal import journal_path
+from .plan import MIN_CHUNK_TOKENS
 
 err = Console(stderr=True)
 out = Console()
@@ -128,6 +129,8 @@ def main() -> None:
 @click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
               help="Equal chunks of N tokens instead of the capacity plan.")
+@click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
+              help="A chunk that fails is split in halves down to this size, then stored as literal tokens.")
 @click.option("--fill", default=DEFAULT_FILL, show_default=True, type=click.FloatRange(0, 4, min_open=True),
               help="Plan chunks to this fraction of the calibrated budget.")
 @click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
@@ -142,7 +145,7 @@ def main() -> None:
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, fill, margin, max_steps,
+def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, min_chunk_tokens, fill, margin, max_steps,
          batch_size, search_dtype, resume, checkpoint_every, as_json, quiet, verbose):
     """Pack text files into one .vec archive.
 
@@ -155,7 +158,8 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chun
     try:
         with progress_bar(quiet) as on:
             r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
-                         chunk_tokens=chunk_tokens, force=force, progress=on, fill=fill, warn=_warner(quiet),
+                         chunk_tokens=chunk_tokens, min_chunk_tokens=min_chunk_tokens, force=force, progress=on,
+                         fill=fill, warn=_warner(quiet),
                          resume=resume, checkpoint_every=checkpoint_every)
     except KeyboardInterrupt:
         j = journal_path(target)

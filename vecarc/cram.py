@@ -15,7 +15,7 @@ import time
 import zlib
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,7 @@ class Job:
 
 def cram(
     lm: LoadedModel,
-    jobs: Sequence[Job],
+    jobs: Iterable[Job],
     s: CramSettings,
     progress: Progress | None = None,
     on_result: Callable[[Job, CramResult], Sequence[Job]] | None = None,
@@ -159,12 +159,16 @@ def cram(
     snapshot_every: float = 60.0,
     resume: dict | None = None,
     rebuild: Callable[[Any], Job] | None = None,
+    total: int | None = None,
 ) -> list[tuple[Job, CramResult]]:
     """Find memory vectors for each job; returns (job, result) in completion order.
 
     on_result sees each result as soon as its chunk leaves the batch and may
     return follow-up jobs (pack returns the two halves of a chunk that failed),
     which join the running batch at once instead of waiting for a new round.
+    With on_result, results are handed over and not kept (the list returned is
+    empty), and jobs are drawn from the iterable only as slots free up, so a
+    long input costs memory for the batch, not for every chunk.
 
     snapshot receives the whole in-flight state (at a step boundary, at most
     every snapshot_every seconds); cram(resume=that state, rebuild=tag -> Job)
@@ -177,9 +181,12 @@ def cram(
     search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     k, d = s.vectors, lm.hidden_size
     std = float(emb.weight.detach().float().std()) * s.init_scale
-    pending = deque(jobs)
-    total = len(pending)
+    source = iter(jobs)
+    pending: deque[Job] = deque()  # follow-up jobs, served before the source
+    taken = 0  # jobs drawn from the source
+    total = total if total is not None else len(jobs)  # type: ignore[arg-type]
     results: list[tuple[Job, CramResult]] = []
+    finished = 0
     slots: list[_Slot] = []
     step = 0
 
@@ -191,9 +198,10 @@ def cram(
             p = _init_vectors(job.key, s.seed, k, d, std).to(dev)
         return _Slot(job, toks, text_emb, p, polish=search is lm.model)
 
-    done_before = 0  # chunks finished before the snapshot we resumed from
     if resume is not None:
-        step, total, done_before = resume["step"], resume["total"], resume.get("done", 0)
+        step, total, finished, taken = resume["step"], resume["total"], resume["done"], resume["taken"]
+        for _ in range(taken):
+            next(source)
         pending = deque(rebuild(_tag(t)) for t in resume["pending"])
         ten = resume["tensors"]
         for i, rec in enumerate(resume["slots"]):
@@ -203,9 +211,20 @@ def cram(
             sl.polish, sl.search_steps = rec["polish"], rec["search_steps"]
             slots.append(sl)
     last_snapshot = time.monotonic()
-    while pending or slots:
-        while pending and len(slots) < s.batch_size:
-            slots.append(new_slot(pending.popleft()))
+    exhausted = False
+    while True:
+        while len(slots) < s.batch_size:
+            if pending:
+                slots.append(new_slot(pending.popleft()))
+                continue
+            job = None if exhausted else next(source, None)
+            if job is None:
+                exhausted = True
+                break
+            taken += 1
+            slots.append(new_slot(job))
+        if not slots:
+            break
         # Rows still searching run on the cheap model; rows polishing run on the float32
         # model, whose margin is the one that counts.
         stats: dict[int, tuple] = {}
@@ -240,8 +259,10 @@ def cram(
                         seconds=time.perf_counter() - sl.start,
                         search_steps=sl.search_steps if sl.search_steps is not None else sl.t,
                     )
-                    results.append((sl.job, res))
-                    if on_result is not None:
+                    finished += 1
+                    if on_result is None:
+                        results.append((sl.job, res))
+                    else:
                         more = list(on_result(sl.job, res))
                         pending.extendleft(reversed(more))
                         total += len(more)
@@ -254,14 +275,14 @@ def cram(
                 keep.append(sl)
             slots = keep
         if snapshot is not None and time.monotonic() - last_snapshot >= snapshot_every:
-            snapshot(_state(step, total, done_before + len(results), pending, slots))
+            snapshot(_state(step, total, finished, taken, pending, slots))
             last_snapshot = time.monotonic()
         if progress is not None:
             progress(
                 {
                     "event": "step",
                     "step": step,
-                    "done": done_before + len(results),
+                    "done": finished,
                     "total": total,
                     "active": len(slots),
                     "accuracy": min(row_acc) if row_acc else 1.0,
@@ -275,12 +296,13 @@ def _tag(x: Any) -> Any:
     return tuple(_tag(v) for v in x) if isinstance(x, list) else x
 
 
-def _state(step: int, total: int, done: int, pending: Sequence[Job], slots: Sequence[_Slot]) -> dict:
+def _state(step: int, total: int, done: int, taken: int, pending: Sequence[Job], slots: Sequence[_Slot]) -> dict:
     """Everything the loop needs to continue exactly: float32 tensors, not rounded copies."""
     return {
         "step": step,
         "total": total,
         "done": done,
+        "taken": taken,
         "pending": [j.tag for j in pending],
         "slots": [{"tag": sl.job.tag, "t": sl.t, "best": sl.best, "best_t": sl.best_t, "polish": sl.polish,
                    "search_steps": sl.search_steps} for sl in slots],

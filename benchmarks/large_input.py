@@ -1,0 +1,95 @@
+"""Peak memory of packing multi-megabyte inputs (issue 6), with the tiny test model.
+
+    python benchmarks/large_input.py [--sizes 1,8] [--max-steps 1] [--runs 1]
+
+Builds the tiny Llama of tests/conftest.py (trained a few seconds on its
+repetitive text), makes inputs of N MiB from ../shared/corpora, and runs
+`vecarc pack` on each as its own process; peak RSS is that process's
+ru_maxrss. A 1 KiB input gives the fixed cost (interpreter, torch, model).
+With --max-steps 1 no chunk converges, and with --min-chunk-tokens equal to
+--chunk-tokens none is split, so every chunk ends as literal tokens after one
+optimisation step: this measures the data path (reading, tokenizing, the job
+queue, the journal, the archive), not the memory of stored vectors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import build_tiny_model  # noqa: E402
+from corpora import CORPORA, FILES  # noqa: E402
+
+
+def make_input(path: Path, size: int) -> None:
+    text = b"".join((CORPORA / f).read_bytes() for f in FILES)
+    reps = size // len(text) + 1
+    data = (text * reps)[:size]
+    while True:  # cut on a character boundary
+        try:
+            data.decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            data = data[:-1]
+    path.write_bytes(data)
+
+
+def run_pack(src: Path, model: Path, max_steps: int) -> dict:
+    out = src.with_suffix(".vec")
+    cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "-o", str(out), "-f", "--model", str(model),
+           "--chunk-tokens", "64", "--min-chunk-tokens", "64", "--max-steps", str(max_steps), "--batch-size", "256",
+           "-q", "--json"]
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout = p.stdout.read()
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    secs = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"pack failed: {err.decode()[-2000:]}")
+    s = json.loads(stdout)
+    return {"input_bytes": src.stat().st_size, "archive_bytes": s["archive_bytes"],
+            "chunks": s["chunks"]["total"], "vector_chunks": s["chunks"]["vector"],
+            "tokens": sum(d["tokens"] for d in s["documents"]),
+            "peak_rss_mib": usage.ru_maxrss / 1024, "seconds": secs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1,8", help="input sizes in MiB")
+    ap.add_argument("--max-steps", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--work", default="build/large")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "tiny"
+    if not (model / "config.json").exists():
+        build_tiny_model(model, seed=2, train_steps=150)
+    rows = []
+    print("| input | tokens | chunks (vector) | archive bytes | peak RSS MiB (median) | seconds (median) |")
+    print("|---|---|---|---|---|---|")
+    for label, size in [("1 KiB", 1024)] + [(f"{m} MiB", int(float(m) * (1 << 20))) for m in args.sizes.split(",")]:
+        src = work / f"input-{size}.txt"
+        make_input(src, size)
+        runs = [run_pack(src, model, args.max_steps) for _ in range(args.runs)]
+        r = runs[0] | {"peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in runs),
+                       "seconds": statistics.median(x["seconds"] for x in runs), "label": label}
+        rows.append(r)
+        print(f"| {label} | {r['tokens']:,} | {r['chunks']:,} ({r['vector_chunks']:,}) | {r['archive_bytes']:,} | "
+              f"{r['peak_rss_mib']:.0f} | {r['seconds']:.0f} |", flush=True)
+    (work / "large.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
