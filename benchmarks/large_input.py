@@ -47,7 +47,7 @@ def make_input(path: Path, size: int) -> None:
 def run_pack(src: Path, model: Path, max_steps: int) -> dict:
     out = src.with_suffix(".vec")
     cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "-o", str(out), "-f", "--model", str(model),
-           "--chunk-tokens", "64", "--min-chunk-tokens", "64", "--max-steps", str(max_steps), "--batch-size", "256",
+           "--chunk-tokens", "64", "--min-chunk-tokens", "64", "--max-steps", str(max_steps),
            "-q", "--json"]
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -23,6 +23,7 @@ import zstandard
 
 from . import __version__
 from .archive import (
+    MAX_LITERAL_TOKENS,
     Archive,
     check_name,
     decode_tokens,
@@ -187,8 +188,28 @@ def _tokenize_whole(lm: LoadedModel, text: str) -> array | None:
     return array("i", ids) if detokenize(lm, ids) == text.encode("utf-8") else None
 
 
+DECODE_TOKENS = 1 << 16  # detokenize long documents in windows of about this many tokens
+
+
 def detokenize(lm: LoadedModel, ids: Sequence[int]) -> bytes:
-    return lm.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False).encode("utf-8")
+    """The document's bytes. Long documents are decoded window by window (a tokenizer's
+    decode of millions of ids costs ~100 bytes each), cutting only where the ids on both
+    sides decode to the concatenation of their halves; where none is found, all at once."""
+
+    def dec(x) -> str:
+        return lm.tokenizer.decode(list(x), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    out, a, n = [], 0, len(ids)
+    while n - a > DECODE_TOKENS:
+        for b in range(a + DECODE_TOKENS, min(a + DECODE_TOKENS + 64, n - 1)):
+            if dec(ids[b - 8 : b + 8]) == dec(ids[b - 8 : b]) + dec(ids[b : b + 8]):
+                break
+        else:
+            return dec(ids).encode("utf-8")
+        out.append(dec(ids[a:b]).encode("utf-8"))
+        a = b
+    out.append(dec(ids[a:]).encode("utf-8"))
+    return b"".join(out)
 
 
 def software_versions() -> dict:
@@ -335,7 +356,8 @@ def pack_documents(
                 continue
             # Neighbouring literal chunks become one block: one zstd frame compresses far better than many.
             j = i
-            while j + 1 < len(keys) and done[keys[j + 1]]["kind"] == "tokens":
+            while (j + 1 < len(keys) and done[keys[j + 1]]["kind"] == "tokens"
+                   and keys[j + 1][1] + done[keys[j + 1]]["tokens"] - keys[i][1] <= MAX_LITERAL_TOKENS):
                 j += 1
             a, b = keys[i][1], keys[j][1] + done[keys[j]]["tokens"]
             toks = doc_tokens[d][a:b]

@@ -30,6 +30,7 @@ MAX_HEADER_LEN = 64 << 20
 MAX_PER_CHUNK = 64
 MAX_CHUNK_TOKENS = 1 << 20
 MAX_LITERAL = 1 << 30
+MAX_LITERAL_TOKENS = min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)  # one literal token block
 STORAGE_DTYPES = {"fp32": ("F32", 4), "fp16": ("F16", 2), "bf16": ("BF16", 2)}
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -312,7 +313,7 @@ def _validate(h: Any, body_len: int) -> None:
             _need(_int(ch.get("length"), 1, body_len - ch["offset"]), "literal block runs past the body")
             if kind == "tokens":
                 _need(enc == "text", "token block in a bytes document")
-                _need(_int(ch.get("tokens"), 1, min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)), "token block size out of range")
+                _need(_int(ch.get("tokens"), 1, MAX_LITERAL_TOKENS), "token block size out of range")
                 _need(isinstance(ch.get("hash"), str), "chunk hash missing")
             else:
                 _need(enc == "bytes", "bytes block in a text document")
