@@ -118,6 +118,49 @@ def test_vectors_are_stored_in_the_dtype_they_were_verified_in(tmp_path, tiny):
         assert a.header["vectors"]["dtype"] == dt
 
 
+@pytest.mark.parametrize("form", ["int8", "int4"])
+def test_integer_vectors_round_trip_bit_identically(tmp_path, tiny, form):
+    import torch
+
+    from vecarc import quant
+    from vecarc.archive import parse_archive, serialize
+
+    s = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form)
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
+    assert a.header["vectors"]["dtype"] == form and a.vectors is not None
+    # What was verified is what is stored: the in-memory vectors equal those read back, bit for bit.
+    assert torch.equal(res.archive.vectors, a.vectors)
+    assert torch.equal(parse_archive(serialize(a)).vectors, a.vectors)
+    level = quant.LEVELS[form]
+    scale = a.vectors.abs().amax(-1, keepdim=True) / level
+    n = a.vectors / scale
+    assert torch.equal(n, n.round()) and n.abs().max() <= level  # on the integer grid
+    stored = quant.encode(a.vectors, form)
+    count, k, d = a.vectors.shape
+    assert stored["vectors"].numel() == count * k * (d if form == "int8" else d // 2)
+
+
+def test_quantised_sections_are_checked(tmp_path, tiny):
+    import torch
+
+    from vecarc import quant
+
+    v = quant.quantize(torch.randn(3, 1, 7) * 5, "int4")
+    enc = quant.encode(v, "int4")
+    assert torch.equal(quant.decode(enc, "int4", (3, 1, 7)), v)  # odd dimension: padded nibble
+    bad = dict(enc, vectors=enc["vectors"] & 0xF0)  # nibble 0 would be -8, outside [-7, 7]
+    with pytest.raises(ValueError, match="outside"):
+        quant.decode(bad, "int4", (3, 1, 7))
+    with pytest.raises(ValueError, match="scales"):
+        quant.decode(dict(enc, scales=-enc["scales"].abs() - 1), "int4", (3, 1, 7))
+    e8 = quant.encode(quant.quantize(torch.randn(2, 1, 4), "int8"), "int8")
+    e8["vectors"][0, 0, 0] = -128
+    with pytest.raises(ValueError, match="outside"):
+        quant.decode(e8, "int8", (2, 1, 4))
+    with pytest.raises(ValueError, match="exactly"):
+        quant.decode({"vectors": e8["vectors"]}, "int8", (2, 1, 4))
+
+
 def test_split_and_retry_still_round_trips(tmp_path, tiny):
     # Chunks of 8 rarely converge on the tiny model: they are split down to size 1.
     res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, chunk_tokens=8)

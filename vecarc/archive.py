@@ -19,6 +19,7 @@ from typing import Any
 
 import zstandard
 
+from . import quant
 from .errors import VecarcError
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
@@ -31,7 +32,6 @@ MAX_PER_CHUNK = 64
 MAX_CHUNK_TOKENS = 1 << 20
 MAX_LITERAL = 1 << 30
 MAX_LITERAL_TOKENS = min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)  # one literal token block
-STORAGE_DTYPES = {"fp32": ("F32", 4), "fp16": ("F16", 2), "bf16": ("BF16", 2)}
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -91,7 +91,7 @@ def serialize(archive: Archive) -> bytes:
     body = bytearray()
     vec = header["vectors"]
     if archive.vectors is not None and archive.vectors.shape[0] > 0:
-        blob = save({"vectors": archive.vectors.contiguous()})
+        blob = save(quant.encode(archive.vectors, vec["dtype"]))
         vec["section"] = [0, len(blob)]
         body += blob
     else:
@@ -229,17 +229,10 @@ def _load_vectors(vec: dict, body: memoryview):
         tensors = load(bytes(body[off : off + length]))
     except Exception as e:  # safetensors raises its own error types
         raise _bad(f"vectors section does not parse ({str(e).splitlines()[0] if str(e) else e})") from None
-    t = tensors.get("vectors")
-    want = (vec["count"], vec["per_chunk"], vec["hidden_size"])
-    if t is None or set(tensors) != {"vectors"}:
-        raise _bad("vectors section must hold exactly one tensor named 'vectors'")
-    if tuple(t.shape) != want:
-        raise _bad(f"vectors tensor has shape {tuple(t.shape)}, header says {want}")
-    from .cram import VECTOR_DTYPES
-
-    if t.dtype != VECTOR_DTYPES[vec["dtype"]]:
-        raise _bad(f"vectors tensor is {t.dtype}, header says {vec['dtype']}")
-    return t
+    try:
+        return quant.decode(tensors, vec["dtype"], (vec["count"], vec["per_chunk"], vec["hidden_size"]))
+    except ValueError as e:
+        raise _bad(str(e)) from None
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -274,14 +267,14 @@ def _validate(h: Any, body_len: int) -> None:
     _need(_int(m.get("hidden_size"), 1, 1 << 16), "model.hidden_size out of range")
     _need(_int(m.get("sink_token_id"), 0, m["vocab_size"] - 1), "model.sink_token_id out of range")
     v = h["vectors"]
-    _need(isinstance(v.get("dtype"), str) and v["dtype"] in STORAGE_DTYPES, f"unknown vector dtype {v.get('dtype')!r}")
+    _need(isinstance(v.get("dtype"), str) and v["dtype"] in quant.FORMS, f"unknown vector dtype {v.get('dtype')!r}")
     _need(_int(v.get("per_chunk"), 1, MAX_PER_CHUNK), "vectors.per_chunk out of range")
     _need(v.get("hidden_size") == m["hidden_size"], "vectors.hidden_size differs from the model's")
     _need(_int(v.get("count"), 0, body_len), "vectors.count out of range")
     sec = v.get("section")
     _need(isinstance(sec, list) and len(sec) == 2 and all(_int(x, 0, body_len) for x in sec), "bad vectors section")
     _need(sec[0] + sec[1] <= body_len, "vectors section runs past the body")
-    row = v["per_chunk"] * v["hidden_size"] * STORAGE_DTYPES[v["dtype"]][1]
+    row = quant.row_bytes(v["dtype"], v["per_chunk"], v["hidden_size"])
     _need(v["count"] * row <= sec[1], "vectors section too small for the declared count")
     names = set()
     for d in h["documents"]:

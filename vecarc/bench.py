@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 import torch
 import zstandard
 
-from . import api
-from .archive import STORAGE_DTYPES, Archive, read_archive
+from . import api, quant
+from .archive import Archive, read_archive
 from .cram import VECTOR_DTYPES, CramSettings
 from .entropy import bits, text_nll, token_nll
 from .errors import VecarcError
@@ -189,7 +189,7 @@ def bench_file(
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
         row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
-        stored = a.header["vectors"]["per_chunk"] * a.header["vectors"]["hidden_size"] * STORAGE_DTYPES[dt][1] * 8
+        stored = quant.row_bytes(dt, a.header["vectors"]["per_chunk"], a.header["vectors"]["hidden_size"]) * 8
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

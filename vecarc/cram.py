@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from .models import LoadedModel
+from .quant import FORMS, in_memory, quantize
 
-VECTOR_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+VECTOR_DTYPES = FORMS  # storage forms: vecarc.quant
 SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -37,7 +38,7 @@ class CramSettings:
     patience: int = 150  # give up (and let pack split the chunk) after this many steps without a lower loss
     batch_size: int = 8
     seed: int = 0
-    vector_dtype: str = "fp16"  # what is stored, and what the model sees while training
+    vector_dtype: str = "fp16"  # storage form (vecarc.quant): what is stored, and what the model sees while training
     init_scale: float = 20.0  # initial std in units of the embedding std: solved vectors end up about this large
     # Model copy for the search; the float32 model confirms the margin (polish). bf16 steps cost
     # ~half on AMX CPUs but needed ~1.45x more steps and failed more chunks (docs/benchmarks.md): off.
@@ -117,11 +118,11 @@ def chunk_forward(
     return logits, targets, ce
 
 
-def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], qdtype: torch.dtype) -> list[tuple]:
+def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], form: str) -> list[tuple]:
     """One forward/backward for some rows: (vectors seen, min margin, accuracy, loss, grad) per row."""
     params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
     # Straight-through rounding: the model sees exactly what will be stored.
-    q = params + (params.to(qdtype).to(torch.float32) - params).detach()
+    q = params + (quantize(params, form) - params).detach()
     logits, targets, ce = chunk_forward(lm, q, [sl.text_emb for sl in slots], [sl.tokens for sl in slots], model)
     valid = targets != -100
     lengths = valid.sum(1)
@@ -177,7 +178,7 @@ def cram(
     """
     dev = lm.device
     emb = lm.model.get_input_embeddings()
-    qdtype = VECTOR_DTYPES[s.vector_dtype]
+    form = s.vector_dtype
     search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     k, d = s.vectors, lm.hidden_size
     std = float(emb.weight.detach().float().std()) * s.init_scale
@@ -232,7 +233,7 @@ def cram(
             group = [r for r, sl in enumerate(slots) if sl.polish == polish]
             if group:
                 stats.update(zip(group, _group_step(lm, search if not polish else lm.model,
-                                                    [slots[r] for r in group], qdtype)))
+                                                    [slots[r] for r in group], form)))
         row_acc = [stats[r][2] for r in range(len(slots))]
         row_loss_l = [stats[r][3] for r in range(len(slots))]
         step += 1
@@ -250,7 +251,7 @@ def cram(
                 stuck = sl.t - sl.best_t >= s.patience
                 if ok or stuck or sl.t >= s.max_steps:
                     res = CramResult(
-                        vectors=q.to(qdtype).cpu(),
+                        vectors=in_memory(q, form).cpu(),
                         ok=ok,
                         steps=sl.t,
                         margin=margin,
