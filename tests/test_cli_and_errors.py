@@ -108,9 +108,24 @@ def test_wrong_magic_and_version(tmp_path, packed):
 
 
 def _resealed(archive, mutate) -> bytes:
-    """A hostile archive with a valid checksum: only header validation can stop it."""
-    mutate(archive.header)
-    return serialize(archive)
+    """A hostile archive with a valid checksum: only header validation can stop it.
+
+    The body is the good archive's, byte for byte; only the header changes."""
+    import hashlib
+
+    import zstandard
+
+    from vecarc.archive import CHECKSUM_LEN
+
+    good = serialize(archive)
+    _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
+    body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]
+    header = parse_archive(good).header
+    mutate(header)
+    text = json.dumps(header).encode()
+    z = zstandard.ZstdCompressor().compress(text)
+    head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
+    return head + z + body + hashlib.sha256(head + z + body).digest()
 
 
 def test_hostile_headers_are_refused(tmp_path, packed):
@@ -119,6 +134,8 @@ def test_hostile_headers_are_refused(tmp_path, packed):
         "vector index out of range": lambda h: next(c for c in h["chunks"] if c["kind"] == "vector").update(index=99),
         "sink_token_id": lambda h: h["model"].update(sink_token_id=10**9),
         "per_chunk out of range": lambda h: h["vectors"].update(per_chunk=1000),
+        "unknown vector dtype 'int3'": lambda h: h["vectors"].update(dtype="int3"),
+        "must hold exactly": lambda h: h["vectors"].update(dtype="int8"),  # the header lies about the data
     }
     for want, mutate in cases.items():
         data = _resealed(read_archive(packed), mutate)
