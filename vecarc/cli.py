@@ -297,7 +297,7 @@ def _num(x, fmt: str = "{:,.0f}") -> str:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
 @click.option("--zstd-levels", default="3,19", show_default=True, help="Comma-separated zstd levels (22 is always added).")
-@click.option("--vector-dtypes", default="fp16", show_default=True, help="Comma-separated: fp32,fp16,bf16.")
+@click.option("--vector-dtypes", default="fp16", show_default=True, help="Comma-separated: fp32,fp16,bf16,int8,int4.")
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
