@@ -75,10 +75,14 @@ class PackResult:
 class DecodeResult:
     documents: list[bytes | None]
     problems: list[str]
-    min_margin: float
     tokens: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> decoded token ids
     margins: dict[int, float] = field(default_factory=dict)  # chunk index -> smallest greedy decode margin
     stress: list = field(default_factory=list)  # robust.ConditionReport per condition (verify --strict)
+
+    @property
+    def min_margin(self) -> float:
+        """Smallest decode margin of any chunk decoded here (inf when none was: literals, or known tokens)."""
+        return min(self.margins.values(), default=float("inf"))
 
     @property
     def ok(self) -> bool:
@@ -162,18 +166,13 @@ def tokenize_exact(lm: LoadedModel, data: bytes) -> array | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    tok = lm.tokenizer
-
-    def dec(ids) -> str:
-        return tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
     out = array("i")
     prev: list[int] = []
     for a, b in _pieces(text):
-        ids = tok(text[a:b], add_special_tokens=False)["input_ids"]
-        ok = dec(ids) == text[a:b]
+        ids = lm.tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+        ok = _text(lm, ids) == text[a:b]
         if ok and prev and ids:
-            ok = dec(prev[-16:] + ids[:16]) == dec(prev[-16:]) + dec(ids[:16])
+            ok = _clean_cut(lm, prev[-16:], ids[:16])
         if not ok:
             if a == 0 and b == len(text):
                 return None
@@ -191,24 +190,29 @@ def _tokenize_whole(lm: LoadedModel, text: str) -> array | None:
 DECODE_TOKENS = 1 << 16  # detokenize long documents in windows of about this many tokens
 
 
+def _text(lm: LoadedModel, ids: Sequence[int]) -> str:
+    return lm.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _clean_cut(lm: LoadedModel, left: Sequence[int], right: Sequence[int]) -> bool:
+    """Whether ids may be decoded on either side of this cut separately (no merge across it)."""
+    return _text(lm, list(left) + list(right)) == _text(lm, left) + _text(lm, right)
+
+
 def detokenize(lm: LoadedModel, ids: Sequence[int]) -> bytes:
     """The document's bytes. Long documents are decoded window by window (a tokenizer's
     decode of millions of ids costs ~100 bytes each), cutting only where the ids on both
     sides decode to the concatenation of their halves; where none is found, all at once."""
-
-    def dec(x) -> str:
-        return lm.tokenizer.decode(list(x), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
     out, a, n = [], 0, len(ids)
     while n - a > DECODE_TOKENS:
         for b in range(a + DECODE_TOKENS, min(a + DECODE_TOKENS + 64, n - 1)):
-            if dec(ids[b - 8 : b + 8]) == dec(ids[b - 8 : b]) + dec(ids[b : b + 8]):
+            if _clean_cut(lm, ids[b - 8 : b], ids[b : b + 8]):
                 break
         else:
-            return dec(ids).encode("utf-8")
-        out.append(dec(ids[a:b]).encode("utf-8"))
+            return _text(lm, ids).encode("utf-8")
+        out.append(_text(lm, ids[a:b]).encode("utf-8"))
         a = b
-    out.append(dec(ids[a:]).encode("utf-8"))
+    out.append(_text(lm, ids[a:]).encode("utf-8"))
     return b"".join(out)
 
 
@@ -285,8 +289,9 @@ def pack_documents(
     def job(d: int, a: int, b: int) -> Job:
         return Job(doc_tokens[d][a:b], chunk_key(d, a, b), (d, a, b))
 
-    def settle(tag: tuple[int, int, int], outcome: str, vec: torch.Tensor | None = None, info: dict | None = None):
-        """Record one chunk's fate (vector, literal tokens or split) here and in the journal."""
+    def settle(tag: tuple[int, int, int], outcome: str, vec: torch.Tensor | None = None, info: dict | None = None,
+               replayed: bool = False):
+        """Record one chunk's fate (vector, literal tokens or split) here and, unless it came from it, in the journal."""
         nonlocal retries
         d, a, b = tag
         toks = doc_tokens[d][a:b]
@@ -300,7 +305,7 @@ def pack_documents(
             done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a}
         else:
             retries += 1
-        if journal is not None and not replaying:
+        if journal is not None and not replayed:
             journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, {"v": vec} if vec is not None else None)
 
     def judge(j: Job, r: CramResult) -> list[Job]:
@@ -320,16 +325,13 @@ def pack_documents(
         return []
 
     jobs, resume = (job(*x) for x in spans), None  # drawn lazily: a long input is not copied chunk by chunk
-    replaying = False
     if journal is not None:
         journal.start(identity(
             vecarc=__version__, documents=[(x["name"], x["sha256"]) for x in documents],
             model=lm.fingerprint, settings=s.record(), chunk_tokens=size, min_chunk_tokens=min_chunk_tokens,
             budget=vars(budget) if budget else None, spans=spans))
-        replaying = True
         for meta, ten in journal.results:
-            settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"])
-        replaying = False
+            settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], replayed=True)
         if journal.state is not None:
             resume = journal.state
             _emit(progress, event="resume", done=len(done), step=resume["step"])
@@ -405,13 +407,7 @@ def pack(
     Work in progress is kept in OUTPUT.journal; resume=True continues it after
     an interruption, and the journal is removed once the archive is written.
     """
-    if not inputs:
-        raise VecarcError("nothing to pack")
-    if output is None:
-        if len(inputs) > 1:
-            raise VecarcError("several inputs need -o/--output")
-        output = Path(str(inputs[0]) + ".vec")
-    output = Path(output)
+    output = output_for(inputs, output)
     if output.exists() and not force:
         raise VecarcError(f"{output} exists (use -f to overwrite)")
     if any(Path(i).resolve() == output.resolve() for i in inputs):
@@ -433,6 +429,17 @@ def pack(
         journal.close()
     journal.remove()
     return PackResult(output, written, len(data), time.perf_counter() - t0, retries, steps)
+
+
+def output_for(inputs: Sequence[str | Path], output: str | Path | None = None) -> Path:
+    """The archive path pack writes: the one given, else FIRST_INPUT.vec for a single input."""
+    if not inputs:
+        raise VecarcError("nothing to pack")
+    if output is None:
+        if len(inputs) > 1:
+            raise VecarcError("several inputs need -o/--output")
+        output = Path(str(inputs[0]) + ".vec")
+    return Path(output)
 
 
 def capacity_budget(
@@ -495,7 +502,6 @@ def decode_archive(
     tokens: dict[int, list[int]] = {}
     problems: list[str] = []
     vec_idx = [i for i, c in enumerate(chunks) if c["kind"] == "vector"]
-    min_margin = float("inf")
     chunk_margins: dict[int, float] = {}
     if known is not None:
         tokens.update(known)
@@ -504,7 +510,6 @@ def decode_archive(
         got, margins = decode_many(lm, vecs, [chunks[i]["tokens"] for i in vec_idx], progress=progress)
         tokens.update(zip(vec_idx, got))
         chunk_margins = dict(zip(vec_idx, margins))
-        min_margin = min(margins)
     out: list[bytes | None] = []
     for d, doc in enumerate(archive.documents):
         mine = [i for i, c in enumerate(chunks) if c["doc"] == d]
@@ -530,7 +535,7 @@ def decode_archive(
             out.append(None)
         else:
             out.append(data)
-    return DecodeResult(out, problems, min_margin, tokens, chunk_margins)
+    return DecodeResult(out, problems, tokens, chunk_margins)
 
 
 def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto") -> LoadedModel:

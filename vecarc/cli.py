@@ -154,7 +154,7 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chun
     """
     settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
                             batch_size=batch_size, seed=seed, search_dtype=search_dtype)
-    target = Path(output) if output else Path(str(inputs[0]) + ".vec")
+    target = api.output_for(inputs, output)
     try:
         with progress_bar(quiet) as on:
             r = api.pack(list(inputs), output, model=model, device=device, settings=settings,

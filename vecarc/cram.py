@@ -118,6 +118,15 @@ def chunk_forward(
     return logits, targets, ce
 
 
+@torch.no_grad()
+def logit_margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per position: the target's logit minus the best other one (meaningless where targets are -100)."""
+    tgt = targets.clamp(min=0)
+    correct = logits.gather(2, tgt[..., None]).squeeze(2)
+    other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
+    return correct - other
+
+
 def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], form: str) -> list[tuple]:
     """One forward/backward for some rows: (vectors seen, min margin, accuracy, loss, grad) per row."""
     params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
@@ -129,10 +138,7 @@ def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], form: str
     row_loss = ce.sum(1) / lengths
     row_loss.sum().backward()
     with torch.no_grad():
-        tgt = targets.clamp(min=0)
-        correct = logits.gather(2, tgt[..., None]).squeeze(2)
-        other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
-        margin = (correct - other).masked_fill(~valid, float("inf"))
+        margin = logit_margins(logits, targets).masked_fill(~valid, float("inf"))
         row_margin = margin.amin(1).tolist()
         row_acc = (((margin > 0) & valid).sum(1) / lengths).tolist()
         row_loss_l = row_loss.tolist()

@@ -55,11 +55,14 @@ class LoadedModel:
         return self.variant(dtype, "eager" if self.device.type == "cpu" else None)
 
     def variant(self, dtype: torch.dtype, attention: str | None = None) -> Any:
-        """A cached copy of the model in another dtype and/or attention implementation.
+        """A cached copy of the model in another dtype and/or attention implementation
+        (None: keep the current one); the model itself when nothing differs.
 
         For the search (bf16) and for `verify --strict`, which decodes under the
         conditions another machine might use.
         """
+        if dtype == self.model.dtype and attention in (None, self.attention):
+            return self.model
         key = (dtype, attention)
         if key not in self._variants:
             import copy
@@ -100,7 +103,7 @@ class LoadedModel:
             "vocab_size": self.vocab_size,
             "num_layers": int(getattr(cfg, "num_hidden_layers", 0)),
             "dtype": str(self.model.dtype).replace("torch.", ""),
-            "attention": str(getattr(cfg, "_attn_implementation", "unknown")),
+            "attention": self.attention,
             "sink_token_id": self.sink_id,
         }
 

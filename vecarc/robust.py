@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .cram import chunk_forward
+from .cram import chunk_forward, logit_margins
 from .decode import decode_many
 from .models import LoadedModel
 
@@ -83,8 +83,6 @@ def _threads(n: int | None) -> Iterator[None]:
 
 
 def _model_for(lm: LoadedModel, c: Condition) -> Any:
-    if c.dtype == lm.model.dtype and c.attention is None:
-        return lm.model
     return lm.variant(c.dtype, c.attention)
 
 
@@ -101,10 +99,7 @@ def token_margins(
         vecs = torch.stack([v.to(lm.device, torch.float32) for v in vectors[start : start + batch_size]])
         text = [emb(t[:-1]).float() for t in toks]
         logits, targets, _ = chunk_forward(lm, vecs, text, toks, model)
-        tgt = targets.clamp(min=0)
-        correct = logits.gather(2, tgt[..., None]).squeeze(2)
-        other = logits.scatter(2, tgt[..., None], float("-inf")).amax(2)
-        margin = (correct - other).cpu()
+        margin = logit_margins(logits, targets).cpu()
         out += [margin[r, : len(t)] for r, t in enumerate(toks)]
     return out
 
