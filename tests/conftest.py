@@ -48,6 +48,24 @@ def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64, train_steps:
     return folder
 
 
+def reseal(good: bytes, header) -> bytes:
+    """The good archive's body, byte for byte, under another header, with a valid checksum:
+    only header validation can stop it."""
+    import hashlib
+    import json
+
+    import zstandard
+
+    from vecarc.archive import CHECKSUM_LEN, MAGIC, PREFIX
+
+    _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
+    body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]
+    text = json.dumps(header, allow_nan=True).encode()
+    z = zstandard.ZstdCompressor().compress(text)
+    head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
+    return head + z + body + hashlib.sha256(head + z + body).digest()
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))

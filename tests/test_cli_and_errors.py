@@ -7,6 +7,7 @@ import struct
 
 import pytest
 from click.testing import CliRunner
+from conftest import reseal
 
 import vecarc
 from vecarc import VecarcError, read_archive
@@ -108,24 +109,11 @@ def test_wrong_magic_and_version(tmp_path, packed):
 
 
 def _resealed(archive, mutate) -> bytes:
-    """A hostile archive with a valid checksum: only header validation can stop it.
-
-    The body is the good archive's, byte for byte; only the header changes."""
-    import hashlib
-
-    import zstandard
-
-    from vecarc.archive import CHECKSUM_LEN
-
+    """A hostile archive with a valid checksum: only header validation can stop it."""
     good = serialize(archive)
-    _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
-    body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]
     header = parse_archive(good).header
     mutate(header)
-    text = json.dumps(header).encode()
-    z = zstandard.ZstdCompressor().compress(text)
-    head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
-    return head + z + body + hashlib.sha256(head + z + body).digest()
+    return reseal(good, header)
 
 
 def test_hostile_headers_are_refused(tmp_path, packed):

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 import tracemalloc
 
 import pytest
-import zstandard
+from conftest import reseal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vecarc
 from vecarc import VecarcError
 from vecarc.api import summary
-from vecarc.archive import CHECKSUM_LEN, MAGIC, PREFIX, parse_archive
+from vecarc.archive import parse_archive
 
 CASES = int(os.environ.get("VECARC_FUZZ_CASES", "300"))
 SLOW_CASES = max(10, CASES // 10)  # cases that may load the model and decode
@@ -107,16 +106,6 @@ def _paths(obj, prefix=()):
             yield from _paths(v, prefix + (i,))
 
 
-def _reseal(good: bytes, header) -> bytes:
-    """The good archive's body under another header, with a valid checksum."""
-    _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
-    body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]
-    text = json.dumps(header, allow_nan=True).encode()
-    z = zstandard.ZstdCompressor().compress(text)
-    head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
-    return head + z + body + hashlib.sha256(head + z + body).digest()
-
-
 def _resealed(good: bytes, data) -> bytes:
     h = copy.deepcopy(parse_archive(good).header)
     paths = [p for p in _paths(h) if p]
@@ -132,7 +121,7 @@ def _resealed(good: bytes, data) -> bytes:
                 parent[path[-1]] = data.draw(JSON)
         except (KeyError, IndexError, TypeError):
             pass
-    return _reseal(good, h)
+    return reseal(good, h)
 
 
 @BOUND
@@ -176,7 +165,7 @@ def test_unsafe_names_are_refused(good, tmp_path, name):
     h = copy.deepcopy(parse_archive(good).header)
     h["documents"][0]["name"] = name
     bad = tmp_path / "bad.vec"
-    bad.write_bytes(_reseal(good, h))
+    bad.write_bytes(reseal(good, h))
     with pytest.raises(VecarcError, match="unsafe document name"):
         vecarc.unpack(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -186,7 +175,7 @@ def test_duplicate_names_are_refused(good, tmp_path):
     h = copy.deepcopy(parse_archive(good).header)
     h["documents"][1]["name"] = h["documents"][0]["name"]
     bad = tmp_path / "dup.vec"
-    bad.write_bytes(_reseal(good, h))
+    bad.write_bytes(reseal(good, h))
     with pytest.raises(VecarcError, match="duplicate document name"):
         vecarc.unpack(bad, tmp_path / "out")
 
@@ -195,7 +184,7 @@ def test_symlink_in_target_path_is_refused(good, tiny, tmp_path):
     h = copy.deepcopy(parse_archive(good).header)
     h["documents"][0]["name"] = "sub/a.txt"
     arc = tmp_path / "sub.vec"
-    arc.write_bytes(_reseal(good, h))
+    arc.write_bytes(reseal(good, h))
     outside = tmp_path / "outside"
     outside.mkdir()
     out = tmp_path / "out"
