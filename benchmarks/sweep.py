@@ -1,8 +1,9 @@
 """Steps needed per chunk under different optimiser settings, on the same chunks.
 
     python benchmarks/sweep.py jargon.txt lr=0.5,init_scale=20 lr=0.3,init_scale=1
+    python benchmarks/sweep.py jargon.txt rank=128,vector_dtype=int8 rank=64,vector_dtype=int8
 
-Takes 4 chunks of 32 tokens from the 1 KiB slice of a corpus file and crams them
+Takes 6 chunks of 32 tokens from the 1 KiB slice of a corpus file and crams them
 as one batch with each setting (max 400 steps; a failure shows as 400 / False).
 """
 
@@ -27,7 +28,8 @@ def main() -> None:
     n = 32
     chunks = [ids[i * n : (i + 1) * n] for i in range(6)]
     for cfg in sys.argv[2:]:
-        kw = {k: (v if k.endswith("dtype") else float(v)) for k, v in (x.split("=") for x in cfg.split(","))}
+        kw = {k: (v if k.endswith("dtype") else int(v) if isinstance(getattr(CramSettings, k), int) else float(v))
+              for k, v in (x.split("=") for x in cfg.split(","))}
         s = CramSettings(batch_size=6, max_steps=400, patience=400, **kw)
         t = time.time()
         res = sorted(cram(lm, [Job(c, i, i) for i, c in enumerate(chunks)], s), key=lambda x: x[0].tag)

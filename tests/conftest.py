@@ -54,14 +54,16 @@ def reseal(good: bytes, header) -> bytes:
     import hashlib
     import json
 
-    import zstandard
-
-    from vecarc.archive import CHECKSUM_LEN, MAGIC, PREFIX
+    from vecarc.archive import CHECKSUM_LEN, MAGIC, PREFIX, compress_header
 
     _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
     body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]
+    header = json.loads(json.dumps(header, allow_nan=True))
+    for ch in header.get("chunks", []) if isinstance(header, dict) and isinstance(header.get("chunks"), list) else []:
+        if isinstance(ch, dict) and ch.get("kind") == "vector":
+            ch.pop("index", None)  # the reader's annotation, not stored
     text = json.dumps(header, allow_nan=True).encode()
-    z = zstandard.ZstdCompressor().compress(text)
+    z = compress_header(text)
     head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
     return head + z + body + hashlib.sha256(head + z + body).digest()
 

@@ -11,7 +11,7 @@ from conftest import reseal
 
 import vecarc
 from vecarc import VecarcError, read_archive
-from vecarc.archive import MAGIC, PREFIX, parse_archive, serialize
+from vecarc.archive import MAGIC, PREFIX, VERSION, parse_archive, serialize
 from vecarc.cli import main
 from vecarc.plan import plan_chunks
 
@@ -119,11 +119,16 @@ def _resealed(archive, mutate) -> bytes:
 def test_hostile_headers_are_refused(tmp_path, packed):
     cases = {
         "unsafe document name": lambda h: h["documents"][0].update(name="../evil.txt"),
-        "vector index out of range": lambda h: next(c for c in h["chunks"] if c["kind"] == "vector").update(index=99),
+        "more vector chunks than vectors": lambda h: h["chunks"].append(
+            dict(next(c for c in h["chunks"] if c["kind"] == "vector"), doc=len(h["documents"]) - 1)),
+        "rank 65 is larger than the model dimension 64": lambda h: h["vectors"].update(
+            rank=65, basis={"kind": "rademacher-sha256", "seed": 0}),
+        "unknown vector basis": lambda h: h["vectors"].update(rank=8, basis={"kind": "gaussian", "seed": 0}),
+        "bad chunk hash": lambda h: next(c for c in h["chunks"] if c["kind"] == "vector").update(hash="xyz"),
         "sink_token_id": lambda h: h["model"].update(sink_token_id=10**9),
         "per_chunk out of range": lambda h: h["vectors"].update(per_chunk=1000),
         "unknown vector dtype 'int3'": lambda h: h["vectors"].update(dtype="int3"),
-        "must hold exactly": lambda h: h["vectors"].update(dtype="int8"),  # the header lies about the data
+        "vectors section is": lambda h: h["vectors"].update(dtype="int8"),  # the header lies about the data
     }
     for want, mutate in cases.items():
         data = _resealed(read_archive(packed), mutate)
@@ -132,10 +137,10 @@ def test_hostile_headers_are_refused(tmp_path, packed):
 
 
 def test_header_size_checked_before_allocation():
-    prefix = PREFIX.pack(MAGIC, 1, 0, 1 << 30, 1 << 30, 0, 0)
+    prefix = PREFIX.pack(MAGIC, VERSION, 0, 1 << 30, 1 << 30, 0, 0)
     with pytest.raises(VecarcError, match="header size out of range"):
         parse_archive(prefix + b"\0" * 32)
-    prefix = PREFIX.pack(MAGIC, 1, 0, 10, 10, 0, 1 << 60)
+    prefix = PREFIX.pack(MAGIC, VERSION, 0, 10, 10, 0, 1 << 60)
     with pytest.raises(VecarcError, match="truncated"):
         parse_archive(prefix + b"\0" * 42)
 

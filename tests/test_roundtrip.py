@@ -176,3 +176,54 @@ def test_same_seed_same_archive(tmp_path, tiny):
     assert a.archive_bytes == b.archive_bytes
     h1, h2 = read_archive(tmp_path / "1.vec").header, read_archive(tmp_path / "2.vec").header
     assert h1["chunks"] == h2["chunks"]
+
+
+@pytest.mark.parametrize("form,rank", [("fp16", 32), ("int8", 32), ("int4", 16)])
+def test_low_rank_vectors_round_trip_and_store_only_coordinates(tmp_path, tiny, form, rank):
+    import torch
+
+    from vecarc import basis, quant
+    from vecarc.archive import parse_archive, serialize
+
+    s = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form, rank=rank)
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
+    v = a.header["vectors"]
+    assert v["rank"] == rank and v["basis"] == {"kind": basis.KIND, "seed": 0}
+    count, k, _ = a.vectors.shape
+    assert tuple(a.coords.shape) == (count, k, rank)
+    assert v["section"][1] == count * quant.row_bytes(form, k, rank)  # r numbers per vector, not d
+    # Bit for bit: what pack verified, what is read back, and P @ z recomputed from the stored z.
+    assert torch.equal(res.archive.vectors, a.vectors)
+    assert torch.equal(parse_archive(serialize(a)).coords, a.coords)
+    assert torch.equal(basis.expand(a.coords, tiny.hidden_size, 0), a.vectors)
+
+
+def test_basis_is_the_specified_sha256_stream_and_expansion_is_exact():
+    import hashlib
+
+    import torch
+
+    from vecarc import basis
+
+    d, r, seed = 10, 7, 3
+    stream = hashlib.sha256(b"vecarc basis v1" + seed.to_bytes(8, "little") + (0).to_bytes(8, "little")).digest()
+    bits = [(stream[i // 8] >> (i % 8)) & 1 for i in range(d * r)]
+    want = torch.tensor(bits, dtype=torch.float64).reshape(d, r) * 2 - 1
+    assert torch.equal(basis.signs(d, r, seed), want)
+    with pytest.raises(ValueError, match="between 1 and the model dimension"):
+        basis.signs(4, 5, 0)
+    # fp16 coordinates: sums are exact in float64, so the batch shape cannot change a single bit.
+    z = (torch.randn(5, 2, 48) * 30).to(torch.float16)
+    whole = basis.expand(z, 576, 0)
+    assert torch.equal(whole[3], basis.expand(z[3], 576, 0))
+    assert torch.equal(whole[:, 1], basis.expand(z[:, 1].flip(0), 576, 0).flip(0))
+
+
+def test_rank_larger_than_the_model_is_refused(tmp_path, tiny):
+    from vecarc.errors import VecarcError
+
+    (tmp_path / "t.txt").write_bytes(TEXTS["plain.txt"])
+    with pytest.raises(VecarcError, match="--rank 65 is larger than the model dimension 64"):
+        vecarc.pack([tmp_path / "t.txt"], tmp_path / "a.vec", model=tiny, settings=CramSettings(rank=65),
+                    chunk_tokens=2)
+    assert not (tmp_path / "a.vec").exists()

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 import zstandard
 
-from . import __version__
+from . import __version__, basis
 from .archive import (
     MAX_LITERAL_TOKENS,
     Archive,
@@ -43,7 +43,7 @@ from .capacity import (
     representation,
     save_entry,
 )
-from .cram import CramResult, CramSettings, Job, chunk_key, cram
+from .cram import CramResult, CramSettings, Job, check_rank, chunk_key, cram
 from .decode import decode_many, greedy_decode
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
@@ -251,6 +251,7 @@ def pack_documents(
     Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
     """
     s = settings or CramSettings()
+    check_rank(s.rank, lm.hidden_size)  # before tokenizing and planning
     limit = lm.max_positions - s.vectors - 1
     size = min(chunk_tokens or chunk_tokens_for(lm.name, s.vectors), limit)
     if size < 1:
@@ -283,6 +284,7 @@ def pack_documents(
 
     done: dict[tuple[int, int], dict] = {}
     vectors: dict[tuple[int, int], torch.Tensor] = {}
+    coords: dict[tuple[int, int], torch.Tensor] = {}  # low-rank: what is stored
     steps: list[int] = []
     retries = 0
 
@@ -290,23 +292,26 @@ def pack_documents(
         return Job(doc_tokens[d][a:b], chunk_key(d, a, b), (d, a, b))
 
     def settle(tag: tuple[int, int, int], outcome: str, vec: torch.Tensor | None = None, info: dict | None = None,
-               replayed: bool = False):
+               replayed: bool = False, z: torch.Tensor | None = None):
         """Record one chunk's fate (vector, literal tokens or split) here and, unless it came from it, in the journal."""
         nonlocal retries
         d, a, b = tag
         toks = doc_tokens[d][a:b]
         if outcome == "vector":
             vectors[(d, a)] = vec
+            if z is not None:
+                coords[(d, a)] = z
             steps.append(info["steps"])
             done[(d, a)] = {"doc": d, "kind": "vector", "tokens": b - a, **info, "hash": token_hash(toks)}
             if d in nats:
-                done[(d, a)]["planned_nats"] = round(sum(nats[d][a:b]), 2)
+                done[(d, a)]["planned_nats"] = round(sum(nats[d][a:b]), 1)
         elif outcome == "tokens":
             done[(d, a)] = {"doc": d, "kind": "tokens", "tokens": b - a}
         else:
             retries += 1
         if journal is not None and not replayed:
-            journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, {"v": vec} if vec is not None else None)
+            ten = {"v": vec, **({"z": z} if z is not None else {})} if vec is not None else None
+            journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, ten)
 
     def judge(j: Job, r: CramResult) -> list[Job]:
         """Verify a finished chunk by greedy decoding; split or give up on failure."""
@@ -316,7 +321,9 @@ def pack_documents(
             got, dmargin = greedy_decode(lm, r.vectors[None], [len(toks)])
         if r.ok and got[0] == toks and dmargin[0] >= s.margin:
             settle(j.tag, "vector", r.vectors,
-                   {"margin": round(r.margin, 4), "steps": r.steps, "search_steps": r.search_steps})
+                   # Informational, and rounded: each digit costs header bytes in every archive.
+                   {"margin": round(r.margin, 2), "steps": r.steps}
+                   | ({"search_steps": r.search_steps} if r.search_steps != r.steps else {}), z=r.coords)
             return []
         if b - a >= 2 * min_chunk_tokens:
             settle(j.tag, "split")
@@ -331,7 +338,7 @@ def pack_documents(
             model=lm.fingerprint, settings=s.record(), chunk_tokens=size, min_chunk_tokens=min_chunk_tokens,
             budget=vars(budget) if budget else None, spans=spans))
         for meta, ten in journal.results:
-            settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], replayed=True)
+            settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], replayed=True, z=ten.get("z"))
         if journal.state is not None:
             resume = journal.state
             _emit(progress, event="resume", done=len(done), step=resume["step"])
@@ -339,7 +346,7 @@ def pack_documents(
     cram(lm, jobs, s, progress, on_result=judge, resume=resume, rebuild=lambda t: job(*t), total=len(spans),
          snapshot=journal.add_state if journal is not None else None, snapshot_every=checkpoint_every)
 
-    chunks, rows, literals, decoded_tokens = [], [], {}, {}
+    chunks, rows, zrows, literals, decoded_tokens = [], [], [], {}, {}
     for d in range(len(documents)):
         if d in literal_docs:
             literals[len(chunks)] = zstandard.ZstdCompressor(level=19).compress(literal_docs[d])
@@ -352,6 +359,8 @@ def pack_documents(
             if ch["kind"] == "vector":
                 ch["index"] = len(rows)
                 rows.append(vectors[keys[i]])
+                if s.rank:
+                    zrows.append(coords[keys[i]])
                 decoded_tokens[len(chunks)] = doc_tokens[d][keys[i][1] : keys[i][1] + ch["tokens"]]
                 chunks.append(ch)
                 i += 1
@@ -371,7 +380,8 @@ def pack_documents(
         "format": "vecarc",
         "software": software_versions(),
         "model": lm.describe(),
-        "vectors": {"per_chunk": s.vectors, "dtype": s.vector_dtype, "hidden_size": d_model, "count": len(rows)},
+        "vectors": {"per_chunk": s.vectors, "dtype": s.vector_dtype, "hidden_size": d_model, "count": len(rows),
+                    "rank": s.rank} | ({"basis": {"kind": basis.KIND, "seed": s.basis_seed}} if s.rank else {}),
         "cram": {**s.record(), "chunk_tokens": size, "min_chunk_tokens": min_chunk_tokens},
         "plan": ({"method": "capacity", "budget_nats": round(budget.nats, 3), "fill": budget.fill,
                   "max_tokens": budget.max_tokens} if budget else {"method": "fixed", "chunk_tokens": size})
@@ -381,7 +391,8 @@ def pack_documents(
         "chunks": chunks,
     }
     vec = torch.stack(rows) if rows else None
-    return Archive(header=header, vectors=vec, literals=literals), decoded_tokens, retries, steps
+    z = torch.stack(zrows) if zrows else None
+    return Archive(header=header, vectors=vec, coords=z, literals=literals), decoded_tokens, retries, steps
 
 
 def pack(
@@ -688,7 +699,7 @@ def summary(archive: Archive) -> dict:
         "literal_bytes": lit_bytes,
         "overhead_bytes": archive.size - vec_bytes - lit_bytes,
         "model": h["model"],
-        "vectors": {k: v[k] for k in ("per_chunk", "dtype", "hidden_size", "count")},
+        "vectors": {k: v[k] for k in ("per_chunk", "dtype", "hidden_size", "count")} | {"rank": v.get("rank", 0)},
         "cram": h["cram"],
         "decode": h.get("decode"),
         "software": h.get("software"),

@@ -19,11 +19,16 @@ from typing import Any
 
 import zstandard
 
-from . import quant
+from . import basis, quant
 from .errors import VecarcError
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
+# zstd raw-content dictionary for the header (docs/format.md, appendix): a typical header, so that
+# the keys and the default model's strings cost almost nothing in a small archive.
+HEADER_DICT_FILE = Path(__file__).with_name("header-dict-v2.json")
+HEADER_DICT_SHA256 = "cb746c8b48c0a39b4400188ffa834fb2ce889e19acdbba5b5269438073fab760"
+HASH_CHARS = 8  # per-chunk token hash: 32 bits locate a bad chunk; the document's SHA-256 is the guarantee
 PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, header_len, reserved, body_len
 CHECKSUM_LEN = 32
 MAX_HEADER_ZLEN = 16 << 20
@@ -41,6 +46,7 @@ class Archive:
 
     header: dict
     vectors: Any = None  # torch.Tensor (count, k, d) or None when not loaded / empty
+    coords: Any = None  # low-rank archives: the stored (count, k, r); vectors = basis.expand(coords)
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
     size: int = 0  # bytes on disk, when read from a file
 
@@ -54,7 +60,23 @@ class Archive:
 
 
 def token_hash(tokens: list[int]) -> str:
-    return hashlib.sha256(struct.pack(f"<{len(tokens)}I", *tokens)).hexdigest()[:16]
+    return hashlib.sha256(struct.pack(f"<{len(tokens)}I", *tokens)).hexdigest()[:HASH_CHARS]
+
+
+_dict_cache: list = []
+
+
+def header_dict() -> zstandard.ZstdCompressionDict:
+    if not _dict_cache:
+        raw = HEADER_DICT_FILE.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != HEADER_DICT_SHA256:
+            raise VecarcError(f"{HEADER_DICT_FILE} is damaged (reinstall vecarc)")
+        _dict_cache.append(zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
+    return _dict_cache[0]
+
+
+def compress_header(text: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=19, dict_data=header_dict()).compress(text)
 
 
 def encode_tokens(tokens: list[int]) -> bytes:
@@ -85,24 +107,28 @@ def literal_bytes(archive: Archive, chunk_index: int) -> bytes:
 
 def serialize(archive: Archive) -> bytes:
     """Lay out the body, fill in offsets, and return the complete file bytes."""
-    from safetensors.torch import save
-
     header = json.loads(json.dumps(archive.header))  # private copy we may annotate
     body = bytearray()
     vec = header["vectors"]
-    if archive.vectors is not None and archive.vectors.shape[0] > 0:
-        blob = save(quant.encode(archive.vectors, vec["dtype"]))
+    stored = archive.coords if vec.get("rank") else archive.vectors
+    if stored is not None and stored.shape[0] > 0:
+        blob = quant.raw_bytes(quant.encode(stored, vec["dtype"]))
         vec["section"] = [0, len(blob)]
         body += blob
     else:
         vec["section"] = [0, 0]
+    rows = 0
     for i, ch in enumerate(header["chunks"]):
+        if ch["kind"] == "vector":  # a vector chunk's row is its rank among vector chunks: not stored
+            if ch.pop("index") != rows:
+                raise ValueError("vector rows out of chunk order")  # a bug in pack, not bad input
+            rows += 1
         if ch["kind"] in ("tokens", "bytes"):
             frame = archive.literals[i]
             ch["offset"], ch["length"] = len(body), len(frame)
             body += frame
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    ztext = zstandard.ZstdCompressor(level=19).compress(text)
+    ztext = compress_header(text)
     prefix = PREFIX.pack(MAGIC, VERSION, 0, len(ztext), len(text), 0, len(body))
     data = prefix + ztext + bytes(body)
     return data + hashlib.sha256(data).digest()
@@ -202,7 +228,8 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
     if h.digest() != f.read(CHECKSUM_LEN):
         raise _bad("checksum mismatch (the file is damaged)")
     try:
-        text = zstandard.ZstdDecompressor().decompress(bytes(rest[:zlen]), max_output_size=hlen)
+        text = zstandard.ZstdDecompressor(dict_data=header_dict()).decompress(bytes(rest[:zlen]),
+                                                                               max_output_size=hlen)
         if len(text) != hlen:
             raise ValueError("length differs from the declared one")
         header = json.loads(text.decode("utf-8"))
@@ -215,24 +242,23 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
         if ch["kind"] in ("tokens", "bytes"):
             archive.literals[i] = bytes(body[ch["offset"] : ch["offset"] + ch["length"]])
     if load_vectors:
-        archive.vectors = _load_vectors(header["vectors"], body)
+        archive.vectors, archive.coords = _load_vectors(header["vectors"], body)
     return archive
 
 
 def _load_vectors(vec: dict, body: memoryview):
-    from safetensors.torch import load
-
     off, length = vec["section"]
     if vec["count"] == 0:
-        return None
+        return None, None
+    rank = vec.get("rank", 0)
     try:
-        tensors = load(bytes(body[off : off + length]))
-    except Exception as e:  # safetensors raises its own error types
-        raise _bad(f"vectors section does not parse ({str(e).splitlines()[0] if str(e) else e})") from None
-    try:
-        return quant.decode(tensors, vec["dtype"], (vec["count"], vec["per_chunk"], vec["hidden_size"]))
+        shape = (vec["count"], vec["per_chunk"], rank or vec["hidden_size"])
+        stored = quant.decode(quant.from_raw(bytes(body[off : off + length]), vec["dtype"], shape), vec["dtype"], shape)
     except ValueError as e:
         raise _bad(str(e)) from None
+    if not rank:
+        return stored, None
+    return basis.expand(stored, vec["hidden_size"], vec["basis"]["seed"]), stored
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -256,6 +282,11 @@ def check_name(name: Any) -> str:
     return name
 
 
+def _hash(ch: dict) -> None:
+    x = ch.get("hash")
+    _need(isinstance(x, str) and len(x) == HASH_CHARS and _HEX.fullmatch(x) is not None, "bad chunk hash")
+
+
 def _validate(h: Any, body_len: int) -> None:
     _need(isinstance(h, dict) and h.get("format") == "vecarc", "header is not a vecarc header")
     for key, typ in (("model", dict), ("vectors", dict), ("documents", list), ("chunks", list), ("cram", dict)):
@@ -274,8 +305,15 @@ def _validate(h: Any, body_len: int) -> None:
     sec = v.get("section")
     _need(isinstance(sec, list) and len(sec) == 2 and all(_int(x, 0, body_len) for x in sec), "bad vectors section")
     _need(sec[0] + sec[1] <= body_len, "vectors section runs past the body")
-    row = quant.row_bytes(v["dtype"], v["per_chunk"], v["hidden_size"])
-    _need(v["count"] * row <= sec[1], "vectors section too small for the declared count")
+    rank = v.get("rank", 0)
+    _need(_int(rank, 0, 1 << 16), "vectors.rank out of range")
+    _need(rank <= v["hidden_size"], f"vectors.rank {rank} is larger than the model dimension {v['hidden_size']}")
+    if rank:
+        b = v.get("basis")
+        _need(isinstance(b, dict) and b.get("kind") == basis.KIND, f"unknown vector basis {b!r}")
+        _need(_int(b.get("seed"), 0, (1 << 63) - 1), "vectors.basis.seed out of range")
+    row = quant.row_bytes(v["dtype"], v["per_chunk"], rank or v["hidden_size"])
+    _need(v["count"] * row == sec[1], f"vectors section is {sec[1]} bytes, the declared count needs {v['count'] * row}")
     names = set()
     for d in h["documents"]:
         _need(isinstance(d, dict), "document entry is not an object")
@@ -286,7 +324,7 @@ def _validate(h: Any, body_len: int) -> None:
         sha = d.get("sha256")
         _need(isinstance(sha, str) and len(sha) == 64 and _HEX.fullmatch(sha) is not None, "bad document sha256")
         _need(d.get("encoding") in ("text", "bytes"), "unknown document encoding")
-    ndocs, used_rows, last_doc = len(h["documents"]), set(), 0
+    ndocs, rows, last_doc = len(h["documents"]), 0, 0
     bytes_chunks = [0] * ndocs
     for ch in h["chunks"]:
         _need(isinstance(ch, dict), "chunk entry is not an object")
@@ -297,17 +335,18 @@ def _validate(h: Any, body_len: int) -> None:
         if kind == "vector":
             _need(enc == "text", "vector chunk in a bytes document")
             _need(_int(ch.get("tokens"), 1, MAX_CHUNK_TOKENS), "chunk token count out of range")
-            _need(_int(ch.get("index"), 0, v["count"] - 1), "chunk vector index out of range")
-            _need(ch["index"] not in used_rows, "two chunks share a vector row")
-            used_rows.add(ch["index"])
-            _need(isinstance(ch.get("hash"), str), "chunk hash missing")
+            _need("index" not in ch, "vector chunks carry no index in this version")
+            _need(rows < v["count"], "more vector chunks than vectors")
+            ch["index"] = rows  # the in-memory form names the row
+            rows += 1
+            _hash(ch)
         elif kind in ("tokens", "bytes"):
             _need(_int(ch.get("offset"), sec[0] + sec[1], body_len), "literal block offset out of range")
             _need(_int(ch.get("length"), 1, body_len - ch["offset"]), "literal block runs past the body")
             if kind == "tokens":
                 _need(enc == "text", "token block in a bytes document")
                 _need(_int(ch.get("tokens"), 1, MAX_LITERAL_TOKENS), "token block size out of range")
-                _need(isinstance(ch.get("hash"), str), "chunk hash missing")
+                _hash(ch)
             else:
                 _need(enc == "bytes", "bytes block in a text document")
                 _need(_int(ch.get("size"), 0, MAX_LITERAL), "bytes block size out of range")
@@ -315,6 +354,7 @@ def _validate(h: Any, body_len: int) -> None:
                 bytes_chunks[doc] += 1
         else:
             raise _bad(f"unknown chunk kind {kind!r}")
+    _need(rows == v["count"], f"{v['count']} vectors but {rows} vector chunks")
     for i, d in enumerate(h["documents"]):
         if d["encoding"] == "bytes":
             _need(bytes_chunks[i] == 1, f"bytes document {d['name']!r} needs exactly one block")

@@ -12,6 +12,7 @@ import hashlib
 import lzma
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -122,7 +123,8 @@ def vecarc_row(
     s = api.summary(archive)
     steps = [c["steps"] for c in archive.chunks if c["kind"] == "vector"]
     row = _row(
-        f"vecarc {archive.header['vectors']['dtype']}", len(data), archive.size, pack_s, unpack_s,
+        f"vecarc {archive.header['vectors']['dtype']}" + (f" rank {r}" if (r := archive.header["vectors"].get("rank")) else ""),
+        len(data), archive.size, pack_s, unpack_s,
         vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
         vectors=archive.header["vectors"]["count"], per_chunk=archive.header["vectors"]["per_chunk"],
         literal_chunks=s["chunks"]["tokens"] + s["chunks"]["bytes"],
@@ -157,10 +159,18 @@ def machine(lm: LoadedModel) -> dict:
     }
 
 
+def representation(text: str) -> tuple[str, int]:
+    """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64): a storage dtype, optionally low-rank."""
+    m = re.fullmatch(rf"({'|'.join(VECTOR_DTYPES)})(?:r([1-9][0-9]{{0,4}}))?", text)
+    if m is None:
+        raise VecarcError(f"unknown vector representation {text!r}: one of {', '.join(VECTOR_DTYPES)}, "
+                          "optionally with rN for rank N (e.g. int8r64)")
+    return m[1], int(m[2] or 0)
+
+
 def check_dtypes(dtypes: Sequence[str]) -> None:
     for dt in dtypes:
-        if dt not in VECTOR_DTYPES:
-            raise VecarcError(f"unknown vector dtype {dt!r}: use one of {', '.join(VECTOR_DTYPES)}")
+        representation(dt)
 
 
 def bench_file(
@@ -185,11 +195,12 @@ def bench_file(
     limit = model_limit(lm, data)
     per_chunk: dict[str, list[dict]] = {}
     for dt in vector_dtypes:
-        s = CramSettings(**{**base.__dict__, "vector_dtype": dt})
+        form, rank = representation(dt)
+        s = CramSettings(**{**base.__dict__, "vector_dtype": form, "rank": rank})
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
         row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
-        stored = quant.row_bytes(dt, a.header["vectors"]["per_chunk"], a.header["vectors"]["hidden_size"]) * 8
+        stored = quant.row_bytes(form, a.header["vectors"]["per_chunk"], rank or a.header["vectors"]["hidden_size"]) * 8
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

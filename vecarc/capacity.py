@@ -44,7 +44,7 @@ Progress = Callable[[dict], None]
 
 def representation(s: CramSettings) -> str:
     """Profile key: what changes how much a vector holds."""
-    return f"k{s.vectors}-{s.vector_dtype}-m{s.margin:g}"
+    return f"k{s.vectors}-{s.vector_dtype}-m{s.margin:g}" + (f"-r{s.rank}" if s.rank else "")
 
 
 @dataclass

@@ -127,6 +127,8 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
 @click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
+@click.option("--rank", default=0, show_default=True, type=click.IntRange(0),
+              help="Store r numbers per vector (the vector is P @ z for a fixed random P); 0 stores whole vectors.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
               help="Equal chunks of N tokens instead of the capacity plan.")
 @click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
@@ -145,14 +147,14 @@ def main() -> None:
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, chunk_tokens, min_chunk_tokens, fill, margin, max_steps,
+def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens, fill, margin, max_steps,
          batch_size, search_dtype, resume, checkpoint_every, as_json, quiet, verbose):
     """Pack text files into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
     without a stored profile is calibrated first.
     """
-    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
+    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, rank=rank, margin=margin, max_steps=max_steps,
                             batch_size=batch_size, seed=seed, search_dtype=search_dtype)
     target = api.output_for(inputs, output)
     try:
@@ -297,7 +299,7 @@ def _num(x, fmt: str = "{:,.0f}") -> str:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
 @click.option("--zstd-levels", default="3,19", show_default=True, help="Comma-separated zstd levels (22 is always added).")
-@click.option("--vector-dtypes", default="fp16", show_default=True, help="Comma-separated: fp32,fp16,bf16,int8,int4.")
+@click.option("--vector-dtypes", default="fp16", show_default=True, help="Comma-separated: fp32,fp16,bf16,int8,int4, each optionally low-rank: int8r64 is rank 64.")
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
@@ -378,6 +380,8 @@ def _try_line(e: dict) -> str:
 @device_opt
 @click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
 @click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
+@click.option("--rank", default=0, show_default=True, type=click.IntRange(0),
+              help="Store r numbers per vector (the vector is P @ z for a fixed random P); 0 stores whole vectors.")
 @click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
 @click.option("--samples", default=capacity.DEFAULT_SAMPLES, show_default=True, type=click.IntRange(1, 256))
 @click.option("--text", "texts", multiple=True, type=click.Path(dir_okay=False),
@@ -394,7 +398,7 @@ def _try_line(e: dict) -> str:
 @quiet_opt
 @verbose_opt
 @handled
-def calibrate(model, device, vectors, vector_dtype, margin, samples, texts, percentile, first_tokens, max_steps,
+def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts, percentile, first_tokens, max_steps,
               batch_size, search_dtype, seed, as_json, quiet, verbose):
     """Measure how much information one set of memory vectors holds; store it as a profile."""
     from .models import load_model
@@ -407,7 +411,7 @@ def calibrate(model, device, vectors, vector_dtype, margin, samples, texts, perc
             loaded.append((Path(p).name, raw.decode("utf-8")))
         except UnicodeDecodeError:
             raise VecarcError(f"{p}: calibration text must be UTF-8") from None
-    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, margin=margin, max_steps=max_steps,
+    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, rank=rank, margin=margin, max_steps=max_steps,
                             batch_size=batch_size, seed=seed, search_dtype=search_dtype)
     lm = load_model(model, device)
     show = not (quiet or as_json)

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import basis
+from .errors import VecarcError
 from .models import LoadedModel
 from .quant import FORMS, in_memory, quantize
 
@@ -44,6 +46,8 @@ class CramSettings:
     # ~half on AMX CPUs but needed ~1.45x more steps and failed more chunks (docs/benchmarks.md): off.
     search_dtype: str = "fp32"
     search_extra: float = 0.0  # margin above `margin` the search must reach before the float32 polish
+    rank: int = 0  # 0: whole vectors are stored; r: each vector is P @ z with r stored numbers (vecarc.basis)
+    basis_seed: int = 0  # seed of P, recorded in the header
 
     def record(self) -> dict:
         return {"optimizer": "adam", **asdict(self)}
@@ -51,7 +55,7 @@ class CramSettings:
 
 @dataclass
 class CramResult:
-    vectors: torch.Tensor  # (k, d) in the storage dtype, on the CPU: the last vectors evaluated
+    vectors: torch.Tensor  # (k, d) in the storage dtype (float32 when low-rank), on the CPU: the last vectors evaluated
     ok: bool  # reached the margin
     steps: int
     margin: float  # min logit margin over the chunk at the step it stopped
@@ -59,6 +63,7 @@ class CramResult:
     loss: float
     seconds: float
     search_steps: int = 0  # of `steps`, how many ran on the search model
+    coords: torch.Tensor | None = None  # (k, r) stored coordinates when low-rank: vectors = expand(coords)
 
 
 Progress = Callable[[dict], None]
@@ -68,6 +73,12 @@ def _init_vectors(key: int, seed: int, k: int, d: int, std: float) -> torch.Tens
     # Seeded per chunk, not per batch, so a chunk's result does not depend on its neighbours.
     g = torch.Generator().manual_seed((seed * 1_000_003 + key) % (2**63))
     return torch.randn(k, d, generator=g) * std
+
+
+def check_rank(rank: int, d: int) -> None:
+    if not 0 <= rank <= d:
+        raise VecarcError(f"--rank {rank} is larger than the model dimension {d}" if rank > d else
+                          f"--rank must not be negative (0 stores whole vectors), got {rank}")
 
 
 def chunk_key(*parts: int) -> int:
@@ -127,12 +138,13 @@ def logit_margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return correct - other
 
 
-def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], form: str) -> list[tuple]:
-    """One forward/backward for some rows: (vectors seen, min margin, accuracy, loss, grad) per row."""
+def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], s: CramSettings) -> list[tuple]:
+    """One forward/backward for some rows: (values stored, min margin, accuracy, loss, grad) per row."""
     params = torch.stack([sl.p for sl in slots]).requires_grad_(True)
     # Straight-through rounding: the model sees exactly what will be stored.
-    q = params + (quantize(params, form) - params).detach()
-    logits, targets, ce = chunk_forward(lm, q, [sl.text_emb for sl in slots], [sl.tokens for sl in slots], model)
+    q = params + (quantize(params, s.vector_dtype) - params).detach()
+    full = basis.expand(q, lm.hidden_size, s.basis_seed) if s.rank else q
+    logits, targets, ce = chunk_forward(lm, full, [sl.text_emb for sl in slots], [sl.tokens for sl in slots], model)
     valid = targets != -100
     lengths = valid.sum(1)
     row_loss = ce.sum(1) / lengths
@@ -187,6 +199,9 @@ def cram(
     form = s.vector_dtype
     search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     k, d = s.vectors, lm.hidden_size
+    check_rank(s.rank, d)
+    dim = s.rank or d  # numbers optimised (and stored) per vector
+    # P keeps the scale (entries +-1/sqrt(r)), so z starts as large as a whole vector would.
     std = float(emb.weight.detach().float().std()) * s.init_scale
     source = iter(jobs)
     pending: deque[Job] = deque()  # follow-up jobs, served before the source
@@ -202,7 +217,7 @@ def cram(
         with torch.no_grad():
             text_emb = emb(toks[:-1]).to(torch.float32)
         if p is None:
-            p = _init_vectors(job.key, s.seed, k, d, std).to(dev)
+            p = _init_vectors(job.key, s.seed, k, dim, std).to(dev)
         return _Slot(job, toks, text_emb, p, polish=search is lm.model)
 
     if resume is not None:
@@ -239,7 +254,7 @@ def cram(
             group = [r for r, sl in enumerate(slots) if sl.polish == polish]
             if group:
                 stats.update(zip(group, _group_step(lm, search if not polish else lm.model,
-                                                    [slots[r] for r in group], form)))
+                                                    [slots[r] for r in group], s)))
         row_acc = [stats[r][2] for r in range(len(slots))]
         row_loss_l = [stats[r][3] for r in range(len(slots))]
         step += 1
@@ -256,8 +271,10 @@ def cram(
                     sl.polish, sl.search_steps = True, sl.t
                 stuck = sl.t - sl.best_t >= s.patience
                 if ok or stuck or sl.t >= s.max_steps:
+                    stored = in_memory(q, form).cpu()
                     res = CramResult(
-                        vectors=in_memory(q, form).cpu(),
+                        vectors=basis.expand(stored, d, s.basis_seed) if s.rank else stored,
+                        coords=stored if s.rank else None,
                         ok=ok,
                         steps=sl.t,
                         margin=margin,

@@ -12,6 +12,9 @@ values per byte (n + 8 in each nibble, low nibble first; 0 is not a valid nibble
 
 from __future__ import annotations
 
+import math
+import sys
+
 import torch
 
 FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,7 +51,7 @@ def row_bytes(form: str, k: int, d: int) -> int:
 
 
 def encode(vectors: torch.Tensor, form: str) -> dict[str, torch.Tensor]:
-    """Tensors for the archive's safetensors section; vectors is (count, k, d) as pack kept them."""
+    """Tensors for the archive's vectors section; vectors is (count, k, d) as pack kept them."""
     if form in FLOAT:
         return {"vectors": vectors.to(FLOAT[form]).contiguous()}
     level = LEVELS[form]
@@ -67,6 +70,36 @@ def encode(vectors: torch.Tensor, form: str) -> dict[str, torch.Tensor]:
     if u.shape[-1] % 2:
         u = torch.cat([u, torch.full_like(u[..., :1], 8)], -1)
     return {"vectors": (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous(), "scales": scale16.contiguous()}
+
+
+def raw_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The vectors section: the values, then the scales (integer forms), each row-major little-endian."""
+    if sys.byteorder != "little":
+        raise ValueError("vecarc writes archives on little-endian hosts only")
+    return b"".join(tensors[n].contiguous().view(torch.uint8).numpy().tobytes() for n in ("vectors", "scales")
+                    if n in tensors)
+
+
+def from_raw(blob: bytes, form: str, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+    """The tensors of a vectors section whose exact length the caller has checked (section_bytes)."""
+    if sys.byteorder != "little":
+        raise ValueError("vecarc reads archives on little-endian hosts only")
+    count, k, d = shape
+    if form in FLOAT:
+        parts = [("vectors", FLOAT[form], (count, k, d))]
+    else:
+        width = d if form == "int8" else (d + 1) // 2
+        parts = [("vectors", torch.int8 if form == "int8" else torch.uint8, (count, k, width)),
+                 ("scales", torch.float16, (count, k))]
+    out, pos = {}, 0
+    for name, dt, shp in parts:
+        n = math.prod(shp) * dt.itemsize
+        out[name] = torch.frombuffer(bytearray(blob[pos : pos + n]), dtype=dt).reshape(shp) if n else \
+            torch.empty(shp, dtype=dt)
+        pos += n
+    if pos != len(blob):
+        raise ValueError(f"vectors section is {len(blob)} bytes, {pos} expected")
+    return out
 
 
 def decode(tensors: dict[str, torch.Tensor], form: str, shape: tuple[int, int, int]) -> torch.Tensor:
