@@ -124,6 +124,9 @@ def test_hostile_headers_are_refused(tmp_path, packed):
         "rank 65 is larger than the model dimension 64": lambda h: h["vectors"].update(
             rank=65, basis={"kind": "rademacher-sha256", "seed": 0}),
         "unknown vector basis": lambda h: h["vectors"].update(rank=8, basis={"kind": "gaussian", "seed": 0}),
+        "compressed vectors section claims": lambda h: h["vectors"].update(compression="zstd",
+                                                                         count=h["vectors"]["section"][1]),
+        "unknown vectors compression": lambda h: h["vectors"].update(compression="lz4"),
         "bad chunk hash": lambda h: next(c for c in h["chunks"] if c["kind"] == "vector").update(hash="xyz"),
         "sink_token_id": lambda h: h["model"].update(sink_token_id=10**9),
         "per_chunk out of range": lambda h: h["vectors"].update(per_chunk=1000),
@@ -240,3 +243,21 @@ def test_fingerprint_memo_follows_the_files(tmp_path, monkeypatch):
     assert load_model(str(folder), "cpu").fingerprint == first
     build_tiny_model(folder, seed=5)  # other weights in the same folder
     assert load_model(str(folder), "cpu").fingerprint != first
+
+
+def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
+    import hashlib
+    from pathlib import Path
+
+    from vecarc import archive
+
+    raw = archive.HEADER_DICT_FILE.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == archive.HEADER_DICT_SHA256
+    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    assert "\n" + raw.decode() + "\n" in doc  # the appendix holds the exact bytes
+    damaged = tmp_path / "dict.json"
+    damaged.write_bytes(raw.replace(b"vecarc", b"vecarC", 1))
+    monkeypatch.setattr(archive, "HEADER_DICT_FILE", damaged)
+    monkeypatch.setattr(archive, "_dict_cache", [])
+    with pytest.raises(VecarcError, match="is damaged"):
+        read_archive(packed)

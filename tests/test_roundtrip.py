@@ -138,6 +138,9 @@ def test_integer_vectors_round_trip_bit_identically(tmp_path, tiny, form):
     stored = quant.encode(a.vectors, form)
     count, k, d = a.vectors.shape
     assert stored["vectors"].numel() == count * k * (d if form == "int8" else d // 2)
+    raw = count * quant.row_bytes(form, k, d)
+    sec = a.header["vectors"]["section"][1]
+    assert (a.header["vectors"]["compression"] == "zstd") == (sec < raw) and sec <= raw  # zstd only where it pays
 
 
 def test_quantised_sections_are_checked(tmp_path, tiny):
