@@ -200,7 +200,10 @@ def bench_file(
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
         row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
-        stored = quant.row_bytes(form, a.header["vectors"]["per_chunk"], rank or a.header["vectors"]["hidden_size"]) * 8
+        v = a.header["vectors"]
+        # Bits actually stored per vector: the section as written (zstd-compressed for integer forms).
+        stored = (round(v["section"][1] * 8 / v["count"]) if v["count"]
+                  else quant.row_bytes(form, v["per_chunk"], rank or v["hidden_size"]) * 8)
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None
