@@ -194,7 +194,8 @@ def test_low_rank_vectors_round_trip_and_store_only_coordinates(tmp_path, tiny, 
     assert v["rank"] == rank and v["basis"] == {"kind": basis.KIND, "seed": 0}
     count, k, _ = a.vectors.shape
     assert tuple(a.coords.shape) == (count, k, rank)
-    assert v["section"][1] == count * quant.row_bytes(form, k, rank)  # r numbers per vector, not d
+    raw = count * quant.row_bytes(form, k, rank)  # r numbers per vector, not d
+    assert v["section"][1] == raw if v["compression"] == "none" else v["section"][1] < raw
     # Bit for bit: what pack verified, what is read back, and P @ z recomputed from the stored z.
     assert torch.equal(res.archive.vectors, a.vectors)
     assert torch.equal(parse_archive(serialize(a)).coords, a.coords)

@@ -27,7 +27,7 @@ VERSION = 2
 # zstd raw-content dictionary for the header (docs/format.md, appendix): a typical header, so that
 # the keys and the default model's strings cost almost nothing in a small archive.
 HEADER_DICT_FILE = Path(__file__).with_name("header-dict-v2.json")
-HEADER_DICT_SHA256 = "a468a9bd160d99b8229391267b85544c39ae37befabb853b589add00b743fd21"
+HEADER_DICT_SHA256 = "b9b9e98752954e554d37ec03125c44e51a6cd73ef22e4f09e3ea8775d94fb715"
 HASH_CHARS = 8  # per-chunk token hash: 32 bits locate a bad chunk; the document's SHA-256 is the guarantee
 PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, header_len, reserved, body_len
 CHECKSUM_LEN = 32

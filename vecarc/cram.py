@@ -47,6 +47,9 @@ class CramSettings:
     search_dtype: str = "fp32"
     search_extra: float = 0.0  # margin above `margin` the search must reach before the float32 polish
     rank: int = 0  # 0: whole vectors are stored; r: each vector is P @ z with r stored numbers (vecarc.basis)
+    # A random subspace needs far bigger steps: at rank 256, lr 0.5 / 1 / 2 / 3 solved 1 / 4 / 5 / 6 of
+    # 6 Jargon chunks (docs/benchmarks.md).
+    rank_lr: float = 3.0
     basis_seed: int = 0  # seed of P, recorded in the header
 
     def record(self) -> dict:
@@ -201,6 +204,7 @@ def cram(
     k, d = s.vectors, lm.hidden_size
     check_rank(s.rank, d)
     dim = s.rank or d  # numbers optimised (and stored) per vector
+    lr = s.rank_lr if s.rank else s.lr
     # P keeps the scale (entries +-1/sqrt(r)), so z starts as large as a whole vector would.
     std = float(emb.weight.detach().float().std()) * s.init_scale
     source = iter(jobs)
@@ -295,7 +299,7 @@ def cram(
                 sl.v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)
                 mhat = sl.m / (1 - s.beta1**sl.t)
                 vhat = sl.v / (1 - s.beta2**sl.t)
-                sl.p.sub_(s.lr * mhat / (vhat.sqrt() + 1e-8))
+                sl.p.sub_(lr * mhat / (vhat.sqrt() + 1e-8))
                 keep.append(sl)
             slots = keep
         if snapshot is not None and time.monotonic() - last_snapshot >= snapshot_every:
