@@ -30,7 +30,7 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     src.write_bytes(TEXT)
     out = tmp_path / "r.json"
     code, text = run("bench", src, "--model", tiny_dir, "--json", out, "--zstd-levels", "3,19",
-                     "--vector-dtypes", "fp16,fp32", "--archive", tmp_path / "arch", *FAST)
+                     "--vector-dtypes", "fp16,fp32,int8r16", "--archive", tmp_path / "arch", *FAST)
     assert code == 0, text
     res = json.loads(out.read_text())[0]
     assert res["bytes"] == len(TEXT)
@@ -55,9 +55,12 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
         for key in ("tokens_per_vector", "vectors_per_kb", "compress_s", "decompress_s", "steps_median",
                     "bits_stored_per_vector", "gain_bits_per_vector_median", "utilisation"):
             assert key in v
-        assert v["bits_stored_per_vector"] == 64 * (32 if dt == "fp32" else 16)
+        assert v["bits_stored_per_vector"] == round(v["vector_bytes"] * 8 / v["vectors"])
+        assert v["bits_stored_per_vector"] <= 64 * (32 if dt == "fp32" else 16)  # zstd only where it pays
         for c in res["chunks"][dt]:
             assert abs(c["gain_bits"] - (c["ce_without_bits"] - c["ce_with_bits"])) < 1e-6
+    low = by["vecarc int8 rank 16"]  # 16 stored numbers per vector instead of 64
+    assert low["verify_ok"] is True and low["bits_stored_per_vector"] <= (16 + 2) * 8
     assert res["model_limit"]["ce_bits"] > 0
     # A second run reuses the packed archives instead of packing again.
     code, text = run("bench", src, "--model", tiny_dir, "--json", out, "--vector-dtypes", "fp16,fp32",
@@ -85,3 +88,16 @@ def test_bench_plot_writes_png(tmp_path, tiny_dir):
     code, text = run("bench", src, "--model", tiny_dir, "--plot", png, "-q", *FAST)
     assert code == 0, text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_representation_names():
+    import pytest
+
+    from vecarc.bench import representation
+    from vecarc.errors import VecarcError
+
+    assert representation("fp16") == ("fp16", 0)
+    assert representation("int8r256") == ("int8", 256)
+    for bad in ("int3", "int8r0", "int8r", "fp16r-4", "int8 r64"):
+        with pytest.raises(VecarcError, match="unknown vector representation"):
+            representation(bad)
