@@ -138,10 +138,10 @@ def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
                     "--json")
     assert code == 0, out
     entry = json.loads(out)
-    assert entry["representation"] == "k1-fp16-m0.05" and entry["budget_nats"] > 0
+    assert entry["representation"] == "k1-int8-m0.05" and entry["budget_nats"] > 0  # int8; narrow: whole vectors
     code, out = run("models", "--json")
     assert code == 0
-    assert any(r["representation"] == "k1-fp16-m0.05" and r["fingerprint"] == entry["fingerprint"]
+    assert any(r["representation"] == "k1-int8-m0.05" and r["fingerprint"] == entry["fingerprint"]
                for r in json.loads(out))
     src = tmp_path / "t.txt"
     src.write_text(EASY[:200])

@@ -30,6 +30,7 @@ def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
     assert a.header["plan"]["method"] == "capacity"
     assert a.header["plan"]["budget_nats"] == pytest.approx(found[0]["budget_nats"], abs=1e-3)
     assert a.header["model"]["source"] == DEFAULT_SOURCE
+    assert (a.header["vectors"]["dtype"], a.header["vectors"]["rank"]) == ("int8", 256)  # the default representation
     assert a.header["model"]["fingerprint"] == lm.fingerprint
     assert [c["kind"] for c in a.chunks] == ["vector"], "the sentence must be held by a vector, not a literal"
     assert a.chunks[0]["tokens"] >= 15

@@ -159,8 +159,10 @@ def machine(lm: LoadedModel) -> dict:
     }
 
 
-def representation(text: str) -> tuple[str, int]:
-    """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64): a storage dtype, optionally low-rank."""
+def representation(text: str) -> tuple[str, int | None]:
+    """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64); 'default' -> what pack uses by default."""
+    if text == "default":
+        return CramSettings.vector_dtype, None
     m = re.fullmatch(rf"({'|'.join(VECTOR_DTYPES)})(?:r([1-9][0-9]{{0,4}}))?", text)
     if m is None:
         raise VecarcError(f"unknown vector representation {text!r}: one of {', '.join(VECTOR_DTYPES)}, "
@@ -178,7 +180,7 @@ def bench_file(
     lm: LoadedModel,
     *,
     zstd_levels: Sequence[int] = (3, 19),
-    vector_dtypes: Sequence[str] = ("fp16",),
+    vector_dtypes: Sequence[str] = ("default",),
     settings: CramSettings | None = None,
     archive: str | Path | None = None,
     single: bool = True,
@@ -203,7 +205,7 @@ def bench_file(
         v = a.header["vectors"]
         # Bits actually stored per vector: the section as written (zstd-compressed for integer forms).
         stored = (round(v["section"][1] * 8 / v["count"]) if v["count"]
-                  else quant.row_bytes(form, v["per_chunk"], rank or v["hidden_size"]) * 8)
+                  else quant.row_bytes(form, v["per_chunk"], v["rank"] or v["hidden_size"]) * 8)
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

@@ -126,9 +126,11 @@ def main() -> None:
 @device_opt
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
-@click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
-@click.option("--rank", default=0, show_default=True, type=click.IntRange(0),
-              help="Store r numbers per vector (the vector is P @ z for a fixed random P); 0 stores whole vectors.")
+@click.option("--vector-dtype", default=CramSettings.vector_dtype, show_default=True,
+              type=click.Choice(list(VECTOR_DTYPES)))
+@click.option("--rank", default=None, type=click.IntRange(0),
+              help="Store R numbers per vector (the vector is P @ z for a fixed ±1 P); 0 stores whole vectors. "
+                   "Default: 256 for models at least 512 wide (the default model), else 0.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
               help="Equal chunks of N tokens instead of the capacity plan.")
 @click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
@@ -299,7 +301,9 @@ def _num(x, fmt: str = "{:,.0f}") -> str:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
 @click.option("--zstd-levels", default="3,19", show_default=True, help="Comma-separated zstd levels (22 is always added).")
-@click.option("--vector-dtypes", default="fp16", show_default=True, help="Comma-separated: fp32,fp16,bf16,int8,int4, each optionally low-rank: int8r64 is rank 64.")
+@click.option("--vector-dtypes", default="default", show_default=True,
+              help="Comma-separated: fp32,fp16,bf16,int8,int4, each optionally low-rank (int8r64 is rank 64), "
+                   "or default (what pack uses).")
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
@@ -379,9 +383,11 @@ def _try_line(e: dict) -> str:
 @model_opt
 @device_opt
 @click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
-@click.option("--vector-dtype", default="fp16", show_default=True, type=click.Choice(list(VECTOR_DTYPES)))
-@click.option("--rank", default=0, show_default=True, type=click.IntRange(0),
-              help="Store r numbers per vector (the vector is P @ z for a fixed random P); 0 stores whole vectors.")
+@click.option("--vector-dtype", default=CramSettings.vector_dtype, show_default=True,
+              type=click.Choice(list(VECTOR_DTYPES)))
+@click.option("--rank", default=None, type=click.IntRange(0),
+              help="Store R numbers per vector (the vector is P @ z for a fixed ±1 P); 0 stores whole vectors. "
+                   "Default: 256 for models at least 512 wide (the default model), else 0.")
 @click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
 @click.option("--samples", default=capacity.DEFAULT_SAMPLES, show_default=True, type=click.IntRange(1, 256))
 @click.option("--text", "texts", multiple=True, type=click.Path(dir_okay=False),
@@ -416,7 +422,8 @@ def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts
     lm = load_model(model, device)
     show = not (quiet or as_json)
     if show:
-        err.print(f"calibrating {lm.name} · {capacity.representation(settings)} · {samples} samples",
+        err.print(f"calibrating {lm.name} · {capacity.representation(settings.resolved(lm.hidden_size))} · "
+                  f"{samples} samples",
                   markup=False, highlight=False)
 
     def on(e: dict) -> None:
