@@ -20,7 +20,7 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "hello.txt"
 def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
     lm = vecarc.load_model(None, device="cpu")
     assert lm.name == DEFAULT_NAME and lm.hidden_size == 576
-    found = capacity.load_entry(lm, capacity.representation(vecarc.CramSettings()))
+    found = capacity.load_entry(lm, capacity.representation(vecarc.CramSettings().resolved(lm.hidden_size)))
     assert found is not None, f"no built-in capacity profile matches the default model's fingerprint {lm.fingerprint}"
     out = tmp_path / "hello.vec"
     warnings: list[str] = []
