@@ -43,7 +43,7 @@ from .capacity import (
     representation,
     save_entry,
 )
-from .cram import CramResult, CramSettings, Job, check_rank, chunk_key, cram
+from .cram import CramResult, CramSettings, Job, chunk_key, cram
 from .decode import decode_many, greedy_decode
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
@@ -250,8 +250,7 @@ def pack_documents(
     as they happen, and a journal left by an interrupted run is continued.
     Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
     """
-    s = (settings or CramSettings()).resolved(lm.hidden_size)
-    check_rank(s.rank, lm.hidden_size)  # before tokenizing and planning
+    s = (settings or CramSettings()).resolved(lm.hidden_size)  # checks --rank before tokenizing and planning
     limit = lm.max_positions - s.vectors - 1
     size = min(chunk_tokens or chunk_tokens_for(lm.name, s.vectors), limit)
     if size < 1:
@@ -430,8 +429,7 @@ def pack(
     t0 = time.perf_counter()
     try:
         lm = _model(model, device)
-        s = (settings or CramSettings()).resolved(lm.hidden_size)
-        check_rank(s.rank, lm.hidden_size)  # before a calibration
+        s = (settings or CramSettings()).resolved(lm.hidden_size)  # checks --rank before a calibration
         budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
         archive, decoded, retries, steps = pack_documents(
             docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal, checkpoint_every)

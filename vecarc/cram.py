@@ -60,15 +60,18 @@ class CramSettings:
         return {"optimizer": "adam", **asdict(self)}
 
     def resolved(self, d: int) -> "CramSettings":
-        """These settings with the rank made concrete for a model of width d.
+        """These settings with the rank made concrete, and checked, for a model of width d.
 
         int8 at rank 256 was measured on the default model (d = 576): it held every 32-token
         chunk of the sweep in fewer steps than fp16 whole vectors, at 258 bytes instead of 1,152.
         Narrower models keep whole vectors; wider ones get 256 too (not measured there).
         """
-        if self.rank is not None:
-            return self
-        return replace(self, rank=AUTO_RANK if d >= AUTO_MIN_WIDTH else 0)
+        if self.rank is None:
+            return replace(self, rank=AUTO_RANK if d >= AUTO_MIN_WIDTH else 0)
+        if not 0 <= self.rank <= d:
+            raise VecarcError(f"--rank {self.rank} is larger than the model dimension {d}" if self.rank > d else
+                              f"--rank must not be negative (0 stores whole vectors), got {self.rank}")
+        return self
 
 
 @dataclass
@@ -91,12 +94,6 @@ def _init_vectors(key: int, seed: int, k: int, d: int, std: float) -> torch.Tens
     # Seeded per chunk, not per batch, so a chunk's result does not depend on its neighbours.
     g = torch.Generator().manual_seed((seed * 1_000_003 + key) % (2**63))
     return torch.randn(k, d, generator=g) * std
-
-
-def check_rank(rank: int, d: int) -> None:
-    if not 0 <= rank <= d:
-        raise VecarcError(f"--rank {rank} is larger than the model dimension {d}" if rank > d else
-                          f"--rank must not be negative (0 stores whole vectors), got {rank}")
 
 
 def chunk_key(*parts: int) -> int:
@@ -214,11 +211,10 @@ def cram(
     """
     dev = lm.device
     emb = lm.model.get_input_embeddings()
-    form = s.vector_dtype
     search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     k, d = s.vectors, lm.hidden_size
     s = s.resolved(d)
-    check_rank(s.rank, d)
+    form = s.vector_dtype
     dim = s.rank or d  # numbers optimised (and stored) per vector
     lr = s.rank_lr if s.rank else s.lr
     # P keeps the scale (entries +-1/sqrt(r)), so z starts as large as a whole vector would.

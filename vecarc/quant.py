@@ -42,12 +42,16 @@ def in_memory(q: torch.Tensor, form: str) -> torch.Tensor:
     return q.to(FLOAT[form]) if form in FLOAT else q.to(torch.float32)
 
 
+def _width(form: str, d: int) -> int:
+    """Stored bytes of one integer vector's values: int4 packs two per byte."""
+    return d if form == "int8" else (d + 1) // 2
+
+
 def row_bytes(form: str, k: int, d: int) -> int:
     """Stored bytes of one chunk's k vectors (scales included)."""
     if form in FLOAT:
         return k * d * torch.finfo(FLOAT[form]).bits // 8
-    per = d if form == "int8" else (d + 1) // 2
-    return k * per + 2 * k
+    return k * _width(form, d) + 2 * k
 
 
 def encode(vectors: torch.Tensor, form: str) -> dict[str, torch.Tensor]:
@@ -81,15 +85,14 @@ def raw_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def from_raw(blob: bytes, form: str, shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-    """The tensors of a vectors section whose exact length the caller has checked (section_bytes)."""
+    """The tensors of a raw vectors section of this shape; ValueError unless its length is exact."""
     if sys.byteorder != "little":
         raise ValueError("vecarc reads archives on little-endian hosts only")
     count, k, d = shape
     if form in FLOAT:
         parts = [("vectors", FLOAT[form], (count, k, d))]
     else:
-        width = d if form == "int8" else (d + 1) // 2
-        parts = [("vectors", torch.int8 if form == "int8" else torch.uint8, (count, k, width)),
+        parts = [("vectors", torch.int8 if form == "int8" else torch.uint8, (count, k, _width(form, d))),
                  ("scales", torch.float16, (count, k))]
     out, pos = {}, 0
     for name, dt, shp in parts:
@@ -123,7 +126,7 @@ def decode(tensors: dict[str, torch.Tensor], form: str, shape: tuple[int, int, i
             raise ValueError(f"vectors tensor is {t.dtype} {tuple(t.shape)}, header says int8 {shape}")
         n = t
     else:
-        if t.dtype != torch.uint8 or tuple(t.shape) != (count, k, (d + 1) // 2):
+        if t.dtype != torch.uint8 or tuple(t.shape) != (count, k, _width(form, d)):
             raise ValueError(f"vectors tensor is {t.dtype} {tuple(t.shape)}, header says int4 {shape}")
         n = torch.stack([t & 15, t >> 4], -1).flatten(-2)[..., :d].to(torch.int8) - 8
     if (n.to(torch.int16).abs() > level).any():  # int8 -128 is its own abs
