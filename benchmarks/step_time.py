@@ -26,15 +26,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--search-dtype", default="fp32")
     args = ap.parse_args()
     lm = load_model(args.model)
     text = open(CORPUS, encoding="utf-8").read()[20000:40000]
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-    print(f"model {lm.name} · threads {torch.get_num_threads()} · torch {torch.__version__} · batch {args.batch}")
+    print(f"model {lm.name} · threads {torch.get_num_threads()} · torch {torch.__version__} · batch {args.batch} · "
+          f"search {args.search_dtype}")
     for n in map(int, args.sizes.split(",")):
         chunks = [ids[i * n : (i + 1) * n] for i in range(args.batch)]
         stamps: list[float] = []
-        s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch)
+        s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch,
+                         search_dtype=args.search_dtype)
         cram(lm, [Job(c, i) for i, c in enumerate(chunks)], s, lambda e: stamps.append(time.perf_counter()))
         per = [b - a for a, b in zip(stamps, stamps[1:])]
         print(f"{n:5d} tokens: median {statistics.median(per):.3f} s/step (min {min(per):.3f}, max {max(per):.3f}, "

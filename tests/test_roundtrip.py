@@ -231,3 +231,4 @@ def test_rank_larger_than_the_model_is_refused(tmp_path, tiny):
         vecarc.pack([tmp_path / "t.txt"], tmp_path / "a.vec", model=tiny, settings=CramSettings(rank=65),
                     chunk_tokens=2)
     assert not (tmp_path / "a.vec").exists()
+
