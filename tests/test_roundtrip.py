@@ -232,3 +232,15 @@ def test_rank_larger_than_the_model_is_refused(tmp_path, tiny):
                     chunk_tokens=2)
     assert not (tmp_path / "a.vec").exists()
 
+
+
+def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
+    from vecarc.errors import VecarcError
+
+    assert CramSettings().resolved(64, fast_bf16=True).search_dtype == "bf16"
+    assert CramSettings().resolved(64, fast_bf16=False).search_dtype == "fp32"
+    assert CramSettings(search_dtype="fp32").resolved(64, fast_bf16=True).search_dtype == "fp32"
+    with pytest.raises(VecarcError, match="unknown search dtype 'fp8'"):
+        CramSettings(search_dtype="fp8").resolved(64)
+    _, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]})
+    assert a.header["cram"]["search_dtype"] == ("bf16" if tiny.fast_bf16() else "fp32")

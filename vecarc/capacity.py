@@ -135,7 +135,7 @@ def calibrate(
     All samples search at once in one continuous batch: each finished try is
     verified by greedy decoding and immediately replaced by the sample's next length.
     """
-    s = (settings or CramSettings()).resolved(lm.hidden_size)
+    s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())
     t0 = time.perf_counter()
     limit = lm.max_positions - s.vectors - 1
     windows = sample_windows(lm, texts or builtin_texts(), samples, min(sample_tokens, limit))

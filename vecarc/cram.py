@@ -45,9 +45,10 @@ class CramSettings:
     seed: int = 0
     vector_dtype: str = "int8"  # storage form (vecarc.quant): what is stored, and what the model sees while training
     init_scale: float = 20.0  # initial std in units of the embedding std: solved vectors end up about this large
-    # Model copy for the search; the float32 model confirms the margin (polish). bf16 steps cost
-    # ~half on AMX CPUs but needed ~1.45x more steps and failed more chunks (docs/benchmarks.md): off.
-    search_dtype: str = "fp32"
+    # Model copy for the search; the float32 model confirms the margin (polish), so this never
+    # decides what is stored. "auto": bf16 where it runs in hardware (LoadedModel.fast_bf16),
+    # where its steps cost ~half and the default representation needed as many of them.
+    search_dtype: str = "auto"
     search_extra: float = 0.0  # margin above `margin` the search must reach before the float32 polish
     # 0: whole vectors are stored; r: each vector is P @ z with r stored numbers (vecarc.basis);
     # None: AUTO_RANK where the model is wide enough (see resolved()).
@@ -60,13 +61,18 @@ class CramSettings:
     def record(self) -> dict:
         return {"optimizer": "adam", **asdict(self)}
 
-    def resolved(self, d: int) -> "CramSettings":
-        """These settings with the rank made concrete, and checked, for a model of width d.
+    def resolved(self, d: int, fast_bf16: bool = False) -> "CramSettings":
+        """These settings with the rank and search dtype made concrete, and checked, for a
+        model of width d on a device where bf16 is (or is not) fast.
 
         int8 at rank 256 was measured on the default model (d = 576): it held every 32-token
         chunk of the sweep in fewer steps than fp16 whole vectors, at 258 bytes instead of 1,152.
         Narrower models keep whole vectors; wider ones get 256 too (not measured there).
         """
+        if self.search_dtype == "auto":
+            return replace(self, search_dtype="bf16" if fast_bf16 else "fp32").resolved(d)
+        if self.search_dtype not in SEARCH_DTYPES:
+            raise VecarcError(f"unknown search dtype {self.search_dtype!r} (one of auto, {', '.join(SEARCH_DTYPES)})")
         if self.rank is None:
             return replace(self, rank=AUTO_RANK if d >= AUTO_MIN_WIDTH else 0)
         if not 0 <= self.rank <= d:
@@ -243,9 +249,9 @@ def cram(
     """
     dev = lm.device
     emb = lm.model.get_input_embeddings()
-    search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     k, d = s.vectors, lm.hidden_size
-    s = s.resolved(d)
+    s = s.resolved(d, lm.fast_bf16())
+    search = lm.search_model(SEARCH_DTYPES[s.search_dtype])
     form = s.vector_dtype
     dim = s.rank or d  # numbers optimised (and stored) per vector
     lr = s.rank_lr if s.rank else s.lr
