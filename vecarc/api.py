@@ -250,7 +250,8 @@ def pack_documents(
     as they happen, and a journal left by an interrupted run is continued.
     Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
     """
-    s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before tokenizing and planning
+    # Checks --rank before tokenizing and planning.
+    s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())
     limit = lm.max_positions - s.vectors - 1
     size = min(chunk_tokens or chunk_tokens_for(lm.name, s.vectors), limit)
     if size < 1:
@@ -429,7 +430,7 @@ def pack(
     t0 = time.perf_counter()
     try:
         lm = _model(model, device)
-        s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before a calibration
+        s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before calibrating
         budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
         archive, decoded, retries, steps = pack_documents(
             docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal, checkpoint_every)

@@ -141,7 +141,8 @@ def main() -> None:
 @click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
 @click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True, type=click.Choice(["auto", *SEARCH_DTYPES]),
-              help="Model copy the search runs on (auto: bf16 where the hardware runs it natively); the float32 model always confirms the margin.")
+              help="Model copy the search runs on (auto: bf16 where the hardware has it); "
+                   "the float32 model always confirms the margin.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted pack whose work is in OUTPUT.journal.")
 @click.option("--checkpoint-every", default=60.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
               help="How often the optimiser's state goes to the journal (work lost on a kill is at most this).")

@@ -171,8 +171,8 @@ def chunk_forward(
     x = torch.cat([sink.expand(B, 1, d), prefix, text], dim=1).to(model.dtype)
     # Logits for every position, then slice: keeping only the last n made the head
     # a broadcast bmm that copied the whole output matrix per row in bf16.
-    # Cross-entropy over (positions, vocabulary) rows: the transposed (B, V, n) layout made
-    # log-softmax and its backward stride across memory, 2.3x slower per step on the CPU.
+    # Cross-entropy over contiguous (position, vocabulary) rows: the transposed (B, V, n)
+    # layout made log-softmax and its backward stride across memory, 2.3x slower on the CPU.
     logits = model(inputs_embeds=x, use_cache=False).logits[:, k:].float().contiguous()
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100, reduction="none")
