@@ -233,7 +233,6 @@ def test_rank_larger_than_the_model_is_refused(tmp_path, tiny):
     assert not (tmp_path / "a.vec").exists()
 
 
-
 def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
     from vecarc.errors import VecarcError
 

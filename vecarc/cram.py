@@ -12,6 +12,7 @@ per-row step count is all it takes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import time
 import zlib
 from collections import deque
@@ -98,9 +99,7 @@ class CramResult:
 Progress = Callable[[dict], None]
 
 
-_heap_kept = False
-
-
+@functools.cache
 def _keep_heap() -> None:
     """Ask glibc to serve big blocks from a heap it keeps, not fresh mmaps.
 
@@ -109,10 +108,6 @@ def _keep_heap() -> None:
     fifth of a bf16 step. Reused heap pages cost nothing; the price is that the process
     keeps its peak memory until it exits. A no-op off glibc.
     """
-    global _heap_kept
-    if _heap_kept:
-        return
-    _heap_kept = True
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.gnu_get_libc_version  # glibc only
