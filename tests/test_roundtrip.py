@@ -7,6 +7,7 @@ short chunks; what they check is that every path gives back identical bytes.
 from __future__ import annotations
 
 import pytest
+from conftest import TRAIN_TEXT
 
 import vecarc
 from vecarc import CramSettings, read_archive
@@ -106,6 +107,54 @@ def test_cram_draws_jobs_only_as_slots_free_up(tiny):
     out = cram(tiny, jobs(), CramSettings(margin=1e9, max_steps=1, batch_size=4), on_result=on_result, total=40)
     assert out == [] and len(seen) == 40  # handed over, not kept
     assert seen[0] <= 4  # the first result came before more than one batch was drawn
+
+
+SOLVE = CramSettings(batch_size=8, max_steps=200)
+
+
+def _spy_decode(monkeypatch, spoil_first: bool = False) -> list[int]:
+    """Count the rows of each greedy check cram makes; optionally spoil the first row's tokens once."""
+    from vecarc import cram as cram_mod
+
+    real, calls = cram_mod.greedy_decode, []
+
+    def spy(lm, vectors, lengths, model=None):
+        rows, mins = real(lm, vectors, lengths, model)
+        if spoil_first and not calls:
+            rows[0] = [rows[0][0] + 1] + rows[0][1:]
+        calls.append(len(lengths))
+        return rows, mins
+
+    monkeypatch.setattr(cram_mod, "greedy_decode", spy)
+    return calls
+
+
+def test_chunks_at_the_margin_are_checked_by_greedy_decoding_together(trained_tiny, monkeypatch):
+    from vecarc.cram import Job, cram
+    from vecarc.decode import greedy_decode
+
+    calls = _spy_decode(monkeypatch)
+    tiny = trained_tiny
+    ids = tiny.tokenizer(TRAIN_TEXT[:200], add_special_tokens=False)["input_ids"]
+    chunks = [ids[i : i + 8] for i in range(0, 32, 8)]
+    out = cram(tiny, [Job(c, i, i) for i, c in enumerate(chunks)], SOLVE)
+    assert len(out) == 4 and all(r.ok and r.decodes == 1 for _, r in out)
+    assert sum(calls) == 4 and max(calls) > 1  # fewer decodes than chunks
+    for job, r in out:  # ok means the stored vectors decode to the chunk, with the margin
+        got, mins = greedy_decode(tiny, r.vectors[None], [len(job.tokens)])
+        assert got[0] == list(job.tokens) and r.decode_margin >= SOLVE.margin
+        assert mins[0] == pytest.approx(r.decode_margin, abs=1e-3)  # batched vs alone: last bits differ
+
+
+def test_a_failed_greedy_check_sends_the_chunk_back_to_float32(trained_tiny, monkeypatch):
+    from vecarc.cram import Job, cram
+
+    calls = _spy_decode(monkeypatch, spoil_first=True)
+    ids = trained_tiny.tokenizer(TRAIN_TEXT[:100], add_special_tokens=False)["input_ids"]
+    out = cram(trained_tiny, [Job(ids[:8], 0, 0)], SOLVE)
+    (_, r), = out
+    assert r.ok and r.decodes == 2 and len(calls) == 2
+    assert r.steps > r.search_steps  # it went on optimising after the failed check
 
 
 def test_vectors_are_stored_in_the_dtype_they_were_verified_in(tmp_path, tiny):
@@ -243,3 +292,14 @@ def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
         CramSettings(search_dtype="fp8").resolved(64)
     _, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]})
     assert a.header["cram"]["search_dtype"] == ("bf16" if tiny.fast_bf16() else "fp32")
+
+
+def test_rows_of_very_different_lengths_run_as_separate_groups():
+    from vecarc.cram import by_length
+
+    rows, lengths = [7, 3, 9, 4, 1], [40, 100, 42, 105, 41]
+    groups = by_length(rows, lengths, fixed=96)
+    assert sorted(r for g in groups for r in g) == sorted(rows)  # a partition
+    assert groups == [[1, 7, 9], [3, 4]]  # 5 x 105 padded costs more than a second pass
+    assert by_length(rows, lengths, fixed=10_000) == [sorted(rows)]  # a costly pass: one padded batch
+    assert by_length([], []) == []

@@ -44,7 +44,7 @@ from .capacity import (
     save_entry,
 )
 from .cram import CramResult, CramSettings, Job, chunk_key, cram
-from .decode import decode_many, greedy_decode
+from .decode import decode_many
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
 from .journal import Journal, identity
@@ -314,15 +314,13 @@ def pack_documents(
             journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, ten)
 
     def judge(j: Job, r: CramResult) -> list[Job]:
-        """Verify a finished chunk by greedy decoding; split or give up on failure."""
+        """Keep a chunk cram has verified (its greedy decode gave its tokens back, with the
+        margin verify --strict asks for); split it or give up on it otherwise."""
         d, a, b = j.tag
-        toks = list(j.tokens)
-        if r.ok:  # the stored vectors must decode, and keep the margin while decoding (verify --strict)
-            got, dmargin = greedy_decode(lm, r.vectors[None], [len(toks)])
-        if r.ok and got[0] == toks and dmargin[0] >= s.margin:
+        if r.ok:
             settle(j.tag, "vector", r.vectors,
                    # Informational, and rounded: each digit costs header bytes in every archive.
-                   {"margin": round(r.margin, 2), "steps": r.steps}
+                   {"margin": round(r.decode_margin, 2), "steps": r.steps}
                    | ({"search_steps": r.search_steps} if r.search_steps != r.steps else {}), z=r.coords)
             return []
         if b - a >= 2 * min_chunk_tokens:

@@ -7,6 +7,11 @@ Many chunks are optimised as one batch, each with its own vectors and its own
 Adam state, so chunks that finish leave the batch and waiting ones take their
 place (continuous batching). Adam is written out by hand for that reason: a
 per-row step count is all it takes.
+
+A chunk is done only when the float32 greedy decode of its stored vectors gives
+back its tokens with the margin: the check unpack will make. Chunks that reach
+the margin under teacher forcing wait and are decoded together, because a greedy
+step costs about the same for one row as for many (it reads all the weights).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import basis
+from .decode import greedy_decode
 from .errors import VecarcError
 from .models import LoadedModel
 from .quant import FORMS, in_memory, quantize
@@ -88,12 +94,14 @@ class CramResult:
     vectors: torch.Tensor  # (k, d) in the storage dtype (float32 when low-rank), on the CPU: the last vectors evaluated
     ok: bool  # reached the margin
     steps: int
-    margin: float  # min logit margin over the chunk at the step it stopped
+    margin: float  # min logit margin over the chunk at the step it stopped (teacher forcing, its model)
     accuracy: float
     loss: float
     seconds: float
     search_steps: int = 0  # of `steps`, how many ran on the search model
     coords: torch.Tensor | None = None  # (k, r) stored coordinates when low-rank: vectors = expand(coords)
+    decode_margin: float = float("-inf")  # min margin of the float32 greedy decode (ok: its tokens were right)
+    decodes: int = 0  # greedy checks this chunk took (more than one: a check failed and it went on)
 
 
 Progress = Callable[[dict], None]
@@ -131,6 +139,9 @@ class _Slot:
     def __init__(self, job: "Job", tokens: torch.Tensor, text_emb: torch.Tensor, p: torch.Tensor, polish: bool):
         self.job, self.tokens, self.text_emb = job, tokens, text_emb
         self.polish = polish  # optimising on the float32 model
+        self.extra = 0.0  # margin to reach above the required one, raised when a greedy check fails
+        self.decodes = 0
+        self.cand: tuple | None = None  # (stored values, margin, accuracy, loss) while awaiting the greedy check
         self.search_steps: int | None = None
         self.p, self.m, self.v = p, torch.zeros_like(p), torch.zeros_like(p)
         self.t = 0
@@ -185,6 +196,32 @@ def logit_margins(logits: torch.Tensor, targets: torch.Tensor, scratch: bool = F
     correct = logits.gather(2, tgt).squeeze(2)
     other = (logits.scatter_ if scratch else logits.scatter)(2, tgt, float("-inf")).amax(2)
     return correct - other
+
+
+GROUP_COST = 96  # a group step's fixed cost in (rows x positions): one bf16 row of ~50 costs 0.26 s, four 0.35 s
+
+
+def by_length(rows: Sequence[int], lengths: Sequence[int], fixed: int = GROUP_COST) -> list[list[int]]:
+    """Split rows into groups of similar length, to pay for padding or for another pass, whichever is less.
+
+    A batch is right-padded to its longest row, and every padded position costs as much as a
+    real one; with the capacity plan, chunk lengths in one batch differ by 3x. Each group costs
+    fixed + rows x longest; the best split of the rows sorted by length is a small dynamic program.
+    """
+    order = sorted(range(len(rows)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the j shortest rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = best[i] + fixed + (j - i) * lengths[order[j - 1]]
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(sorted(rows[x] for x in order[cut[j] : j]))
+        j = cut[j]
+    return groups[::-1]
 
 
 def _group_step(lm: LoadedModel, model: Any, slots: Sequence["_Slot"], s: CramSettings) -> list[tuple]:
@@ -260,6 +297,8 @@ def cram(
     results: list[tuple[Job, CramResult]] = []
     finished = 0
     slots: list[_Slot] = []
+    back: deque[_Slot] = deque()  # rows a greedy check sent back, served first
+    waiting: list[_Slot] = []  # rows at the margin, awaiting the greedy check
     step = 0
 
     def new_slot(job: Job, p: torch.Tensor | None = None) -> _Slot:
@@ -281,30 +320,82 @@ def cram(
             sl.m, sl.v = ten["m"][i].to(dev).clone(), ten["v"][i].to(dev).clone()
             sl.t, sl.best, sl.best_t = rec["t"], rec["best"], rec["best_t"]
             sl.polish, sl.search_steps = rec["polish"], rec["search_steps"]
-            slots.append(sl)
+            sl.extra, sl.decodes = rec.get("extra", 0.0), rec.get("decodes", 0)
+            (slots if len(slots) < s.batch_size else back).append(sl)
     last_snapshot = time.monotonic()
     exhausted = False
     if dev.type == "cpu":
         _keep_heap()
+
+    def kept(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what is stored, the vectors it stands for), made on the CPU as unpack makes them."""
+        stored = in_memory(q, form).cpu()
+        return stored, basis.expand(stored, d, s.basis_seed) if s.rank else stored
+
+    def finish(sl: _Slot, q: torch.Tensor, margin: float, acc: float, loss: float, ok: bool, dmargin: float) -> None:
+        nonlocal finished, total
+        stored, vectors = kept(q)
+        res = CramResult(
+            vectors=vectors,
+            coords=stored if s.rank else None,
+            ok=ok,
+            steps=sl.t,
+            margin=margin,
+            accuracy=acc,
+            loss=loss,
+            seconds=time.perf_counter() - sl.start,
+            search_steps=sl.search_steps if sl.search_steps is not None else sl.t,
+            decode_margin=dmargin,
+            decodes=sl.decodes,
+        )
+        finished += 1
+        if on_result is None:
+            results.append((sl.job, res))
+        else:
+            more = list(on_result(sl.job, res))
+            pending.extendleft(reversed(more))
+            total += len(more)
+
+    def check() -> None:
+        """Greedy-decode every waiting chunk in one batch; the ones that fail go on, on the float32 model."""
+        vecs = torch.stack([kept(sl.cand[0])[1] for sl in waiting])
+        got, dmargins = greedy_decode(lm, vecs, [len(sl.tokens) for sl in waiting])
+        for sl, toks, dm in zip(waiting, got, dmargins):
+            sl.decodes += 1
+            ok = dm >= s.margin and toks == sl.tokens.tolist()
+            if ok or sl.t >= s.max_steps or sl.t - sl.best_t >= s.patience:
+                finish(sl, *sl.cand, ok=ok, dmargin=dm)
+                continue
+            # Teacher forcing in the search dtype (or, rarely, float32 with a cache) was not
+            # the greedy decode: go on in float32, a little further each time.
+            if sl.polish:
+                sl.extra += 0.25
+            sl.polish, sl.cand = True, None
+            back.append(sl)
+        waiting.clear()
+
     while True:
         while len(slots) < s.batch_size:
-            if pending:
+            if back:
+                slots.append(back.popleft())
+            elif pending:
                 slots.append(new_slot(pending.popleft()))
-                continue
-            job = None if exhausted else next(source, None)
-            if job is None:
+            elif not exhausted and (job := next(source, None)) is not None:
+                taken += 1
+                slots.append(new_slot(job))
+            else:
                 exhausted = True
                 break
-            taken += 1
-            slots.append(new_slot(job))
         if not slots:
-            break
-        # Rows still searching run on the cheap model; rows polishing run on the float32
-        # model, whose margin is the one that counts.
+            if not waiting:
+                break
+            check()
+            continue
+        # Rows still searching run on the cheap model; rows polishing run on the float32 model.
         stats: dict[int, tuple] = {}
         for polish in (False, True):
-            group = [r for r, sl in enumerate(slots) if sl.polish == polish]
-            if group:
+            rows = [r for r, sl in enumerate(slots) if sl.polish == polish]
+            for group in by_length(rows, [len(slots[r].tokens) + k for r in rows]):
                 stats.update(zip(group, _group_step(lm, search if not polish else lm.model,
                                                     [slots[r] for r in group], s)))
         row_acc = [stats[r][2] for r in range(len(slots))]
@@ -317,31 +408,14 @@ def cram(
                 sl.t += 1
                 if loss < sl.best:
                     sl.best, sl.best_t = loss, sl.t
-                # Only a float32 margin counts; a search row that reaches it switches to float32.
-                ok = sl.polish and margin >= s.margin
-                if not sl.polish and margin >= s.margin + s.search_extra:
-                    sl.polish, sl.search_steps = True, sl.t
-                stuck = sl.t - sl.best_t >= s.patience
-                if ok or stuck or sl.t >= s.max_steps:
-                    stored = in_memory(q, form).cpu()
-                    res = CramResult(
-                        vectors=basis.expand(stored, d, s.basis_seed) if s.rank else stored,
-                        coords=stored if s.rank else None,
-                        ok=ok,
-                        steps=sl.t,
-                        margin=margin,
-                        accuracy=acc,
-                        loss=loss,
-                        seconds=time.perf_counter() - sl.start,
-                        search_steps=sl.search_steps if sl.search_steps is not None else sl.t,
-                    )
-                    finished += 1
-                    if on_result is None:
-                        results.append((sl.job, res))
-                    else:
-                        more = list(on_result(sl.job, res))
-                        pending.extendleft(reversed(more))
-                        total += len(more)
+                if margin >= s.margin + sl.extra + (0.0 if sl.polish else s.search_extra):
+                    if not sl.polish:
+                        sl.search_steps = sl.t
+                    sl.cand = (q, margin, acc, loss)
+                    waiting.append(sl)
+                    continue
+                if sl.t - sl.best_t >= s.patience or sl.t >= s.max_steps:
+                    finish(sl, q, margin, acc, loss, ok=False, dmargin=float("-inf"))
                     continue
                 sl.m.mul_(s.beta1).add_(g, alpha=1 - s.beta1)
                 sl.v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)
@@ -350,8 +424,12 @@ def cram(
                 sl.p.sub_(lr * mhat / (vhat.sqrt() + 1e-8))
                 keep.append(sl)
             slots = keep
+        if len(waiting) >= s.batch_size:
+            check()
         if snapshot is not None and time.monotonic() - last_snapshot >= snapshot_every:
-            snapshot(_state(step, total, finished, taken, pending, slots))
+            if waiting:  # a snapshot holds no half-checked chunk
+                check()
+            snapshot(_state(step, total, finished, taken, pending, slots + list(back)))
             last_snapshot = time.monotonic()
         if progress is not None:
             progress(
@@ -381,7 +459,7 @@ def _state(step: int, total: int, done: int, taken: int, pending: Sequence[Job],
         "taken": taken,
         "pending": [j.tag for j in pending],
         "slots": [{"tag": sl.job.tag, "t": sl.t, "best": sl.best, "best_t": sl.best_t, "polish": sl.polish,
-                   "search_steps": sl.search_steps} for sl in slots],
+                   "search_steps": sl.search_steps, "extra": sl.extra, "decodes": sl.decodes} for sl in slots],
         "tensors": {name: torch.stack([getattr(sl, name).detach().cpu() for sl in slots])
                     for name in ("p", "m", "v")} if slots else {},
     }
