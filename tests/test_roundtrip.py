@@ -294,6 +294,24 @@ def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
     assert a.header["cram"]["search_dtype"] == ("bf16" if tiny.fast_bf16() else "fp32")
 
 
+def test_resuming_with_rows_awaiting_their_check_gives_the_same_results(trained_tiny):
+    from vecarc.cram import Job, cram
+
+    ids = trained_tiny.tokenizer(TRAIN_TEXT[:300], add_special_tokens=False)["input_ids"]
+    chunks = {i: ids[i : i + 8] for i in range(0, 48, 8)}
+    jobs = [Job(c, i, i) for i, c in chunks.items()]
+    ref = {j.tag: r for j, r in cram(trained_tiny, jobs, SOLVE)}
+    states: list[dict] = []
+    cram(trained_tiny, jobs, SOLVE, snapshot=states.append, snapshot_every=0)
+    state = next(x for x in states if any(rec["cand"] for rec in x["slots"]))
+    awaiting = {rec["tag"] for rec in state["slots"] if rec["cand"]}
+    out = cram(trained_tiny, jobs, SOLVE, resume=state, rebuild=lambda t: Job(chunks[t], t, t))
+    assert awaiting <= {j.tag for j, _ in out}
+    for j, r in out:
+        assert r.ok and r.steps == ref[j.tag].steps and r.decodes == ref[j.tag].decodes
+        assert r.vectors.equal(ref[j.tag].vectors)
+
+
 def test_rows_of_very_different_lengths_run_as_separate_groups():
     from vecarc.cram import by_length
 

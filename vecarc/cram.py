@@ -321,7 +321,11 @@ def cram(
             sl.t, sl.best, sl.best_t = rec["t"], rec["best"], rec["best_t"]
             sl.polish, sl.search_steps = rec["polish"], rec["search_steps"]
             sl.extra, sl.decodes = rec.get("extra", 0.0), rec.get("decodes", 0)
-            (slots if len(slots) < s.batch_size else back).append(sl)
+            if rec.get("cand") is not None:  # at the margin, not yet checked
+                sl.cand = (ten["q"][len(waiting)].to(dev), *rec["cand"])
+                waiting.append(sl)
+            else:
+                (slots if len(slots) < s.batch_size else back).append(sl)
     last_snapshot = time.monotonic()
     exhausted = False
     if dev.type == "cpu":
@@ -427,9 +431,7 @@ def cram(
         if len(waiting) >= s.batch_size:
             check()
         if snapshot is not None and time.monotonic() - last_snapshot >= snapshot_every:
-            if waiting:  # a snapshot holds no half-checked chunk
-                check()
-            snapshot(_state(step, total, finished, taken, pending, slots + list(back)))
+            snapshot(_state(step, total, finished, taken, pending, slots + list(back) + waiting))
             last_snapshot = time.monotonic()
         if progress is not None:
             progress(
@@ -459,7 +461,14 @@ def _state(step: int, total: int, done: int, taken: int, pending: Sequence[Job],
         "taken": taken,
         "pending": [j.tag for j in pending],
         "slots": [{"tag": sl.job.tag, "t": sl.t, "best": sl.best, "best_t": sl.best_t, "polish": sl.polish,
-                   "search_steps": sl.search_steps, "extra": sl.extra, "decodes": sl.decodes} for sl in slots],
+                   "search_steps": sl.search_steps, "extra": sl.extra, "decodes": sl.decodes,
+                   "cand": list(sl.cand[1:]) if sl.cand else None} for sl in slots],
         "tensors": {name: torch.stack([getattr(sl, name).detach().cpu() for sl in slots])
-                    for name in ("p", "m", "v")} if slots else {},
+                    for name in ("p", "m", "v")} | _waiting_values(slots) if slots else {},
     }
+
+
+def _waiting_values(slots: Sequence[_Slot]) -> dict:
+    # What each row awaiting its check was evaluated at (p + (round(p) - p) need not be round(p) bit for bit).
+    q = [sl.cand[0].detach().cpu() for sl in slots if sl.cand]
+    return {"q": torch.stack(q)} if q else {}
