@@ -38,6 +38,7 @@ CONFIGS = {
     "default": ({}, {}),
     # The effort knob: chunks planned at half the measured capacity (vecarc pack --fill 0.5).
     "fill-0.5": ({}, {"fill": 0.5}),
+    "fill-0.3": ({}, {"fill": 0.3}),
     # The default on the baseline's fixed 32-token chunks.
     "default-32": ({}, {"chunk_tokens": 32}),
     # The default without the bf16 search.
