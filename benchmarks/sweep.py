@@ -3,8 +3,9 @@
     python benchmarks/sweep.py jargon.txt lr=0.5,init_scale=20 lr=0.3,init_scale=1
     python benchmarks/sweep.py jargon.txt rank=128,vector_dtype=int8 tokens=16,rank=64,vector_dtype=int8
 
-Takes 6 chunks of 32 tokens (or tokens=N) from the 1 KiB slice of a corpus file and crams them
-as one batch with each setting (max 400 steps; a failure shows as 400 / False).
+Takes 6 chunks of 32 tokens (or tokens=N, chunks=N) from the 4 KiB slice of each corpus file
+(comma-separated) and crams them with each setting, batch 8 (max 400 steps; a failure shows
+as 400 / False). The first 6 chunks of 32 tokens are the 1 KiB slice's, as in earlier sweeps.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ from vecarc.models import load_model  # noqa: E402
 
 def main() -> None:
     lm = load_model(None, "cpu")
-    text = fixed_slice((CORPORA / sys.argv[1]).read_bytes(), 1024).decode()
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    files = [fixed_slice((CORPORA / f).read_bytes(), 4096).decode() for f in sys.argv[1].split(",")]
+    ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in files]
     for cfg in sys.argv[2:]:
-        n = 32  # tokens per chunk, or tokens=N in the setting
-        if cfg.startswith("tokens="):
+        opts = {"tokens": 32, "chunks": 6}  # per file
+        while cfg.split("=")[0] in opts:
             first, _, cfg = cfg.partition(",")
-            n = int(first.split("=")[1])
-        chunks = [ids[i * n : (i + 1) * n] for i in range(6)]
+            opts[first.split("=")[0]] = int(first.split("=")[1])
+        n, m = opts["tokens"], opts["chunks"]
         kw = {k: (v if k.endswith("dtype") else int(v) if isinstance(getattr(CramSettings, k), int) else float(v))
-              for k, v in (x.split("=") for x in cfg.split(","))}
-        s = CramSettings(batch_size=6, max_steps=400, patience=400, **kw)
+              for k, v in (x.split("=") for x in cfg.split(",") if x)}
+        s = CramSettings(**({"batch_size": 8, "max_steps": 400, "patience": 400} | kw))
         t = time.time()
-        res = sorted(cram(lm, [Job(c, i, i) for i, c in enumerate(chunks)], s), key=lambda x: x[0].tag)
-        print(f"tokens={n}", cfg, f"{time.time() - t:.0f} s", sum(r.steps for _, r in res), [r.steps for _, r in res], [r.search_steps for _, r in res], [r.ok for _, r in res], flush=True)
-
+        res = []
+        for f, doc in enumerate(ids):
+            chunks = [doc[i * n : (i + 1) * n] for i in range(m)]
+            res += sorted(cram(lm, [Job(c, i, (f, i)) for i, c in enumerate(chunks)], s), key=lambda x: x[0].tag)
+        steps = sorted(r.steps for _, r in res)
+        print(f"tokens={n} chunks={m}", cfg, f"{time.time() - t:.0f} s", "sum", sum(steps),
+              "median", steps[len(steps) // 2], "failed", sum(not r.ok for _, r in res), steps, flush=True)
 
 if __name__ == "__main__":
     main()
