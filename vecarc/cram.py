@@ -271,7 +271,9 @@ def cram(
 ) -> list[tuple[Job, CramResult]]:
     """Find memory vectors for each job; returns (job, result) in completion order.
 
-    on_result sees each result as soon as its chunk leaves the batch and may
+    A result is ok only if the float32 greedy decode of its stored vectors gave
+    the chunk back with the margin (see the module docstring).
+    on_result sees each result as soon as its chunk is settled and may
     return follow-up jobs (pack returns the two halves of a chunk that failed),
     which join the running batch at once instead of waiting for a new round.
     With on_result, results are handed over and not kept (the list returned is
