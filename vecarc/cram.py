@@ -341,9 +341,11 @@ def cram(
         stored = in_memory(q, form).cpu()
         return stored, basis.expand(stored, d, s.basis_seed) if s.rank else stored
 
-    def finish(sl: _Slot, q: torch.Tensor, margin: float, acc: float, loss: float, ok: bool, dmargin: float) -> None:
+    def finish(sl: _Slot, values: tuple[torch.Tensor, torch.Tensor], margin: float, acc: float, loss: float,
+               ok: bool, dmargin: float) -> None:
+        """Hand over a chunk's result; values: kept() of what it was last evaluated at."""
         nonlocal finished, total
-        stored, vectors = kept(q)
+        stored, vectors = values
         res = CramResult(
             vectors=vectors,
             coords=stored if s.rank else None,
@@ -367,13 +369,13 @@ def cram(
 
     def check() -> None:
         """Greedy-decode every waiting chunk in one batch; the ones that fail go on, on the float32 model."""
-        vecs = torch.stack([kept(sl.cand[0])[1] for sl in waiting])
-        got, dmargins = greedy_decode(lm, vecs, [len(sl.tokens) for sl in waiting])
-        for sl, toks, dm in zip(waiting, got, dmargins):
+        values = [kept(sl.cand[0]) for sl in waiting]
+        got, dmargins = greedy_decode(lm, torch.stack([v for _, v in values]), [len(sl.tokens) for sl in waiting])
+        for sl, val, toks, dm in zip(waiting, values, got, dmargins):
             sl.decodes += 1
             ok = dm >= s.margin and toks == sl.tokens.tolist()
             if ok or sl.t >= s.max_steps or sl.t - sl.best_t >= s.patience:
-                finish(sl, *sl.cand, ok=ok, dmargin=dm)
+                finish(sl, val, *sl.cand[1:], ok=ok, dmargin=dm)
                 continue
             # Teacher forcing in the search dtype (or, rarely, float32 with a cache) was not
             # the greedy decode: go on in float32, a little further each time.
@@ -424,7 +426,7 @@ def cram(
                     waiting.append(sl)
                     continue
                 if sl.t - sl.best_t >= s.patience or sl.t >= s.max_steps:
-                    finish(sl, q, margin, acc, loss, ok=False, dmargin=float("-inf"))
+                    finish(sl, kept(q), margin, acc, loss, ok=False, dmargin=float("-inf"))
                     continue
                 sl.m.mul_(s.beta1).add_(g, alpha=1 - s.beta1)
                 sl.v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)
