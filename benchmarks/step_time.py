@@ -1,9 +1,12 @@
 """Seconds per optimisation step for one chunk, at several chunk sizes.
 
     python benchmarks/step_time.py [--sizes 32,64,128] [--steps 15] [--model M]
+    python benchmarks/step_time.py --sizes 32 --batch 8 --search-dtype bf16 --compile off,on --rounds 2
 
 Times the same cram() loop that pack runs (forward, backward, Adam update),
-with an unreachable margin so no chunk stops early; reports the median step.
+with an unreachable margin so no chunk stops early; reports the median step (after the
+first three: the first compiled step includes the compile). Several --compile values run
+interleaved, --rounds times, in one process.
 """
 
 from __future__ import annotations
@@ -27,21 +30,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--model", default=None)
     ap.add_argument("--search-dtype", default="fp32")
+    ap.add_argument("--compile", default="off", help="comma-separated: off, on")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     lm = load_model(args.model)
     text = open(CORPUS, encoding="utf-8").read()[20000:40000]
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     print(f"model {lm.name} · threads {torch.get_num_threads()} · torch {torch.__version__} · batch {args.batch} · "
           f"search {args.search_dtype}")
-    for n in map(int, args.sizes.split(",")):
-        chunks = [ids[i * n : (i + 1) * n] for i in range(args.batch)]
-        stamps: list[float] = []
-        s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch,
-                         search_dtype=args.search_dtype)
-        cram(lm, [Job(c, i) for i, c in enumerate(chunks)], s, lambda e: stamps.append(time.perf_counter()))
-        per = [b - a for a, b in zip(stamps, stamps[1:])]
-        print(f"{n:5d} tokens: median {statistics.median(per):.3f} s/step (min {min(per):.3f}, max {max(per):.3f}, "
-              f"{len(per)} steps)")
+    for _ in range(args.rounds):
+        for n in map(int, args.sizes.split(",")):
+            for comp in args.compile.split(","):
+                chunks = [ids[i * n : (i + 1) * n] for i in range(args.batch)]
+                stamps = [time.perf_counter()]
+                s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch,
+                                 search_dtype=args.search_dtype, compile=comp)
+                cram(lm, [Job(c, i) for i, c in enumerate(chunks)], s, lambda e: stamps.append(time.perf_counter()))
+                per = [b - a for a, b in zip(stamps, stamps[1:])]
+                print(f"{n:5d} tokens, compile {comp}: median {statistics.median(per[3:]):.3f} s/step "
+                      f"(first {per[0]:.1f} s, min {min(per):.3f}, max {max(per):.3f}, {len(per)} steps)", flush=True)
 
 
 if __name__ == "__main__":

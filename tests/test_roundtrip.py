@@ -6,7 +6,10 @@ short chunks; what they check is that every path gives back identical bytes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
 from conftest import TRAIN_TEXT
 
 import vecarc
@@ -292,6 +295,15 @@ def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
         CramSettings(search_dtype="fp8").resolved(64)
     _, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]})
     assert a.header["cram"]["search_dtype"] == ("bf16" if tiny.fast_bf16() else "fp32")
+    # Compile is decided by the job alone (its chunk count and device) and recorded as decided.
+    assert a.header["cram"]["compile"] == "off"
+    from vecarc.cram import COMPILE_MIN_CHUNKS, wants_compile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert wants_compile(CramSettings(), cpu, COMPILE_MIN_CHUNKS)
+    assert not wants_compile(CramSettings(), cpu, COMPILE_MIN_CHUNKS - 1)
+    assert not wants_compile(CramSettings(), gpu, 10**6)
+    assert wants_compile(CramSettings(compile="on"), cpu, 1) and not wants_compile(CramSettings(compile="off"), cpu, 10**6)
 
 
 def test_resuming_with_rows_awaiting_their_check_gives_the_same_results(trained_tiny):
@@ -310,6 +322,47 @@ def test_resuming_with_rows_awaiting_their_check_gives_the_same_results(trained_
     for j, r in out:
         assert r.ok and r.steps == ref[j.tag].steps and r.decodes == ref[j.tag].decodes
         assert r.vectors.equal(ref[j.tag].vectors)
+
+
+def _cram_compiled(lm) -> tuple[list, list[str]]:
+    """Three chunks crammed with the search compiled: the tags solved, and cram's notes."""
+    from vecarc.cram import Job, cram
+
+    ids = lm.tokenizer(TRAIN_TEXT[:300], add_special_tokens=False)["input_ids"]
+    chunks = [ids[i : i + 8] for i in range(0, 24, 8)]
+    notes: list[str] = []
+    s = dataclasses.replace(SOLVE, compile="on", search_dtype="bf16")
+    out = cram(lm, [Job(c, i, i) for i, c in enumerate(chunks)], s,
+               progress=lambda e: notes.append(e["message"]) if e["event"] == "note" else None)
+    return sorted(j.tag for j, r in out if r.ok), notes
+
+
+def test_a_failing_torch_compile_costs_speed_not_the_pack(trained_tiny, monkeypatch):
+    from vecarc.errors import VecarcError
+    from vecarc.models import LoadedModel
+
+    class Broken:  # what torch.compile returns where no C++ compiler works: fails on the first call
+        def __init__(self, model):
+            self.dtype = model.dtype
+
+        def __call__(self, *a, **k):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    monkeypatch.setattr(LoadedModel, "compiled", lambda self, model: Broken(model))
+    solved, notes = _cram_compiled(trained_tiny)
+    assert solved == [0, 1, 2]
+    assert notes == ["torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler found); "
+                     "going on without it"]
+    with pytest.raises(VecarcError, match="unknown compile setting 'yes'"):
+        CramSettings(compile="yes").resolved(64)
+
+
+def test_compiled_search_gives_verified_chunks(trained_tiny, tmp_path, monkeypatch):
+    # A real torch.compile (cold, in its own cache): the search's rounding changes, what is kept does not.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    solved, notes = _cram_compiled(trained_tiny)
+    assert notes == []  # compiled, not fallen back
+    assert solved == [0, 1, 2]
 
 
 def test_rows_of_very_different_lengths_run_as_separate_groups():

@@ -14,7 +14,7 @@ import re
 import statistics
 import time
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
@@ -43,7 +43,7 @@ from .capacity import (
     representation,
     save_entry,
 )
-from .cram import CramResult, CramSettings, Job, chunk_key, cram
+from .cram import CramResult, CramSettings, Job, chunk_key, cram, wants_compile
 from .decode import decode_many
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
@@ -282,6 +282,8 @@ def pack_documents(
             spans += [(d, a, b) for a, b in doc_spans]
             nats[d] = doc_nats
 
+    # Recorded as decided (on / off), in the header and the journal's identity.
+    s = replace(s, compile="on" if wants_compile(s, lm.device, len(spans)) else "off")
     done: dict[tuple[int, int], dict] = {}
     vectors: dict[tuple[int, int], torch.Tensor] = {}
     coords: dict[tuple[int, int], torch.Tensor] = {}  # low-rank: what is stored
