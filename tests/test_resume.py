@@ -14,7 +14,7 @@ from conftest import TRAIN_TEXT
 from vecarc import api
 from vecarc.cram import CramSettings
 from vecarc.errors import VecarcError
-from vecarc.journal import count_records, journal_path
+from vecarc.journal import HEADER, VERSION, _record, count_records, journal_path
 
 TEXT = TRAIN_TEXT[:700] + " zebra quantum fjord, then a sentence the model has never seen."
 SETTINGS = dict(batch_size=4, max_steps=150)
@@ -90,6 +90,11 @@ def test_journal_is_not_overwritten_or_misused(tmp_path, trained_tiny):
         _pack(src, out, trained_tiny, resume=True)
     journal_path(out).write_bytes(b"garbage")
     with pytest.raises(VecarcError, match="not a readable pack journal"):
+        _pack(src, out, trained_tiny, resume=True)
+    # A journal from another journal version: well-formed records, refused before anything is read into them.
+    journal_path(out).write_bytes(_record(HEADER, {"version": VERSION + 1, "identity": "x"}))
+    with pytest.raises(VecarcError, match=f"is a version {VERSION + 1} pack journal and this vecarc reads version "
+                                          f"{VERSION}; remove it"):
         _pack(src, out, trained_tiny, resume=True)
     _pack(src, out, trained_tiny, force=True)  # -f starts over
     assert out.exists() and not journal_path(out).exists()

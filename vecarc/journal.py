@@ -117,8 +117,11 @@ class Journal:
         if self.resume and self.path.exists():
             data = self.path.read_bytes()
             recs, _ = _records(data)
-            if not recs or recs[0][0] != HEADER or recs[0][1].get("version") != VERSION:
+            if not recs or recs[0][0] != HEADER:
                 raise VecarcError(f"{self.path} is not a readable pack journal; remove it to start over")
+            if (v := recs[0][1].get("version")) != VERSION:
+                raise VecarcError(f"{self.path} is a version {v!r} pack journal and this vecarc reads version "
+                                  f"{VERSION}; remove it to start over")
             if recs[0][1].get("identity") != ident:
                 raise VecarcError(
                     f"{self.path} belongs to another pack (inputs, model, settings or plan differ); "
