@@ -43,7 +43,16 @@ from .capacity import (
     representation,
     save_entry,
 )
-from .cram import CramResult, CramSettings, Job, chunk_key, cram, wants_compile
+from .cram import (
+    CramResult,
+    CramSettings,
+    Job,
+    Progress,
+    chunk_key,
+    cram,
+    emit,
+    wants_compile,
+)
 from .decode import decode_many
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
@@ -57,8 +66,6 @@ from .plan import (
     plan_chunks,
     split_span,
 )
-
-Progress = Callable[[dict], None]
 
 
 @dataclass
@@ -90,11 +97,6 @@ class DecodeResult:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _emit(progress: Progress | None, **event) -> None:
-    if progress is not None:
-        progress(event)
 
 
 def _model(model: str | LoadedModel | None, device: str) -> LoadedModel:
@@ -276,7 +278,7 @@ def pack_documents(
     nats: dict[int, list[float]] = {}  # per-token nats as planned, each chunk read from its own start
     if budget is not None:
         order = sorted(doc_tokens)
-        _emit(progress, event="measure", documents=len(order))
+        emit(progress, event="measure", documents=len(order))
         cuts, measured = plan_by_budget([doc_tokens[d] for d in order], budget, lambda w: token_nll(lm, w))
         for d, doc_spans, doc_nats in zip(order, cuts, measured):
             spans += [(d, a, b) for a, b in doc_spans]
@@ -341,8 +343,8 @@ def pack_documents(
             settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], replayed=True, z=ten.get("z"))
         if journal.state is not None:
             resume = journal.state
-            _emit(progress, event="resume", done=len(done), step=resume["step"])
-    _emit(progress, event="plan", chunks=len(spans))
+            emit(progress, event="resume", done=len(done), step=resume["step"])
+    emit(progress, event="plan", chunks=len(spans))
     cram(lm, jobs, s, progress, on_result=judge, resume=resume, rebuild=lambda t: job(*t), total=len(spans),
          snapshot=journal.add_state if journal is not None else None, snapshot_every=checkpoint_every)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .archive import write_atomic
-from .cram import CramResult, CramSettings, Job, chunk_key, cram
+from .cram import CramResult, CramSettings, Job, Progress, chunk_key, cram
 from .entropy import token_nll
 from .errors import VecarcError
 from .models import LoadedModel, cache_dir
@@ -37,8 +37,6 @@ DEFAULT_SAMPLES = 8
 DEFAULT_PERCENTILE = 20.0
 DEFAULT_FILL = 0.9
 SAMPLE_TOKENS = 512  # longest prefix a sample offers; the search doubles up to it
-
-Progress = Callable[[dict], None]
 
 
 def representation(s: CramSettings) -> str:

@@ -102,7 +102,7 @@ class CramSettings:
 @dataclass
 class CramResult:
     vectors: torch.Tensor  # (k, d) in the storage dtype (float32 when low-rank), on the CPU: the last vectors evaluated
-    ok: bool  # reached the margin
+    ok: bool  # its float32 greedy decode gave the tokens back with the margin
     steps: int
     margin: float  # min logit margin over the chunk at the step it stopped (teacher forcing, its model)
     accuracy: float
@@ -115,6 +115,12 @@ class CramResult:
 
 
 Progress = Callable[[dict], None]
+
+
+def emit(progress: Progress | None, **event: Any) -> None:
+    """Hand an event to the caller's progress callback, if there is one."""
+    if progress is not None:
+        progress(event)
 
 
 @functools.cache
@@ -423,8 +429,8 @@ def cram(
                     if model is search or model is lm.model:
                         raise
                     fast = search
-                    _note(progress, f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                                    "going on without it")
+                    emit(progress, event="note", message=f"torch.compile failed ({type(e).__name__}: "
+                                                         f"{str(e).splitlines()[0][:120]}); going on without it")
                     stats.update(zip(group, _group_step(lm, search, [slots[r] for r in group], s)))
         row_acc = [stats[r][2] for r in range(len(slots))]
         row_loss_l = [stats[r][3] for r in range(len(slots))]
@@ -476,11 +482,6 @@ def wants_compile(s: CramSettings, device: torch.device, chunks: int) -> bool:
     """Whether the search runs compiled: decided by the job alone, so the same command
     makes the same archive however warm inductor's cache is."""
     return s.compile == "on" or (s.compile == "auto" and device.type == "cpu" and chunks >= COMPILE_MIN_CHUNKS)
-
-
-def _note(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress({"event": "note", "message": message})
 
 
 def _tag(x: Any) -> Any:
