@@ -27,6 +27,7 @@ from corpora import CORPORA, FILES, fixed_slice  # noqa: E402
 from vecarc import CramSettings, load_model  # noqa: E402
 from vecarc.api import (  # noqa: E402
     _checked_bytes,
+    _spread,
     capacity_budget,
     pack_documents,
     summary,
@@ -37,7 +38,7 @@ from vecarc.plan import chunk_tokens_for, plan_by_budget, plan_chunks  # noqa: E
 
 
 def spread(xs):
-    return f"{min(xs)}/{statistics.median(xs):g}/{max(xs)}" if xs else "—"
+    return "{min}/{median:g}/{max}".format(**_spread(xs)) if xs else "—"
 
 
 def main() -> None:
