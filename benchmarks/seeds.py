@@ -52,7 +52,7 @@ def run(seeds: list[int], overrides: dict, out: Path) -> None:
     C._group_step = logged
     steps = {}
     for seed in seeds:
-        s = C.CramSettings(seed=seed, max_steps=600, patience=600, **overrides)
+        s = C.CramSettings(**({"seed": seed, "max_steps": 600, "patience": 600} | overrides))
         for job, r in C.cram(lm, [C.Job(c, C.chunk_key(i), name) for i, (name, c) in enumerate(chunks)], s):
             steps[f"{seed}|{job.tag}"] = r.steps if r.ok else None
         print(f"seed {seed}: {sum(v or 600 for k, v in steps.items() if k.startswith(f'{seed}|'))} steps", flush=True)
