@@ -52,10 +52,11 @@ def run(seeds: list[int], overrides: dict, out: Path) -> None:
     C._group_step = logged
     steps = {}
     for seed in seeds:
-        s = C.CramSettings(**({"seed": seed, "max_steps": 600, "patience": 600} | overrides))
+        s = CramSettings(**({"seed": seed, "max_steps": 600, "patience": 600} | overrides))
         for job, r in C.cram(lm, [C.Job(c, C.chunk_key(i), name) for i, (name, c) in enumerate(chunks)], s):
             steps[f"{seed}|{job.tag}"] = r.steps if r.ok else None
-        print(f"seed {seed}: {sum(v or 600 for k, v in steps.items() if k.startswith(f'{seed}|'))} steps", flush=True)
+        print(f"seed {seed}: {sum(v or s.max_steps for k, v in steps.items() if k.startswith(f'{seed}|'))} steps",
+              flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": seeds, "overrides": overrides, "chunks": [n for n, _ in chunks],
                                "steps": steps, "loss": loss}))
@@ -64,10 +65,12 @@ def run(seeds: list[int], overrides: dict, out: Path) -> None:
 def analyse(path: Path) -> None:
     d = json.loads(path.read_text())
     seeds, names = d["seeds"], d["chunks"]
-    T = {n: [d["steps"][f"{s}|{n}"] or 600 for s in seeds] for n in names}  # a failure counts as 600
+    cap = int(d["overrides"].get("max_steps", 600))
+    T = {n: [d["steps"][f"{s}|{n}"] or cap for s in seeds] for n in names}  # a failure counts as the step cap
     runs = [t for v in T.values() for t in v]
+    failed = sum(v is None for v in d["steps"].values())
     print(f"{len(runs)} runs: sum per seed {[sum(v[i] for v in T.values()) for i in range(len(seeds))]}, "
-          f"median {st.median(runs)}, mean {st.mean(runs):.1f}, failed {sum(t == 600 for t in runs)}, "
+          f"median {st.median(runs)}, mean {st.mean(runs):.1f}, failed {failed}, "
           f"> 250 steps {sum(t > 250 for t in runs)}")
     print(f"per chunk: best start {st.mean(min(v) for v in T.values()):.1f}, "
           f"worst {st.mean(max(v) for v in T.values()):.1f} steps on average")
