@@ -13,7 +13,7 @@ from conftest import TRAIN_TEXT
 
 from vecarc import api
 from vecarc.cram import CramSettings
-from vecarc.errors import VecarcError
+from vecarc.errors import VecarcError, VerificationError
 from vecarc.journal import HEADER, VERSION, _record, count_records, journal_path
 
 TEXT = TRAIN_TEXT[:700] + " zebra quantum fjord, then a sentence the model has never seen."
@@ -151,3 +151,62 @@ def test_sigkill_at_three_points_then_resume_matches_uninterrupted(tmp_path, tra
     assert r.returncode == 0, r.stderr[-1500:]
     assert out.read_bytes() == ref.read_bytes()
     assert not j.exists()
+
+
+def _interrupted(tmp_path, model, step=40):
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    with pytest.raises(KeyboardInterrupt):
+        _pack(src, out, model, progress=_interrupt_at(step), checkpoint_every=0)
+    return src, out
+
+
+def test_resume_decodes_journaled_chunks_again(tmp_path, trained_tiny):
+    """A journal record altered and re-checksummed (or another pack's) must not reach an archive."""
+    from vecarc.journal import RESULT, _record, _records
+
+    src, out = _interrupted(tmp_path, trained_tiny)
+    j = journal_path(out)
+    recs, _ = _records(j.read_bytes())
+    vectors = [i for i, r in enumerate(recs) if r[0] == RESULT and r[1]["outcome"] == "vector"]
+    assert vectors, "the interrupted pack journaled no vector chunk"
+    forged = b""
+    for i, (kind, meta, tensors, _) in enumerate(recs):
+        if i == vectors[0]:
+            tensors = {k: -v for k, v in tensors.items()}
+        forged += _record(kind, meta, tensors)
+    j.write_bytes(forged)
+    with pytest.raises(VerificationError, match="holds work that does not decode"):
+        _pack(src, out, trained_tiny, resume=True, checkpoint_every=0)
+    assert not out.exists() and j.exists()
+
+
+def test_a_second_pack_on_the_same_output_is_refused(tmp_path, trained_tiny):
+    from vecarc.journal import Journal
+
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    held = Journal.open(out, resume=False, force=False)
+    try:
+        for kw in ({}, {"resume": True}, {"force": True}):
+            with pytest.raises(VecarcError, match="another pack is writing .*the journal is locked"):
+                _pack(src, out, trained_tiny, **kw)
+    finally:
+        held.close()
+    assert not journal_path(out).exists()  # an empty journal goes with its lock
+
+
+def test_the_journal_never_follows_a_symlink(tmp_path, trained_tiny):
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text(TEXT)
+    outside = tmp_path / "elsewhere" / "planted"
+    outside.parent.mkdir()
+    journal_path(out).symlink_to(outside)  # dangling: open(..., "wb") would create it
+    for kw in ({}, {"resume": True}, {"force": True}):
+        with pytest.raises(VecarcError, match="is a symlink; refusing"):
+            _pack(src, out, trained_tiny, **kw)
+    assert not outside.exists() and not out.exists()
+    outside.write_bytes(b"precious")  # a link to an existing file is refused too, and the file left alone
+    with pytest.raises(VecarcError, match="is a symlink; refusing"):
+        _pack(src, out, trained_tiny, force=True)
+    assert outside.read_bytes() == b"precious"

@@ -250,7 +250,8 @@ def pack_documents(
     or there is no budget, in which case they are equal spans of chunk_tokens.
     With a journal, finished chunks and snapshots of the optimiser are recorded
     as they happen, and a journal left by an interrupted run is continued.
-    Returns (archive, tokens each vector chunk greedy-decoded to, retries, steps per vector chunk).
+    Returns (archive, tokens each vector chunk greedy-decoded to in this run, retries, steps per vector chunk).
+    Chunks restored from the journal are not in the second item: the final check decodes them again.
     """
     # Checks --rank before tokenizing and planning.
     s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())
@@ -291,6 +292,7 @@ def pack_documents(
     coords: dict[tuple[int, int], torch.Tensor] = {}  # low-rank: what is stored
     steps: list[int] = []
     retries = 0
+    replayed_keys: set[tuple[int, int]] = set()  # from the journal: decoded again before anything is written
 
     def job(d: int, a: int, b: int) -> Job:
         return Job(doc_tokens[d][a:b], chunk_key(d, a, b), (d, a, b))
@@ -302,6 +304,8 @@ def pack_documents(
         d, a, b = tag
         toks = doc_tokens[d][a:b]
         if outcome == "vector":
+            if replayed:
+                replayed_keys.add((d, a))
             vectors[(d, a)] = vec
             if z is not None:
                 coords[(d, a)] = z
@@ -363,7 +367,8 @@ def pack_documents(
                 rows.append(vectors[keys[i]])
                 if s.rank:
                     zrows.append(coords[keys[i]])
-                decoded_tokens[len(chunks)] = doc_tokens[d][keys[i][1] : keys[i][1] + ch["tokens"]]
+                if keys[i] not in replayed_keys:
+                    decoded_tokens[len(chunks)] = doc_tokens[d][keys[i][1] : keys[i][1] + ch["tokens"]]
                 chunks.append(ch)
                 i += 1
                 continue
@@ -427,7 +432,7 @@ def pack(
         raise VecarcError(f"output {output} is also an input")
     docs = read_inputs(inputs)
     journal = Journal.open(output, resume, force)
-    if resume and not journal.path.exists() and warn:
+    if resume and not journal.existed and warn:
         warn(f"no journal {journal.path}; starting from the beginning")
     t0 = time.perf_counter()
     try:
@@ -436,11 +441,17 @@ def pack(
         budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
         archive, decoded, retries, steps = pack_documents(
             docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal, checkpoint_every)
-        data, written = _checked_bytes(archive, lm, decoded)
+        try:
+            data, written = _checked_bytes(archive, lm, decoded)
+        except VerificationError as e:
+            if not journal.results:
+                raise
+            raise VerificationError(f"{e}: the journal {journal.path} holds work that does not decode "
+                                    f"(damaged, or another pack's); pack again with -f to start over") from None
         write_atomic(output, data, force=force)
+        journal.remove()
     finally:
         journal.close()
-    journal.remove()
     return PackResult(output, written, len(data), time.perf_counter() - t0, retries, steps)
 
 
@@ -486,6 +497,8 @@ def capacity_budget(
 def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> tuple[bytes, Archive]:
     """Serialize, read back, and check that what will be written is what was verified.
 
+    decoded: the tokens this process's greedy checks gave for some vector chunks; every
+    other vector chunk (one restored from a journal, say) is decoded here, at the margin.
     Returns the file bytes and the archive as a reader will see it.
     """
     data = serialize(archive)
@@ -496,7 +509,12 @@ def _checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[in
         raise VerificationError("internal error: vectors changed on serialization; nothing written")
     result = decode_archive(back, lm, known=decoded)
     if not result.ok:
-        raise VerificationError("internal error: " + result.problems[0] + "; nothing written")
+        raise VerificationError(result.problems[0] + "; nothing written")
+    need = required_margin(back)
+    low = sorted(i for i, m in result.margins.items() if m < need)
+    if low:
+        raise VerificationError(f"chunk {low[0]} decodes with a margin of {result.margins[low[0]]:.4f}, "
+                                f"below the required {need:g}; nothing written")
     return data, back
 
 
@@ -508,21 +526,21 @@ def decode_archive(
 ) -> DecodeResult:
     """Rebuild every document in memory and check it against its hashes.
 
-    known: tokens that pack's greedy decoding already produced for the vector
-    chunks, so the final check before writing need not run the model again.
+    known: tokens that pack's greedy decoding already produced for some vector
+    chunks, so the final check before writing need not decode those again.
     """
     chunks = archive.chunks
     tokens: dict[int, list[int]] = {}
     problems: list[str] = []
     vec_idx = [i for i, c in enumerate(chunks) if c["kind"] == "vector"]
     chunk_margins: dict[int, float] = {}
-    if known is not None:
-        tokens.update(known)
-    elif vec_idx:
-        vecs = [archive.vectors[chunks[i]["index"]] for i in vec_idx]
-        got, margins = decode_many(lm, vecs, [chunks[i]["tokens"] for i in vec_idx], progress=progress)
-        tokens.update(zip(vec_idx, got))
-        chunk_margins = dict(zip(vec_idx, margins))
+    tokens.update(known or {})
+    todo = [i for i in vec_idx if i not in tokens]
+    if todo:
+        vecs = [archive.vectors[chunks[i]["index"]] for i in todo]
+        got, margins = decode_many(lm, vecs, [chunks[i]["tokens"] for i in todo], progress=progress)
+        tokens.update(zip(todo, got))
+        chunk_margins = dict(zip(todo, margins))
     out: list[bytes | None] = []
     for d, doc in enumerate(archive.documents):
         mine = [i for i, c in enumerate(chunks) if c["doc"] == d]

@@ -16,9 +16,11 @@ the journal there.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -90,32 +92,48 @@ def _records(data: bytes) -> tuple[list[tuple[int, dict, dict, int]], int]:
 
 
 class Journal:
-    """Append-only record of one pack. Create with `Journal.open`, then `start(identity)`."""
+    """Append-only record of one pack. Create with `Journal.open`, then `start(identity)`.
 
-    def __init__(self, path: Path, resume: bool):
+    The file is opened without following symlinks and held under an exclusive lock for
+    the whole pack, so a planted link cannot redirect it and a second pack writing the
+    same output is refused instead of interleaving its records with ours.
+    """
+
+    def __init__(self, path: Path, resume: bool, fd: int):
         self.path = Path(path)
         self.resume = resume
-        self._f = None
+        self._fd: int | None = fd
         self.results: list[tuple[dict, dict]] = []  # kept (meta, tensors) from a previous run
         self.state: dict | None = None  # cram state from the last snapshot
 
     @classmethod
     def open(cls, output: str | Path, resume: bool, force: bool) -> "Journal":
-        """Refuse to start over silently on top of a previous pack's work."""
+        """Take the journal (creating it empty), and refuse to start over silently on a previous pack's work."""
         path = journal_path(output)
-        if path.exists() and not resume:
-            if not force:
-                raise VecarcError(
-                    f"{path} holds the work of an interrupted pack: add --resume to continue it, "
-                    f"or -f to start over"
-                )
-            path.unlink()
-        return cls(path, resume)
+        fd = _open_locked(path)
+        try:
+            if os.fstat(fd).st_size and not resume:
+                if not force:
+                    raise VecarcError(
+                        f"{path} holds the work of an interrupted pack: add --resume to continue it, "
+                        f"or -f to start over"
+                    )
+                os.ftruncate(fd, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, resume, fd)
+
+    @property
+    def existed(self) -> bool:
+        """Whether a previous run left work here (known once open)."""
+        return os.fstat(self._fd).st_size > 0
 
     def start(self, ident: str) -> None:
-        """Load what a previous run left (when resuming), cut the file after its last snapshot, reopen for appending."""
-        if self.resume and self.path.exists():
-            data = self.path.read_bytes()
+        """Load what a previous run left (when resuming), cut the file after its last snapshot, append from there."""
+        size = os.fstat(self._fd).st_size
+        if self.resume and size:
+            data = os.pread(self._fd, size, 0)
             recs, _ = _records(data)
             if not recs or recs[0][0] != HEADER:
                 raise VecarcError(f"{self.path} is not a readable pack journal; remove it to start over")
@@ -132,17 +150,18 @@ class Journal:
             self.results = [(m, t) for k, m, t, _ in keep if k == RESULT]
             if last:
                 self.state = {**recs[last][1], "tensors": recs[last][2]}
-            with open(self.path, "r+b") as f:
-                f.truncate(keep[-1][3])
-            self._f = open(self.path, "ab")
+            os.ftruncate(self._fd, keep[-1][3])
             return
-        self._f = open(self.path, "wb")
+        os.ftruncate(self._fd, 0)
         self._append(_record(HEADER, {"version": VERSION, "identity": ident}))
 
     def _append(self, rec: bytes) -> None:
-        self._f.write(rec)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        end = os.fstat(self._fd).st_size
+        view = memoryview(rec)
+        while view:
+            n = os.pwrite(self._fd, view, end)
+            view, end = view[n:], end + n
+        os.fsync(self._fd)
 
     def add_result(self, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
         self._append(_record(RESULT, meta, tensors))
@@ -155,14 +174,53 @@ class Journal:
             state["tensors"] = tensors
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        """Release the lock; an empty journal (nothing was started) is removed with it."""
+        if self._fd is not None:
+            if os.fstat(self._fd).st_size == 0:
+                self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
 
     def remove(self) -> None:
-        """The archive is written: the journal has served its purpose."""
+        """The archive is written: the journal has served its purpose (removed while still locked)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
         self.close()
-        self.path.unlink(missing_ok=True)
+
+
+def _open_locked(path: Path) -> int:
+    """Open or create the journal without following a symlink, and lock it against a second pack."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(3):
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:  # removed between the two calls: try creating again
+                continue
+            except OSError as e:
+                if path.is_symlink():
+                    raise VecarcError(f"{path} is a symlink; refusing to write a journal through it") from None
+                raise VecarcError(f"cannot open the journal {path}: {e.strerror}") from None
+        except FileNotFoundError:
+            raise VecarcError(f"folder {path.parent} does not exist") from None
+        except OSError as e:
+            raise VecarcError(f"cannot create the journal {path}: {e.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise VecarcError(f"{path} is not a regular file; refusing to use it as a journal")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise VecarcError(f"another pack is writing {path} (the journal is locked); "
+                              f"wait for it, or pack to another output") from None
+        if os.fstat(fd).st_nlink == 0:  # the holder removed it just before we locked: start again
+            os.close(fd)
+            continue
+        return fd
+    raise VecarcError(f"cannot take the journal {path}: it keeps disappearing")
 
 
 def count_records(path: str | Path) -> dict[str, int]:

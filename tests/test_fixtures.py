@@ -1,0 +1,32 @@
+"""Archives written by released versions still read, verify and unpack byte-identically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import vecarc
+
+HERE = Path(__file__).parent
+V2 = HERE / "fixtures" / "v2-default.vec"
+V2_INPUTS = {"hello.txt": HERE.parent / "examples" / "hello.txt", "blob.bin": HERE / "fixtures" / "v2-default.blob.bin"}
+
+
+def test_v2_archive_reads_without_the_model():
+    a = vecarc.read_archive(V2)
+    assert [d["name"] for d in a.documents] == list(V2_INPUTS)
+    assert [c["kind"] for c in a.chunks] == ["vector", "bytes"]
+    assert (a.header["vectors"]["dtype"], a.header["vectors"]["rank"]) == ("int8", 256)
+    assert a.vectors.shape == (1, 1, 576)
+    s = vecarc.summary(a)
+    assert s["original_bytes"] == sum(p.stat().st_size for p in V2_INPUTS.values())
+    assert s["archive_bytes"] == V2.stat().st_size
+
+
+@pytest.mark.slow
+def test_v2_archive_unpacks_byte_identically(tmp_path):
+    lm = vecarc.load_model(None, device="cpu")
+    assert vecarc.verify(V2, model=lm, strict=True).ok
+    written = vecarc.unpack(V2, tmp_path, model=lm)
+    assert {p.name: p.read_bytes() for p in written} == {n: p.read_bytes() for n, p in V2_INPUTS.items()}
