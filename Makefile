@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,10 @@ demo: setup
 	$(BIN)/vecarc unpack build/austen.txt.vec -o build/out -f
 	cmp examples/austen.txt build/out/examples/austen.txt && echo "round trip: byte-identical"
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 clean:

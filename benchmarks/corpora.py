@@ -1,7 +1,7 @@
 """Run `vecarc bench` on fixed slices of each corpus in ../shared/corpora and write
 docs/benchmarks-bench.json (every number) plus a markdown table on stdout.
 
-    python benchmarks/corpora.py [--sizes 1024,4096,16384] [--pack-max 1024] [--out DIR]
+    python -m benchmarks.corpora [--sizes 1024,4096,16384] [--pack-max 1024] [--out DIR]
 
 A slice starts at the first line start after 10 % of the file and ends at the
 last line end within SIZE bytes, so every run compares the same bytes. Slices

@@ -1,8 +1,8 @@
-"""Peak memory of packing multi-megabyte inputs (issue 6), with the tiny test model.
+"""Peak memory of packing multi-megabyte inputs, with the tiny test model.
 
-    python benchmarks/large_input.py [--sizes 1,8] [--max-steps 1] [--runs 1]
+    python -m benchmarks.large_input [--sizes 1,8] [--max-steps 1] [--runs 1]
 
-Builds the tiny Llama of tests/conftest.py (trained a few seconds on its
+Builds the tiny Llama of vecarc/tiny.py (trained a few seconds on its
 repetitive text), makes inputs of N MiB from ../shared/corpora, and runs
 `vecarc pack` on each as its own process; peak RSS is that process's
 ru_maxrss. A 1 KiB input gives the fixed cost (interpreter, torch, model).
@@ -23,12 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from conftest import build_tiny_model  # noqa: E402
-from corpora import CORPORA, FILES  # noqa: E402
+from benchmarks.corpora import CORPORA, FILES
+from vecarc.tiny import build_tiny_model
 
 
 def make_input(path: Path, size: int) -> None:

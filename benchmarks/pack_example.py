@@ -1,6 +1,6 @@
 """Pack and unpack wall time of one file, as a user sees it, median of several runs.
 
-    python benchmarks/pack_example.py [FILE] [--runs 3] [--model M]
+    python -m benchmarks.pack_example [FILE] [--runs 3] [--model M]
 
 Each run is a fresh `vecarc pack` / `vecarc unpack` process (model load included).
 """

@@ -1,7 +1,7 @@
 """Packing and unpacking throughput: the straightforward loop against the optimised one,
 on the same fixed slices, in one run, several repetitions, medians.
 
-    python benchmarks/pack_speed.py [--sizes 1024,4096] [--reps 3] [--configs baseline,default]
+    python -m benchmarks.pack_speed [--sizes 1024,4096] [--reps 3] [--configs baseline,default]
                                     [--files python-tutorial.rst] [--device cpu]
 
 Each (config, slice, repetition) runs in a fresh process, so its peak RSS is its own;
@@ -24,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpora import CORPORA, fixed_slice  # noqa: E402
+from benchmarks.corpora import CORPORA, fixed_slice
 
 CONFIGS = {
     # What a research loop does: one chunk at a time, float32 everywhere, whole vectors,
@@ -96,8 +94,9 @@ def main() -> None:
         for size in map(int, args.sizes.split(",")):
             for file in args.files.split(","):
                 for config in args.configs.split(","):
-                    out = subprocess.run([sys.executable, __file__, "--one", f"{config},{file},{size}",
-                                          "--device", args.device], capture_output=True, text=True)
+                    out = subprocess.run([sys.executable, "-m", "benchmarks.pack_speed", "--one",
+                                          f"{config},{file},{size}", "--device", args.device],
+                                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
                     if out.returncode:
                         sys.exit(f"{config} {file} {size}: {out.stderr.strip().splitlines()[-1]}")
                     r = json.loads(out.stdout.strip().splitlines()[-1])

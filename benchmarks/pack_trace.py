@@ -1,6 +1,6 @@
 """Where a pack's time goes: optimisation steps by group size, greedy checks, the rest.
 
-    python benchmarks/pack_trace.py [--size 4096] [--fill 0.9] [--set batch_size=16 ...] [--rows]
+    python -m benchmarks.pack_trace [--size 4096] [--fill 0.9] [--set batch_size=16 ...] [--rows]
 
 Packs one fixed slice of python-tutorial.rst with the default model (as pack_speed.py
 does) while timing every forward/backward group and every greedy check that cram makes;
@@ -12,20 +12,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
-from corpora import CORPORA, fixed_slice  # noqa: E402
-
-import vecarc  # noqa: E402
-from vecarc import CramSettings, load_model  # noqa: E402
-from vecarc import cram as cram_mod  # noqa: E402
+import vecarc
+from benchmarks.corpora import CORPORA, fixed_slice
+from vecarc import CramSettings, load_model
 
 
 def main() -> None:
@@ -33,36 +26,27 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--file", default="python-tutorial.rst")
     ap.add_argument("--fill", type=float, default=0.9)
-    ap.add_argument("--set", nargs="*", default=[], help="CramSettings fields, key=JSON value")
+    ap.add_argument("--set", nargs="*", default=[], help="CramSettings fields, KEY=VALUE")
     ap.add_argument("--rows", action="store_true")
     args = ap.parse_args()
-    settings = CramSettings(**{k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)})
+    settings = CramSettings().with_overrides(args.set)
     lm = load_model(None)
     groups, checks, rows = [], [], collections.defaultdict(list)
-    step, decode = cram_mod._group_step, cram_mod.greedy_decode
 
-    def timed_step(lm_, model, slots, s):
-        t = time.perf_counter()
-        out = step(lm_, model, slots, s)
-        lengths = [len(sl.tokens) for sl in slots]
-        groups.append((model.dtype == torch.float32, len(slots), max(lengths) * len(slots), sum(lengths),
-                       time.perf_counter() - t))
-        for sl, (_, margin, acc, loss, _) in zip(slots, out):
-            rows[sl.job.tag].append((sl.t + 1, "fp32" if model.dtype == torch.float32 else "search", margin, acc))
-        return out
+    def trace(e: dict) -> None:  # the search loop's own record of every group step and greedy check
+        if e["event"] == "group":
+            lengths = [r[2] for r in e["rows"]]
+            groups.append((e["float32"], len(lengths), max(lengths) * len(lengths), sum(lengths), e["seconds"]))
+            for tag, t, _, margin, acc, _ in e["rows"]:
+                rows[tag].append((t, "fp32" if e["float32"] else "search", margin, acc))
+        else:
+            checks.append((e["rows"], e["tokens"], e["seconds"]))
 
-    def timed_decode(lm_, vectors, lengths, model=None):
-        t = time.perf_counter()
-        out = decode(lm_, vectors, lengths, model)
-        checks.append((len(lengths), max(lengths), time.perf_counter() - t))
-        return out
-
-    cram_mod._group_step, cram_mod.greedy_decode = timed_step, timed_decode
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"slice.{args.size}.txt"
         src.write_bytes(fixed_slice((CORPORA / args.file).read_bytes(), args.size))
         t = time.perf_counter()
-        res = vecarc.pack([src], Path(tmp) / "a.vec", model=lm, fill=args.fill, settings=settings)
+        res = vecarc.pack([src], Path(tmp) / "a.vec", model=lm, fill=args.fill, settings=settings, trace=trace)
         total = time.perf_counter() - t
     in_steps, in_checks = sum(g[-1] for g in groups), sum(c[-1] for c in checks)
     print(f"pack {total:.1f} s: steps {in_steps:.1f} s ({len(groups)} group steps, "

@@ -1,6 +1,6 @@
-"""How far do other decoding conditions move the logit margins? (issue 6)
+"""How far do other decoding conditions move the logit margins?
 
-    python benchmarks/perturb.py build/bench/*.vec [--out build/bench/perturb.json]
+    python -m benchmarks.perturb build/bench/*.vec [--out build/bench/perturb.json]
 
 For every vector chunk of the given archives (all packed with the same model):
 greedy decode under each condition of vecarc.robust (another thread count,
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vecarc.api import model_for, verify
-from vecarc.archive import read_archive
+from vecarc.format import read_archive
 from vecarc.robust import MARGIN_GRID, stress
 
 
@@ -44,7 +44,8 @@ def main() -> None:
     t = time.perf_counter()
     reports = stress(lm, vectors, tokens)
     secs = time.perf_counter() - t
-    print(f"model {lm.name} · {len(tokens)} chunks, {sum(map(len, tokens))} tokens from {len(args.archives)} archives · "
+    print(f"model {lm.name} · {len(tokens)} chunks, {sum(map(len, tokens))} tokens from "
+          f"{len(args.archives)} archives · "
           f"torch threads {torch.get_num_threads()} · attention {lm.attention} · smallest decode margin "
           f"{min(margins):.4f} · {secs:.0f} s")
     print("| condition | chunks | flips | min decode margin | max drift | " +

@@ -1,6 +1,6 @@
 """Fixed-size plan against the capacity plan, side by side, on fixed corpus slices.
 
-    python benchmarks/plan_compare.py [--plan-sizes 4096,32768] [--pack-sizes 4096] [--files jargon.txt,...]
+    python -m benchmarks.plan_compare [--plan-sizes 4096,32768] [--pack-sizes 4096] [--files jargon.txt,...]
 
 For every slice in --plan-sizes: how each plan cuts it (chunks, tokens per
 vector min/median/max, planned nats per chunk) — planning only, cheap.
@@ -16,29 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpora import CORPORA, FILES, fixed_slice  # noqa: E402
-
-from vecarc import CramSettings, load_model  # noqa: E402
-from vecarc.api import (  # noqa: E402
-    _checked_bytes,
-    _spread,
+from benchmarks.corpora import CORPORA, FILES, fixed_slice
+from vecarc import CramSettings, load_model
+from vecarc.api import (
     capacity_budget,
     pack_documents,
+    spread,
     summary,
     tokenize_exact,
 )
-from vecarc.entropy import token_nll  # noqa: E402
-from vecarc.plan import chunk_tokens_for, plan_by_budget, plan_chunks  # noqa: E402
+from vecarc.entropy import token_nll
+from vecarc.plan import chunk_tokens_for, plan_by_budget, plan_chunks
 
 
-def spread(xs):
-    return "{min}/{median:g}/{max}".format(**_spread(xs)) if xs else "—"
+def show(xs):
+    return "{min}/{median:g}/{max}".format(**spread(xs)) if xs else "—"
 
 
 def main() -> None:
@@ -52,7 +47,7 @@ def main() -> None:
     lm = load_model(None, "cpu")
     s = CramSettings(batch_size=16)
     budget = capacity_budget(lm, s, args.fill, warn=print)
-    fixed = chunk_tokens_for(lm.name, s.vectors)
+    fixed = chunk_tokens_for(s.vectors)
     print(f"model {lm.name} · budget {budget.nats:.1f} nats × fill {budget.fill} · max {budget.max_tokens} tokens · "
           f"fixed plan {fixed} tokens")
     rows = []
@@ -67,12 +62,13 @@ def main() -> None:
             plan_s = time.perf_counter() - t
             fix = plan_chunks(len(ids), fixed)
             fix_nats = [sum(x) for x in token_nll(lm, [ids[a:b] for a, b in fix])]
-            for name, spans, pn in (("fixed", fix, fix_nats), ("capacity", cap[0], [sum(nats[0][a:b]) for a, b in cap[0]])):
+            cap_nats = [sum(nats[0][a:b]) for a, b in cap[0]]
+            for name, spans, pn in (("fixed", fix, fix_nats), ("capacity", cap[0], cap_nats)):
                 lens = [b - a for a, b in spans]
                 row = {"input": f, "size": size, "plan": name, "tokens": len(ids), "chunks": len(spans),
                        "tokens_per_vector": lens, "planned_nats": pn, "plan_s": plan_s if name == "capacity" else 0}
                 rows.append(row)
-                print(f"| {f} {size} | {name} | {len(ids)} | {len(spans)} | {spread(lens)} | "
+                print(f"| {f} {size} | {name} | {len(ids)} | {len(spans)} | {show(lens)} | "
                       f"{min(pn):.0f}/{statistics.median(pn):.0f}/{max(pn):.0f} |", flush=True)
     packed = []
     if args.pack_sizes:
@@ -85,20 +81,21 @@ def main() -> None:
             docs = [(f"{f}.{size}", fixed_slice(data, size))]
             for name in ("fixed", "capacity"):
                 t = time.perf_counter()
-                archive, decoded, retries, steps = pack_documents(
-                    docs, lm, s, fixed if name == "fixed" else None, budget=budget if name == "capacity" else None)
-                raw, back = _checked_bytes(archive, lm, decoded)
+                r = pack_documents(docs, lm, s, fixed if name == "fixed" else None,
+                                   budget=budget if name == "capacity" else None)
+                raw, back, retries, steps = r.data, r.archive, r.retries, r.steps
                 secs = time.perf_counter() - t
                 sm = summary(back)
                 c = sm["chunks"]
                 lens = [ch["tokens"] for ch in back.chunks if ch["kind"] == "vector"]
                 tokens = sum(ch.get("tokens", 0) for ch in back.chunks)
-                packed.append({"input": f, "size": size, "plan": name, "chunks_planned": back.header["plan"]["chunks_planned"],
+                packed.append({"input": f, "size": size, "plan": name,
+                               "chunks_planned": back.header["plan"]["chunks_planned"],
                                "retries": retries, "vector_chunks": c["vector"], "literal_blocks": c["literal_blocks"],
                                "tokens_per_vector": lens, "bytes": len(raw), "pack_s": secs, "tokens": tokens,
                                "steps": steps})
                 print(f"| {f} {size} | {name} | {back.header['plan']['chunks_planned']} | {retries} | {c['vector']} | "
-                      f"{c['literal_blocks']} | {spread(lens)} | {len(raw):,} | {secs:.0f} | {tokens / secs:.2f} |",
+                      f"{c['literal_blocks']} | {show(lens)} | {len(raw):,} | {secs:.0f} | {tokens / secs:.2f} |",
                       flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

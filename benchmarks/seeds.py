@@ -1,8 +1,8 @@
 """How much of a chunk's step count is luck of the random start, and what restarts or
 picking among starts would save, on the same chunks.
 
-    python benchmarks/seeds.py [--seeds 0,1,2] [--set beta2=0.99] [--out build/bench/seeds.json]
-    python benchmarks/seeds.py --analyse build/bench/seeds.json
+    python -m benchmarks.seeds [--seeds 0,1,2] [--set beta2=0.99] [--out build/bench/seeds.json]
+    python -m benchmarks.seeds --analyse build/bench/seeds.json
 
 Crams the capacity plan's chunks of two 4 KiB slices (23 of python-tutorial.rst, 9 of
 jargon.txt) once per seed, batch 8, up to 600 steps with patience 600 (so the tail shows),
@@ -16,22 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics as st
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpora import CORPORA, fixed_slice  # noqa: E402
+from benchmarks.corpora import CORPORA, fixed_slice
 
 SLICES = (("python-tutorial.rst", 23), ("jargon.txt", 9))
 
 
-def run(seeds: list[int], overrides: dict, out: Path) -> None:
-    import vecarc.cram as C
+def run(seeds: list[int], overrides: list[str], out: Path) -> None:
     from vecarc import CramSettings, load_model
     from vecarc.api import capacity_budget, tokenize_exact
     from vecarc.entropy import token_nll
     from vecarc.plan import plan_by_budget
+    from vecarc.search import Job, chunk_key, cram
 
     lm = load_model(None, "cpu")
     budget = capacity_budget(lm, CramSettings().resolved(lm.hidden_size, lm.fast_bf16()))
@@ -41,22 +38,19 @@ def run(seeds: list[int], overrides: dict, out: Path) -> None:
         cuts, _ = plan_by_budget([ids], budget, lambda w: token_nll(lm, w))
         chunks += [(f"{f}:{i}", list(ids[a:b])) for i, (a, b) in enumerate(cuts[0][:n])]
     loss: dict[str, list[float]] = {}
-    step = C._group_step
-
-    def logged(lm_, model, slots, s):  # every row's loss, as the search saw it
-        rows = step(lm_, model, slots, s)
-        for sl, r in zip(slots, rows):
-            loss.setdefault(f"{s.seed}|{sl.job.tag}", []).append(round(r[3], 4))
-        return rows
-
-    C._group_step = logged
     steps = {}
     for seed in seeds:
-        s = CramSettings(**({"seed": seed, "max_steps": 600, "patience": 600} | overrides))
-        for job, r in C.cram(lm, [C.Job(c, C.chunk_key(i), name) for i, (name, c) in enumerate(chunks)], s):
+        s = CramSettings(seed=seed, max_steps=600, patience=600).with_overrides(overrides)
+
+        def trace(e: dict, seed: int = seed) -> None:  # every row's loss, as the search saw it
+            for tag, _, _, _, _, row_loss in e.get("rows", []) if e["event"] == "group" else []:
+                loss.setdefault(f"{seed}|{tag}", []).append(round(row_loss, 4))
+
+        for job, r in cram(lm, [Job(c, chunk_key(i), name) for i, (name, c) in enumerate(chunks)], s, trace=trace):
             steps[f"{seed}|{job.tag}"] = r.steps if r.ok else None
         print(f"seed {seed}: {sum(v or s.max_steps for k, v in steps.items() if k.startswith(f'{seed}|'))} steps",
               flush=True)
+    overrides = {k: v for k, v in vars(s).items() if k in {x.partition("=")[0] for x in overrides}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"seeds": seeds, "overrides": overrides, "chunks": [n for n, _ in chunks],
                                "steps": steps, "loss": loss}))
@@ -109,8 +103,7 @@ def main() -> None:
     if args.analyse:
         analyse(Path(args.analyse))
         return
-    overrides = {k: float(v) for k, v in (x.split("=") for x in args.set)}
-    run([int(x) for x in args.seeds.split(",")], overrides, Path(args.out))
+    run([int(x) for x in args.seeds.split(",")], args.set, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Seconds per optimisation step for one chunk, at several chunk sizes.
 
-    python benchmarks/step_time.py [--sizes 32,64,128] [--steps 15] [--model M]
-    python benchmarks/step_time.py --sizes 32 --batch 8 --search-dtype bf16 --compile off,on --rounds 2
-    python benchmarks/step_time.py --decode --sizes 52 --batch 6 --rounds 3
+    python -m benchmarks.step_time [--sizes 32,64,128] [--steps 15] [--model M]
+    python -m benchmarks.step_time --sizes 32 --batch 8 --search-dtype bf16 --compile off,on --rounds 2
+    python -m benchmarks.step_time --decode --sizes 52 --batch 6 --rounds 3
 
 Times the same cram() loop that pack runs (forward, backward, Adam update),
 with an unreachable margin so no chunk stops early; reports the median step (after the
@@ -22,9 +22,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vecarc.cram import CramSettings, Job, cram
 from vecarc.decode import greedy_decode
 from vecarc.models import load_model
+from vecarc.search import CramSettings, Job, cram
 
 CORPUS = "../shared/corpora/python-tutorial.rst"
 
@@ -54,7 +54,8 @@ def main() -> None:
                 stamps = [time.perf_counter()]
                 s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch,
                                  search_dtype=args.search_dtype, compile=comp)
-                cram(lm, [Job(c, i) for i, c in enumerate(chunks)], s, lambda e: stamps.append(time.perf_counter()))
+                jobs = [Job(c, i) for i, c in enumerate(chunks)]
+                cram(lm, jobs, s, lambda e, st=stamps: st.append(time.perf_counter()))
                 per = [b - a for a, b in zip(stamps, stamps[1:])]
                 print(f"{n:5d} tokens, compile {comp}: median {statistics.median(per[3:]):.3f} s/step "
                       f"(first {per[0]:.1f} s, min {min(per):.3f}, max {max(per):.3f}, {len(per)} steps)", flush=True)

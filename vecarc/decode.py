@@ -8,11 +8,11 @@ share the prefix [sink, mem_1..mem_k], so no padding is needed.
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .models import LoadedModel
+from .models import LoadedModel, length_batches
 
 
 def _cache_arg(model) -> str:
@@ -68,15 +68,15 @@ def decode_many(
     model=None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode many chunks, grouping those of similar length into batches."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     tokens: list[list[int]] = [[] for _ in lengths]
     margins: list[float] = [float("inf")] * len(lengths)
-    for start in range(0, len(order), batch_size):
-        group = order[start : start + batch_size]
+    done, total = 0, sum(1 for n in lengths if n)
+    for group in length_batches(lengths, batch_size):
         vec = torch.stack([vectors[i] for i in group])
         rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model)
         for i, r, m in zip(group, rows, mins):
             tokens[i], margins[i] = r, m
+        done += len(group)
         if progress is not None:
-            progress({"event": "decode", "done": min(start + batch_size, len(order)), "total": len(order)})
+            progress({"event": "decode", "done": done, "total": total})
     return tokens, margins

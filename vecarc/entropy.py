@@ -9,12 +9,12 @@ in the memory vectors.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .cram import chunk_forward
-from .models import LoadedModel
+from .models import LoadedModel, length_batches
+from .search import chunk_forward
 
 LN2 = math.log(2)
 
@@ -29,9 +29,7 @@ def token_nll(
     """Per-token nats of each chunk given [sink, its vectors (if any), preceding tokens]."""
     emb = lm.model.get_input_embeddings()
     out: list[list[float]] = [[] for _ in chunks]
-    order = [i for i in sorted(range(len(chunks)), key=lambda i: len(chunks[i])) if len(chunks[i])]
-    for start in range(0, len(order), batch_size):
-        group = order[start : start + batch_size]
+    for group in length_batches([len(c) for c in chunks], batch_size):
         toks = [torch.tensor(list(chunks[i]), dtype=torch.long, device=lm.device) for i in group]
         if vectors is None:
             prefix = torch.zeros(len(group), 0, lm.hidden_size, device=lm.device)

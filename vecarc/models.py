@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,10 @@ class LoadedModel:
     @property
     def max_positions(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def chunk_limit(self, vectors: int) -> int:
+        """The longest chunk `vectors` memory vectors can hold: the context less them and the sink."""
+        return self.max_positions - vectors - 1
 
     def describe(self) -> dict:
         """What the archive header records about the model."""
@@ -299,6 +304,18 @@ def parse_spec(spec: str | None) -> tuple[str, str, str | None]:
         raise VecarcError(f"--model {spec!r} is neither a folder nor a .gguf file")
     repo, _, rev = spec.partition("@")
     return "hub", repo, rev or None
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Indices of non-empty rows, shortest first, in batches: rows of like length pad least."""
+    order = [i for i in sorted(range(len(lengths)), key=lambda i: lengths[i]) if lengths[i]]
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def resolve_model(model: str | LoadedModel | None, device: str = "auto") -> LoadedModel:
+    """A model given as loaded, or loaded from its spec (None: the default model)."""
+    return model if isinstance(model, LoadedModel) else load_model(model, device)
 
 
 def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:

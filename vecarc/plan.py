@@ -9,20 +9,17 @@ fixed plan (equal spans of N tokens) remains for `--chunk-tokens`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from .models import DEFAULT_NAME
-
-# Tokens per memory vector that converged reliably at the default settings
-# (32 tokens: ~150 steps on SmolLM2-135M; 64 tokens mostly did not converge in 600).
-CHUNK_TOKENS = {DEFAULT_NAME: 32}
-FALLBACK_CHUNK_TOKENS = 32
+# The fixed plan's tokens per memory vector: 32 converged reliably on the default model
+# at the default settings, 64 mostly did not. The capacity plan needs no such number.
+CHUNK_TOKENS = 32
 MIN_CHUNK_TOKENS = 4  # below this, a chunk that fails is cheaper stored as a literal
 
 
-def chunk_tokens_for(model_name: str, vectors: int = 1) -> int:
-    return CHUNK_TOKENS.get(model_name, FALLBACK_CHUNK_TOKENS) * vectors
+def chunk_tokens_for(vectors: int = 1) -> int:
+    return CHUNK_TOKENS * vectors
 
 
 def plan_chunks(n_tokens: int, max_tokens: int) -> list[tuple[int, int]]:
@@ -97,7 +94,7 @@ def plan_by_budget(
         if not active:
             break
         windows = [list(docs[i][cursor[i] : cursor[i] + budget.max_tokens]) for i in active]
-        for i, w, nats in zip(active, windows, chunk_nats(windows)):
+        for i, nats in zip(active, chunk_nats(windows)):
             n = cut_by_budget(nats, budget)
             rest = len(docs[i]) - cursor[i] - n
             if 0 < rest < budget.min_tokens and n + rest <= len(nats):  # no tail too short for a vector

@@ -11,15 +11,16 @@ numbers and `verify --strict` can re-check an archive on the machine at hand.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
-from .cram import chunk_forward, logit_margins
 from .decode import decode_many
-from .models import LoadedModel
+from .models import LoadedModel, length_batches
+from .search import chunk_forward, logit_margins
 
 # Margins at which `stress` counts the chunks whose drift would reach them.
 MARGIN_GRID = (0.01, 0.03, 0.1, 0.3, 0.5, 1.0)
@@ -82,7 +83,7 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _model_for(lm: LoadedModel, c: Condition) -> Any:
+def _variant(lm: LoadedModel, c: Condition) -> Any:
     return lm.variant(c.dtype, c.attention)
 
 
@@ -93,14 +94,15 @@ def token_margins(
 ) -> list[torch.Tensor]:
     """Per-token margin (stored token's logit minus the best other), teacher-forced."""
     emb = lm.model.get_input_embeddings()
-    out: list[torch.Tensor] = []
-    for start in range(0, len(tokens), batch_size):
-        toks = [torch.tensor(t, dtype=torch.long, device=lm.device) for t in tokens[start : start + batch_size]]
-        vecs = torch.stack([v.to(lm.device, torch.float32) for v in vectors[start : start + batch_size]])
+    out: list[torch.Tensor] = [torch.zeros(0) for _ in tokens]
+    for group in length_batches([len(t) for t in tokens], batch_size):
+        toks = [torch.tensor(tokens[i], dtype=torch.long, device=lm.device) for i in group]
+        vecs = torch.stack([vectors[i].to(lm.device, torch.float32) for i in group])
         text = [emb(t[:-1]).float() for t in toks]
         logits, targets, _ = chunk_forward(lm, vecs, text, toks, model)
         margin = logit_margins(logits, targets).cpu()
-        out += [margin[r, : len(t)] for r, t in enumerate(toks)]
+        for r, i in enumerate(group):
+            out[i] = margin[r, : len(tokens[i])]
     return out
 
 
@@ -113,7 +115,7 @@ def stress(
     lengths = [len(t) for t in tokens]
     reports = []
     for c in which if which is not None else conditions(lm):
-        model = _model_for(lm, c)
+        model = _variant(lm, c)
         with _threads(c.threads):
             got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model)
             moved = token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size))

@@ -128,8 +128,13 @@ def decode(tensors: dict[str, torch.Tensor], form: str, shape: tuple[int, int, i
     else:
         if t.dtype != torch.uint8 or tuple(t.shape) != (count, k, _width(form, d)):
             raise ValueError(f"vectors tensor is {t.dtype} {tuple(t.shape)}, header says int4 {shape}")
+        if d % 2 and t.numel() and (t[..., -1] >> 4 != 8).any():
+            raise ValueError("int4 padding nibble is not 8")
         n = torch.stack([t & 15, t >> 4], -1).flatten(-2)[..., :d].to(torch.int8) - 8
     if (n.to(torch.int16).abs() > level).any():  # int8 -128 is its own abs
         raise ValueError(f"{form} values outside [-{level}, {level}]")
     s = scales.to(torch.float32)[..., None]
+    if ((s == 0) & (n != 0)).any():
+        raise ValueError("a vector with scale 0 must hold only zeros")
+    # n * 1 where the scale is 0: n is all zeros there, and +0.0 is what the writer stored.
     return n.to(torch.float32) * torch.where(s > 0, s, torch.ones_like(s))

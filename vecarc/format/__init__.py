@@ -1,0 +1,41 @@
+"""The .vec file format (docs/format.md): typed header records, the container, and the vector forms.
+
+header: the records and their validation; container: reading (trusting nothing) and
+writing; quant: how numbers are stored; basis: the fixed ±1 basis of low-rank vectors.
+"""
+
+from .container import (
+    CHECKSUM_LEN,
+    MAGIC,
+    PREFIX,
+    VERSION,
+    Archive,
+    compress_header,
+    decode_tokens,
+    encode_tokens,
+    literal_bytes,
+    parse_archive,
+    read_archive,
+    serialize,
+    write_atomic,
+)
+from .header import (
+    HASH_CHARS,
+    MAX_LITERAL_TOKENS,
+    Chunk,
+    DecodeRecord,
+    Document,
+    Header,
+    ModelRecord,
+    VectorsRecord,
+    check_name,
+    is_number,
+    token_hash,
+)
+
+__all__ = [
+    "CHECKSUM_LEN", "HASH_CHARS", "MAGIC", "MAX_LITERAL_TOKENS", "PREFIX", "VERSION", "Archive", "Chunk",
+    "DecodeRecord", "Document", "Header", "ModelRecord", "VectorsRecord", "check_name", "compress_header",
+    "decode_tokens", "encode_tokens", "is_number", "literal_bytes", "parse_archive", "read_archive", "serialize",
+    "token_hash", "write_atomic",
+]

@@ -1,0 +1,458 @@
+"""Packing: plan chunks, cram them, settle each chunk's fate, assemble, check, write.
+
+Packing never writes an archive whose every chunk has not been decoded by the
+same greedy decoder that unpack uses, whatever path the chunk came by (this run's
+search, or a journal left by an interrupted one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+import torch
+import zstandard
+
+from . import __version__
+from .capacity import DEFAULT_FILL, budget_for, calibrate, load_entry, profile_key, save_entry
+from .entropy import token_nll
+from .errors import VecarcError, VerificationError
+from .format import (
+    MAX_LITERAL_TOKENS,
+    Archive,
+    Chunk,
+    DecodeRecord,
+    Document,
+    Header,
+    ModelRecord,
+    VectorsRecord,
+    check_name,
+    encode_tokens,
+    parse_archive,
+    serialize,
+    token_hash,
+    write_atomic,
+)
+from .journal import Journal, identity
+from .models import LoadedModel, resolve_model
+from .plan import MIN_CHUNK_TOKENS, Budget, chunk_tokens_for, plan_by_budget, plan_chunks, split_span
+from .search import CramResult, CramSettings, Job, Progress, Trace, chunk_key, cram, emit, wants_compile
+from .text import tokenize_exact
+from .unpacking import decode_archive, required_margin
+
+
+@dataclass
+class PackResult:
+    output: Path | None
+    archive: Archive  # as a reader sees it
+    archive_bytes: int
+    seconds: float
+    retries: int = 0
+    steps: list[int] = field(default_factory=list)  # optimisation steps per vector chunk, in settling order
+    data: bytes = b""  # the checked file bytes
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def document_name(path: str | Path) -> str:
+    """Keep a clean relative path as given; otherwise fall back to the file name."""
+    p = PurePosixPath(Path(path).as_posix())
+    if not p.is_absolute() and all(part not in ("..", ".") for part in p.parts) and p.parts:
+        return str(p)
+    return Path(path).name
+
+
+def check_input(path: str | Path) -> Path:
+    """An input must be an existing regular file; say which it is not."""
+    p = Path(path)
+    if not p.exists():
+        raise VecarcError(f"no such file: {p}")
+    if not p.is_file():
+        raise VecarcError(f"not a regular file: {p}")
+    return p
+
+
+def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
+    docs: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for path in paths:
+        p = check_input(path)
+        name = document_name(p)
+        if name in seen:
+            raise VecarcError(f"two inputs would be stored under the same name {name!r}")
+        seen.add(name)
+        try:
+            docs.append((name, p.read_bytes()))
+        except OSError as e:
+            raise VecarcError(f"cannot read {p}: {e.strerror}") from None
+    return docs
+
+
+def software_versions() -> dict:
+    import tokenizers
+    import transformers
+
+    return {
+        "vecarc": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass
+class Plan:
+    """Documents as the header records them, their tokens, and the chunks to cram."""
+
+    documents: list[Document]
+    tokens: dict[int, Sequence[int]]  # document -> token ids (text documents)
+    literal: dict[int, bytes]  # document -> bytes (documents that do not round-trip through the tokenizer)
+    spans: list[tuple[int, int, int]]  # (document, start, end) in token offsets
+    nats: dict[int, list[float]]  # document -> per-token nats as planned (capacity plan only)
+
+
+def plan_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, size: int, budget: Budget | None,
+                   progress: Progress | None) -> Plan:
+    """Tokenize each document once and cut it: by the budget (capacity plan), else in equal spans of `size`."""
+    plan = Plan([], {}, {}, [], {})
+    for d, (name, data) in enumerate(docs):
+        check_name(name)
+        ids = tokenize_exact(lm, data)
+        plan.documents.append(Document(name, len(data), hashlib.sha256(data).hexdigest(),
+                                       "text" if ids is not None else "bytes"))
+        if ids is None:
+            plan.literal[d] = data
+            continue
+        plan.tokens[d] = ids
+        if budget is None:
+            plan.spans += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
+    if budget is not None:
+        order = sorted(plan.tokens)
+        emit(progress, event="measure", documents=len(order))
+        cuts, measured = plan_by_budget([plan.tokens[d] for d in order], budget, lambda w: token_nll(lm, w))
+        for d, doc_spans, doc_nats in zip(order, cuts, measured):
+            plan.spans += [(d, a, b) for a, b in doc_spans]
+            plan.nats[d] = doc_nats
+    return plan
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+@dataclass
+class Settled:
+    """A chunk kept as a vector or as literal tokens. record is its header entry."""
+
+    record: Chunk
+    vectors: torch.Tensor | None = None
+    coords: torch.Tensor | None = None
+    replayed: bool = False  # restored from the journal: decoded again before anything is written
+
+
+class Ledger:
+    """Every chunk's fate as it is settled, by (document, start); the archive is assembled from it."""
+
+    def __init__(self, plan: Plan, min_chunk_tokens: int, journal: Journal | None):
+        self.plan, self.min_chunk_tokens, self.journal = plan, min_chunk_tokens, journal
+        self.kept: dict[tuple[int, int], Settled] = {}
+        self.retries = 0
+        self.steps: list[int] = []
+
+    def job(self, d: int, a: int, b: int) -> Job:
+        return Job(self.plan.tokens[d][a:b], chunk_key(d, a, b), (d, a, b))
+
+    def settle(self, tag: tuple[int, int, int], outcome: str, vec: torch.Tensor | None = None,
+               info: dict | None = None, z: torch.Tensor | None = None, replayed: bool = False) -> None:
+        """Record one chunk's fate (vector, literal tokens or split) here, and in the journal unless it came from it."""
+        d, a, b = tag
+        if outcome == "vector":
+            rec = Chunk(d, "vector", b - a, token_hash(self.plan.tokens[d][a:b]), **info)
+            if d in self.plan.nats:
+                rec.planned_nats = round(sum(self.plan.nats[d][a:b]), 1)
+            self.kept[(d, a)] = Settled(rec, vec, z, replayed)
+            self.steps.append(info["steps"])
+        elif outcome == "tokens":
+            self.kept[(d, a)] = Settled(Chunk(d, "tokens", b - a))
+        else:
+            self.retries += 1
+        if self.journal is not None and not replayed:
+            ten = {"v": vec, **({"z": z} if z is not None else {})} if vec is not None else None
+            self.journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, ten)
+
+    def judge(self, j: Job, r: CramResult) -> list[Job]:
+        """Keep a chunk the search verified (its greedy decode gave its tokens back, with the
+        margin); split it or give up on it otherwise. Returns the follow-up jobs."""
+        d, a, b = j.tag
+        if r.ok:
+            # Informational, and rounded: each digit costs header bytes in every archive.
+            info = {"margin": round(r.decode_margin, 2), "steps": r.steps}
+            if r.search_steps != r.steps:
+                info["search_steps"] = r.search_steps
+            self.settle(j.tag, "vector", r.vectors, info, z=r.coords)
+            return []
+        if b - a >= 2 * self.min_chunk_tokens:
+            self.settle(j.tag, "split")
+            return [self.job(d, x, y) for x, y in split_span(a, b)]
+        self.settle(j.tag, "tokens")
+        return []
+
+    def replay(self, results: Sequence[tuple[dict, dict]]) -> None:
+        for meta, ten in results:
+            self.settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], ten.get("z"), replayed=True)
+
+
+# ---------------------------------------------------------------- assembly
+
+
+@dataclass
+class Assembly:
+    """The archive's chunk list and sections, in document order."""
+
+    chunks: list[Chunk] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)
+    coords: list[torch.Tensor] = field(default_factory=list)
+    literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
+    decoded: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> tokens this run's checks decoded
+
+    def add_vector(self, s: Settled, toks: Sequence[int]) -> None:
+        s.record.row = len(self.rows)
+        self.rows.append(s.vectors)
+        if s.coords is not None:
+            self.coords.append(s.coords)
+        if not s.replayed:
+            self.decoded[len(self.chunks)] = toks
+        self.chunks.append(s.record)
+
+    def add_literal(self, d: int, toks: Sequence[int]) -> None:
+        self.literals[len(self.chunks)] = encode_tokens(toks)
+        self.chunks.append(Chunk(d, "tokens", len(toks), token_hash(toks)))
+
+    def add_bytes(self, d: int, data: bytes) -> None:
+        self.literals[len(self.chunks)] = zstandard.ZstdCompressor(level=19).compress(data)
+        self.chunks.append(Chunk(d, "bytes", size=len(data)))
+
+
+def assemble(plan: Plan, ledger: Ledger) -> Assembly:
+    """Chunks in document order; neighbouring literal chunks become one block (one zstd frame
+    compresses far better than many)."""
+    out = Assembly()
+    by_doc: dict[int, list[int]] = {}
+    for d, a in sorted(ledger.kept):
+        by_doc.setdefault(d, []).append(a)
+    for d in range(len(plan.documents)):
+        if d in plan.literal:
+            out.add_bytes(d, plan.literal[d])
+            continue
+        ids, run = plan.tokens[d], None  # run: (start, end) of literal tokens not yet written
+        for a in by_doc.get(d, []):
+            s = ledger.kept[(d, a)]
+            b = a + s.record.tokens
+            if s.record.kind == "tokens" and run is not None and b - run[0] <= MAX_LITERAL_TOKENS:
+                run = (run[0], b)
+                continue
+            if run is not None:
+                out.add_literal(d, ids[run[0] : run[1]])
+                run = None
+            if s.record.kind == "tokens":
+                run = (a, b)
+            else:
+                out.add_vector(s, ids[a:b])
+        if run is not None:
+            out.add_literal(d, ids[run[0] : run[1]])
+    return out
+
+
+def build_header(lm: LoadedModel, s: CramSettings, plan: Plan, ledger: Ledger, body: Assembly, size: int,
+                 budget: Budget | None) -> Header:
+    method = ({"method": "capacity", "budget_nats": round(budget.nats, 3), "fill": budget.fill,
+               "max_tokens": budget.max_tokens} if budget else {"method": "fixed", "chunk_tokens": size})
+    model = lm.describe()
+    return Header(
+        software=software_versions(),
+        model=ModelRecord.from_json(model),
+        vectors=VectorsRecord(s.vectors, s.vector_dtype, lm.hidden_size, len(body.rows), s.rank,
+                              s.basis_seed if s.rank else None),
+        cram={**s.record(), "chunk_tokens": size, "min_chunk_tokens": ledger.min_chunk_tokens},
+        plan=method | {"chunks_planned": len(plan.spans), "retries": ledger.retries},
+        decode=DecodeRecord("greedy-kv", model["dtype"], s.margin),
+        documents=plan.documents,
+        chunks=body.chunks,
+    )
+
+
+# ---------------------------------------------------------------- packing
+
+
+def pack_documents(
+    docs: Sequence[tuple[str, bytes]],
+    lm: LoadedModel,
+    settings: CramSettings | None = None,
+    chunk_tokens: int | None = None,
+    min_chunk_tokens: int = MIN_CHUNK_TOKENS,
+    progress: Progress | None = None,
+    budget: Budget | None = None,
+    journal: Journal | None = None,
+    checkpoint_every: float = 60.0,
+    trace: Trace | None = None,
+) -> PackResult:
+    """Build a verified archive in memory (output None: nothing is written).
+
+    Chunks are cut by `budget` (the capacity plan) unless `chunk_tokens` is given
+    or there is no budget, in which case they are equal spans of chunk_tokens.
+    With a journal, finished chunks and snapshots of the optimiser are recorded
+    as they happen, and a journal left by an interrupted run is continued.
+    """
+    t0 = time.perf_counter()
+    s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before planning
+    size = min(chunk_tokens or chunk_tokens_for(s.vectors), lm.chunk_limit(s.vectors))
+    if size < 1:
+        raise VecarcError("chunk size must be at least one token")
+    plan = plan_documents(docs, lm, size, None if chunk_tokens is not None else budget, progress)
+    budget = None if chunk_tokens is not None else budget
+    # Recorded as decided (on / off), in the header and the journal's identity.
+    s = replace(s, compile="on" if wants_compile(s, lm.device, len(plan.spans)) else "off")
+    ledger = Ledger(plan, min_chunk_tokens, journal)
+    resume = None
+    if journal is not None:
+        journal.start(identity(
+            vecarc=__version__, documents=[(x.name, x.sha256) for x in plan.documents],
+            model=lm.fingerprint, settings=s.record(), chunk_tokens=size, min_chunk_tokens=min_chunk_tokens,
+            budget=vars(budget) if budget else None, spans=plan.spans))
+        ledger.replay(journal.results)
+        if journal.state is not None:
+            resume = journal.state
+            emit(progress, event="resume", done=len(ledger.kept), step=resume["step"])
+    emit(progress, event="plan", chunks=len(plan.spans))
+    jobs = (ledger.job(*x) for x in plan.spans)  # drawn lazily: a long input is not copied chunk by chunk
+    cram(lm, jobs, s, progress, on_result=ledger.judge, resume=resume, rebuild=lambda t: ledger.job(*t),
+         total=len(plan.spans), snapshot=journal.add_state if journal is not None else None,
+         snapshot_every=checkpoint_every, trace=trace)
+    body = assemble(plan, ledger)
+    archive = Archive(header=build_header(lm, s, plan, ledger, body, size, budget),
+                      vectors=torch.stack(body.rows) if body.rows else None,
+                      coords=torch.stack(body.coords) if body.coords else None, literals=body.literals)
+    data, back = checked_bytes(archive, lm, body.decoded)
+    return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data)
+
+
+def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> tuple[bytes, Archive]:
+    """Serialize, read back, and check that what will be written is what was verified.
+
+    decoded: the tokens this process's greedy checks gave for some vector chunks; every
+    other vector chunk (one restored from a journal, say) is decoded here, at the margin.
+    Returns the file bytes and the archive as a reader will see it.
+    """
+    data = serialize(archive)
+    back = parse_archive(data)
+    if (archive.vectors is None) != (back.vectors is None) or (
+        archive.vectors is not None and not torch.equal(archive.vectors, back.vectors)
+    ):
+        raise VerificationError("internal error: vectors changed on serialization; nothing written")
+    result = decode_archive(back, lm, known=decoded)
+    if not result.ok:
+        raise VerificationError(result.problems[0] + "; nothing written")
+    need = required_margin(back)
+    low = sorted(i for i, m in result.margins.items() if m < need)
+    if low:
+        raise VerificationError(f"chunk {low[0]} decodes with a margin of {result.margins[low[0]]:.4f}, "
+                                f"below the required {need:g}; nothing written")
+    return data, back
+
+
+def pack(
+    inputs: Sequence[str | Path],
+    output: str | Path | None = None,
+    *,
+    model: str | LoadedModel | None = None,
+    device: str = "auto",
+    settings: CramSettings | None = None,
+    chunk_tokens: int | None = None,
+    min_chunk_tokens: int = MIN_CHUNK_TOKENS,
+    force: bool = False,
+    progress: Progress | None = None,
+    fill: float = DEFAULT_FILL,
+    warn: Callable[[str], None] | None = None,
+    resume: bool = False,
+    checkpoint_every: float = 60.0,
+    trace: Trace | None = None,
+) -> PackResult:
+    """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
+
+    Chunks follow the model's measured capacity (its stored profile; calibrated
+    first, and stored, when there is none) unless chunk_tokens fixes their size.
+    Work in progress is kept in OUTPUT.journal; resume=True continues it after
+    an interruption, and the journal is removed once the archive is written.
+    """
+    output = output_for(inputs, output)
+    if output.exists() and not force:
+        raise VecarcError(f"{output} exists (use -f to overwrite)")
+    if any(Path(i).resolve() == output.resolve() for i in inputs):
+        raise VecarcError(f"output {output} is also an input")
+    docs = read_inputs(inputs)
+    journal = Journal.open(output, resume, force)
+    if resume and not journal.existed and warn:
+        warn(f"no journal {journal.path}; starting from the beginning")
+    t0 = time.perf_counter()
+    try:
+        lm = resolve_model(model, device)
+        s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before calibrating
+        budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
+        try:
+            r = pack_documents(docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal,
+                               checkpoint_every, trace)
+        except VerificationError as e:
+            if not journal.results:
+                raise
+            raise VerificationError(f"{e}: the journal {journal.path} holds work that does not decode "
+                                    f"(damaged, or another pack's); pack again with -f to start over") from None
+        write_atomic(output, r.data, force=force)
+        journal.remove()
+    finally:
+        journal.close()
+    return replace(r, output=output, seconds=time.perf_counter() - t0)
+
+
+def output_for(inputs: Sequence[str | Path], output: str | Path | None = None) -> Path:
+    """The archive path pack writes: the one given, else FIRST_INPUT.vec for a single input."""
+    if not inputs:
+        raise VecarcError("nothing to pack")
+    if output is None:
+        if len(inputs) > 1:
+            raise VecarcError("several inputs need -o/--output")
+        output = Path(str(inputs[0]) + ".vec")
+    return Path(output)
+
+
+def capacity_budget(
+    lm: LoadedModel,
+    s: CramSettings,
+    fill: float = DEFAULT_FILL,
+    progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Budget | None:
+    """The planning budget from this model's profile; calibrates (and stores) when there is none.
+
+    None (the fixed plan) when calibration cannot reconstruct even its shortest sample.
+    """
+    rep = profile_key(s)
+    found = load_entry(lm, rep, warn)
+    if found is None:
+        if warn:
+            warn(f"no capacity profile for {lm.name} ({rep}); calibrating first (vecarc calibrate)")
+        try:
+            entry = calibrate(lm, s, progress=progress)
+        except VecarcError as e:  # the fixed plan still packs (and keeps what fails as literals)
+            if warn:
+                warn(f"{e}; using the fixed plan")
+            return None
+        save_entry(lm, entry)
+    else:
+        entry = found[0]
+    return budget_for(lm, entry, s, fill)

