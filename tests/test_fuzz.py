@@ -159,7 +159,8 @@ def test_report_counts():
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../escape.txt", "a/../../b.txt", "C:/x.txt", "a//b.txt", "./a.txt",
-                                  "a\\..\\b.txt", "nul\x00.txt"])
+                                  "a\\..\\b.txt", "nul\x00.txt", "esc\x1b[2J.txt", "two\nlines.txt", "bad\udcff.txt",
+                                  "x" * 300 + ".txt", "line\u2028sep.txt"])
 def test_unsafe_names_are_refused(good, tmp_path, name):
     h = parse_archive(good).header.to_json()
     h["documents"][0]["name"] = name
@@ -177,6 +178,28 @@ def test_duplicate_names_are_refused(good, tmp_path):
     bad.write_bytes(reseal(good, h))
     with pytest.raises(VecarcError, match="duplicate document name"):
         vecarc.unpack(bad, tmp_path / "out")
+
+
+@pytest.mark.parametrize("first,second,why", [
+    ("Notes.txt", "notes.txt", "differ only in case"),
+    ("caf\u00e9.txt", "cafe\u0301.txt", "Unicode normalisation"),
+    ("a", "a/b.txt", "is also a folder of"),
+    ("A", "a/b.txt", "is also a folder of"),
+])
+def test_names_that_would_overwrite_each_other_are_refused(good, tmp_path, first, second, why):
+    def rename(h):
+        h["documents"][0]["name"], h["documents"][1]["name"] = first, second
+
+    with pytest.raises(VecarcError, match=why):
+        parse_archive(resealed(good, rename))
+
+
+def test_pack_refuses_inputs_whose_names_collide_elsewhere(tmp_path):
+    for name in ("Notes.txt", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    with pytest.raises(VecarcError, match="cannot store these inputs: document names 'Notes.txt' and 'notes.txt' "
+                                          "differ only in case"):
+        vecarc.api.read_inputs([tmp_path / "Notes.txt", tmp_path / "notes.txt"])
 
 
 def test_symlink_in_target_path_is_refused(good, tiny, tmp_path):

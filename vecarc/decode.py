@@ -14,6 +14,8 @@ import torch
 
 from .models import LoadedModel, length_batches
 
+DECODE_CELLS = 1 << 15  # rows x tokens per greedy batch: 64 rows of 512, or 4 of 8,192 (the KV cache follows it)
+
 
 def _cache_arg(model) -> str:
     # transformers 5.x renamed past_key_values to cache; accept both.
@@ -66,12 +68,13 @@ def decode_many(
     batch_size: int = 64,
     progress=None,
     model=None,
+    max_cells: int = DECODE_CELLS,
 ) -> tuple[list[list[int]], list[float]]:
-    """Decode many chunks, grouping those of similar length into batches."""
+    """Decode many chunks, grouping those of similar length into batches of at most max_cells row-tokens."""
     tokens: list[list[int]] = [[] for _ in lengths]
     margins: list[float] = [float("inf")] * len(lengths)
     done, total = 0, sum(1 for n in lengths if n)
-    for group in length_batches(lengths, batch_size):
+    for group in length_batches(lengths, batch_size, max_cells):
         vec = torch.stack([vectors[i] for i in group])
         rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model)
         for i, r, m in zip(group, rows, mins):

@@ -306,11 +306,22 @@ def parse_spec(spec: str | None) -> tuple[str, str, str | None]:
     return "hub", repo, rev or None
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices of non-empty rows, shortest first, in batches: rows of like length pad least."""
-    order = [i for i in sorted(range(len(lengths)), key=lambda i: lengths[i]) if lengths[i]]
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+def length_batches(lengths: Sequence[int], batch_size: int, max_cells: int | None = None) -> Iterator[list[int]]:
+    """Indices of non-empty rows, shortest first, in batches: rows of like length pad least.
+
+    max_cells bounds rows x longest row, so a batch's memory (a KV cache, say) follows its
+    tokens, not its row count.
+    """
+    group: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if not lengths[i]:
+            continue
+        if group and (len(group) == batch_size or (max_cells and (len(group) + 1) * lengths[i] > max_cells)):
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
 
 
 def resolve_model(model: str | LoadedModel | None, device: str = "auto") -> LoadedModel:

@@ -30,6 +30,7 @@ from .format import (
     ModelRecord,
     VectorsRecord,
     check_name,
+    check_names,
     encode_tokens,
     parse_archive,
     serialize,
@@ -77,14 +78,18 @@ def check_input(path: str | Path) -> Path:
 
 
 def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
+    """(name, bytes) per input; names that an archive could not hold are refused before any work."""
+    checked = [check_input(path) for path in paths]
+    names = [document_name(p) for p in checked]
+    if len(set(names)) != len(names):
+        name = next(n for i, n in enumerate(names) if n in names[:i])
+        raise VecarcError(f"two inputs would be stored under the same name {name!r}")
+    try:
+        check_names(names)
+    except VecarcError as e:
+        raise VecarcError(f"cannot store these inputs: {str(e).removeprefix('corrupt archive: ')}") from None
     docs: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
-    for path in paths:
-        p = check_input(path)
-        name = document_name(p)
-        if name in seen:
-            raise VecarcError(f"two inputs would be stored under the same name {name!r}")
-        seen.add(name)
+    for p, name in zip(checked, names):
         try:
             docs.append((name, p.read_bytes()))
         except OSError as e:
@@ -335,9 +340,10 @@ def pack_documents(
          total=len(plan.spans), snapshot=journal.add_state if journal is not None else None,
          snapshot_every=checkpoint_every, trace=trace)
     body = assemble(plan, ledger)
-    archive = Archive(header=build_header(lm, s, plan, ledger, body, size, budget),
-                      vectors=torch.stack(body.rows) if body.rows else None,
-                      coords=torch.stack(body.coords) if body.coords else None, literals=body.literals)
+    archive = Archive(header=build_header(lm, s, plan, ledger, body, size, budget), literals=body.literals,
+                      stored=torch.stack(body.coords if s.rank else body.rows) if body.rows else None)
+    if body.rows:
+        archive.vectors = torch.stack(body.rows)  # as the search verified them: checked against the reread
     data, back = checked_bytes(archive, lm, body.decoded)
     return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data)
 

@@ -15,7 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from .decode import decode_many
 from .errors import VecarcError, VerificationError
-from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash, write_atomic
+from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash
+from .format.container import write_temp
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model
 from .search import Progress
 from .text import detokenize
@@ -85,7 +86,7 @@ def _document_bytes(archive: Archive, lm: LoadedModel, doc: Document, mine: Sequ
     for i in mine:
         c = archive.chunks[i]
         if c.kind == "tokens":
-            tokens[i] = decode_tokens(archive.literals[i], c.tokens)
+            tokens[i] = decode_tokens(archive.literals[i], c.tokens, archive.header.model.vocab_size)
         if token_hash(tokens[i]) != c.hash:
             problems.append(f"{doc.name}: chunk {i} ({c.kind}) decoded to other tokens")
         ids.extend(tokens[i])
@@ -110,6 +111,10 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
             f"model mismatch: the archive was packed with {want.name} ({want.fingerprint[:19]}…), "
             f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded; {install_hint(want.source)}"
         )
+    m = archive.header.model
+    if (m.hidden_size, m.vocab_size) != (lm.hidden_size, lm.vocab_size):
+        raise VecarcError(f"corrupt archive: it declares a model {m.hidden_size} wide with {m.vocab_size} tokens, "
+                          f"but {lm.name} is {lm.hidden_size} wide with {lm.vocab_size}")
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
     limit = lm.chunk_limit(archive.header.vectors.per_chunk)
     worst = max((c.tokens for c in archive.chunks if c.kind == "vector"), default=0)
@@ -169,16 +174,26 @@ def required_margin(a: Archive) -> float:
     return a.header.required_margin
 
 
-def _target(outdir: Path, name: str) -> Path:
+def _target(outdir: Path, name: str, force: bool) -> Path:
+    """Where a document goes; refused, before anything is written, if writing it could not succeed."""
     check_name(name)
     target = outdir / name
-    # No component between outdir and the file may be a symlink: it could lead outside.
+    # No component between outdir and the file may be a symlink (it could lead outside) or a file.
     p = outdir
-    for part in PurePosixPath(name).parts:
+    for part in PurePosixPath(name).parts[:-1]:
         p = p / part
         if p.is_symlink():
             raise VecarcError(f"refusing to write through the symlink {p}")
-    if not str(target.resolve()).startswith(str(outdir.resolve()) + os.sep):
+        if p.exists() and not p.is_dir():
+            raise VecarcError(f"{p} is a file, so {target} cannot be written")
+    if target.is_symlink():
+        raise VecarcError(f"refusing to write through the symlink {target}")
+    if target.is_dir():
+        raise VecarcError(f"{target} is a folder")
+    if target.exists() and not force:
+        raise VecarcError(f"{target} exists (use -f to overwrite)")
+    root = outdir.resolve()
+    if root not in target.resolve().parents:
         raise VecarcError(f"refusing to write outside {outdir}: {name}")
     return target
 
@@ -197,14 +212,27 @@ def unpack(
     outdir = Path(output_dir)
     if outdir.exists() and not outdir.is_dir():
         raise VecarcError(f"{outdir} exists and is not a folder")
-    targets = [_target(outdir, d.name) for d in a.documents]
-    for t in targets:
-        if t.exists() and not force:
-            raise VecarcError(f"{t} exists (use -f to overwrite)")
+    targets = [_target(outdir, d.name, force) for d in a.documents]
     result = decode_archive(a, model_for(a, model, device), progress)
     if not result.ok:
         raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
-    for t, data in zip(targets, result.documents):
-        t.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(t, data, force=force)
+    _write_all(targets, result.documents)
     return targets
+
+
+def _write_all(targets: Sequence[Path], documents: Sequence[bytes]) -> None:
+    """Every document to a temporary file first, then all renamed into place: all or none under final names."""
+    temps: list[Path] = []
+    try:
+        for t, data in zip(targets, documents):
+            try:
+                t.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise VecarcError(f"cannot create the folder {t.parent}: {e.strerror}") from None
+            temps.append(write_temp(t, data))
+        for tmp, t in zip(temps, targets):
+            os.replace(tmp, t)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise

@@ -29,13 +29,14 @@ from .header import (
     ModelRecord,
     VectorsRecord,
     check_name,
+    check_names,
     is_number,
     token_hash,
 )
 
 __all__ = [
     "CHECKSUM_LEN", "HASH_CHARS", "MAGIC", "MAX_LITERAL_TOKENS", "PREFIX", "VERSION", "Archive", "Chunk",
-    "DecodeRecord", "Document", "Header", "ModelRecord", "VectorsRecord", "check_name", "compress_header",
-    "decode_tokens", "encode_tokens", "is_number", "literal_bytes", "parse_archive", "read_archive", "serialize",
-    "token_hash", "write_atomic",
+    "DecodeRecord", "Document", "Header", "ModelRecord", "VectorsRecord", "check_name", "check_names",
+    "compress_header", "decode_tokens", "encode_tokens", "is_number", "literal_bytes", "parse_archive",
+    "read_archive", "serialize", "token_hash", "write_atomic",
 ]

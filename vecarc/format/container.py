@@ -7,6 +7,7 @@ on, so a hostile file ends in one VecarcError, never a traceback.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -32,17 +33,43 @@ PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, heade
 CHECKSUM_LEN = 32
 MAX_HEADER_ZLEN = 16 << 20
 MAX_HEADER_LEN = 64 << 20
+# Plain header bytes per compressed byte, above a 1 MiB allowance: real headers expand 5-20x.
+MAX_HEADER_EXPANSION = 64
+HEADER_ALLOWANCE = 1 << 20
 
 
 @dataclass
 class Archive:
-    """A parsed archive: the typed header, the vector tensor and literal blocks (compressed)."""
+    """A parsed archive: the typed header, the stored vectors and literal blocks (compressed).
+
+    Low-rank vectors are expanded (P z) only when first used, so a reader can compare the
+    header with the model before a hostile header makes it allocate.
+    """
 
     header: Header
-    vectors: Any = None  # torch.Tensor (count, k, d) or None when not loaded / empty
-    coords: Any = None  # low-rank archives: the stored (count, k, r); vectors = basis.expand(coords)
+    stored: Any = None  # torch.Tensor (count, k, width): the vectors section's numbers; None when empty / not loaded
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
     size: int = 0  # bytes on disk, when read from a file
+    _vectors: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def coords(self) -> Any:
+        """Low-rank archives: the stored (count, k, rank) coordinates; else None."""
+        return self.stored if self.header.vectors.rank else None
+
+    @property
+    def vectors(self) -> Any:
+        """(count, k, hidden_size) float vectors as the model is fed them."""
+        if self._vectors is None and self.stored is not None:
+            v = self.header.vectors
+            self._vectors = basis.expand(self.stored, v.hidden_size, v.basis_seed) if v.rank else self.stored
+        return self._vectors
+
+    @vectors.setter
+    def vectors(self, value: Any) -> None:
+        self._vectors = value
+        if not self.header.vectors.rank:
+            self.stored = value
 
     @property
     def documents(self) -> list[Document]:
@@ -77,19 +104,34 @@ def encode_tokens(tokens: list[int]) -> bytes:
     return zstandard.ZstdCompressor(level=19).compress(struct.pack(f"<{len(tokens)}I", *tokens))
 
 
-def decode_tokens(frame: bytes, n: int) -> list[int]:
-    raw = _decompress(frame, 4 * n)
-    return list(struct.unpack(f"<{n}I", raw))
+def decode_tokens(frame: bytes, n: int, vocab_size: int) -> list[int]:
+    ids = list(struct.unpack(f"<{n}I", _decompress(frame, 4 * n)))
+    if ids and max(ids) >= vocab_size:
+        raise VecarcError(f"corrupt literal block: token id {max(ids)} is not in the model's {vocab_size}")
+    return ids
 
 
-def _decompress(frame: bytes, size: int, what: str = "literal block") -> bytes:
+def _decompress(frame: bytes, size: int, what: str = "literal block", dict_data: Any = None) -> bytes:
+    """Exactly `size` bytes from one zstd frame, never holding more than size + 1 of them.
+
+    python-zstandard trusts a frame's own content size over max_output_size, so a frame that
+    declares gigabytes is refused from its header, and the rest is read as a bounded stream.
+    """
     try:
-        raw = zstandard.ZstdDecompressor().decompress(frame, max_output_size=max(size, 1))
+        declared = zstandard.frame_content_size(frame)
+        if declared not in (-1, size):  # -1: the frame does not say
+            raise VecarcError(f"corrupt {what}: its frame declares {declared} bytes where {size} were declared")
+        d = zstandard.ZstdDecompressor(dict_data=dict_data) if dict_data is not None else zstandard.ZstdDecompressor()
+        parts, got = [], 0
+        with d.stream_reader(frame) as r:
+            while got <= size and (part := r.read(size + 1 - got)):
+                parts.append(part)
+                got += len(part)
     except zstandard.ZstdError as e:
         raise VecarcError(f"corrupt {what}: {e}") from None
-    if len(raw) != size:
-        raise VecarcError(f"corrupt {what}: {len(raw)} bytes where {size} were declared")
-    return raw
+    if got != size:
+        raise VecarcError(f"corrupt {what}: {'more than ' if got > size else ''}{got} bytes where {size} were declared")
+    return b"".join(parts)
 
 
 def literal_bytes(archive: Archive, chunk_index: int) -> bytes:
@@ -104,7 +146,7 @@ def serialize(archive: Archive) -> bytes:
     header = archive.header.to_json()
     body = bytearray()
     vec = header["vectors"]
-    stored = archive.coords if vec.get("rank") else archive.vectors
+    stored = archive.stored
     if stored is not None and stored.shape[0] > 0:
         blob = quant.raw_bytes(quant.encode(stored, vec["dtype"]))
         # Integer values are far from uniform (int4: ~3 of 4 bits carry information): zstd's
@@ -134,6 +176,9 @@ def serialize(archive: Archive) -> bytes:
     return data + hashlib.sha256(data).digest()
 
 
+TMP_SUFFIX = ".vecarc-tmp"
+
+
 def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
     """Write via a temporary file in the same folder, then rename: never half a file."""
     path = Path(path)
@@ -141,10 +186,31 @@ def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
         raise VecarcError(f"{path} exists (use -f to overwrite)")
     if path.is_dir():
         raise VecarcError(f"{path} is a directory")
+    tmp = write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise VecarcError(f"cannot write {path}: {e.strerror}") from None
+        raise
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """data in a new hidden file next to path (synced, mode as the umask says), to be renamed onto it.
+
+    Its name carries this process's id, so a later run can tell a temporary file left by a
+    killed process from one still being written (remove_stale_temps).
+    """
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise VecarcError(f"folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    remove_stale_temps(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=parent)
+    except OSError as e:
+        raise VecarcError(f"cannot write in {parent}: {e.strerror}") from None
+    tmp = Path(name)
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -153,13 +219,33 @@ def write_atomic(path: Path, data: bytes, force: bool = False) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise VecarcError(f"cannot write {path}: {e.strerror}") from None
         raise
+    return tmp
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files of `path` whose writing process no longer exists; returns them."""
+    gone = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # ---------------------------------------------------------------- reading
@@ -199,7 +285,8 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
         raise VecarcError(f"unsupported archive version {version} (this vecarc reads version {VERSION})")
     if flags or reserved:
         raise bad("reserved fields are not zero")
-    if not 1 <= zlen <= MAX_HEADER_ZLEN or not 2 <= hlen <= MAX_HEADER_LEN:
+    if not 1 <= zlen <= MAX_HEADER_ZLEN or not 2 <= hlen <= min(MAX_HEADER_LEN,
+                                                                 HEADER_ALLOWANCE + MAX_HEADER_EXPANSION * zlen):
         raise bad(f"header size out of range ({zlen} compressed, {hlen} plain)")
     expected = PREFIX.size + zlen + body_len + CHECKSUM_LEN
     if expected != size:
@@ -218,12 +305,11 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
     if h.digest() != f.read(CHECKSUM_LEN):
         raise bad("checksum mismatch (the file is damaged)")
     try:
-        text = zstandard.ZstdDecompressor(dict_data=header_dict()).decompress(bytes(rest[:zlen]),
-                                                                               max_output_size=hlen)
-        if len(text) != hlen:
-            raise ValueError("length differs from the declared one")
+        text = _decompress(bytes(rest[:zlen]), hlen, "header", header_dict())
         header = parse_json(text.decode("utf-8"))
-    except (zstandard.ZstdError, ValueError, UnicodeDecodeError, RecursionError) as e:
+    except VecarcError as e:
+        raise bad(f"header does not decode ({str(e).removeprefix('corrupt header: ')})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise bad(f"header does not decode ({str(e).splitlines()[0][:200]})") from None
     body = memoryview(rest)[zlen:]
     archive = Archive(header=Header.from_json(header, body_len), size=size)
@@ -231,7 +317,7 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
         if ch.is_literal:
             archive.literals[i] = bytes(body[ch.offset : ch.offset + ch.length])
     if load_vectors:
-        archive.vectors, archive.coords = _load_vectors(archive.header, body)
+        archive.stored = _load_stored(archive.header, body)
     return archive
 
 
@@ -253,19 +339,16 @@ def parse_json(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
 
 
-def _load_vectors(h: Header, body: memoryview):
+def _load_stored(h: Header, body: memoryview) -> Any:
     v = h.vectors
     if v.count == 0:
-        return None, None
+        return None
     off, length = v.section
     try:
         shape = (v.count, v.per_chunk, v.width)
         blob = bytes(body[off : off + length])
         if v.compression == "zstd":  # the exact size is known: nothing larger is ever allocated
             blob = _decompress(blob, v.count * v.row_bytes, "vectors section")
-        stored = quant.decode(quant.from_raw(blob, v.dtype, shape), v.dtype, shape)
+        return quant.decode(quant.from_raw(blob, v.dtype, shape), v.dtype, shape)
     except ValueError as e:
         raise bad(str(e)) from None
-    if not v.rank:
-        return stored, None
-    return basis.expand(stored, v.hidden_size, v.basis_seed), stored

@@ -13,6 +13,7 @@ import hashlib
 import math
 import re
 import struct
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,11 @@ MAX_LITERAL = 1 << 30
 MAX_LITERAL_TOKENS = min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)  # one literal token block
 _HEX = re.compile(r"[0-9a-f]+")
 CHUNK_KINDS = ("vector", "tokens", "bytes")
+# What a small file may make a reader do, as an allowance plus a multiple of the body's bytes:
+# expanded float32 vectors (low rank: P z) and tokens to decode or detokenize. Real archives
+# stay far inside (an int8 rank-256 vector is 258 B, expands to 2.3 KB and holds ~50 tokens).
+EXPANDED_ALLOWANCE, EXPANDED_PER_BYTE = 64 << 20, 1024
+TOKEN_ALLOWANCE, TOKENS_PER_BYTE = 1 << 20, 64
 
 
 def bad(msg: str) -> VecarcError:
@@ -55,16 +61,31 @@ def token_hash(tokens: Sequence[int]) -> str:
     return hashlib.sha256(struct.pack(f"<{len(tokens)}I", *tokens)).hexdigest()[:HASH_CHARS]
 
 
+MAX_NAME_BYTES, MAX_PART_BYTES = 4096, 255  # a path, and one component of it (NAME_MAX on common filesystems)
+
+
 def check_name(name: Any) -> str:
-    """Document names are relative, normalised, '/'-separated paths."""
-    ok = isinstance(name, str) and 0 < len(name.encode("utf-8", "surrogatepass")) <= 4096 and "\x00" not in name
+    """Document names are relative, normalised, '/'-separated paths of printable characters."""
+    ok = isinstance(name, str) and 0 < len(name) and not any(_unprintable(ch) for ch in name)
     if ok:
-        parts = name.split("/")
-        ok = not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
+        raw, parts = name.encode("utf-8"), name.split("/")
+        ok = len(raw) <= MAX_NAME_BYTES and all(len(p.encode("utf-8")) <= MAX_PART_BYTES for p in parts)
+        ok = ok and not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
         ok = ok and not re.match(r"^[A-Za-z]:", name)
     if not ok:
         raise bad(f"unsafe document name {name!r}")
     return name
+
+
+def _unprintable(ch: str) -> bool:
+    # Controls (a newline or ESC reaches the terminal), surrogates (no file name can hold one),
+    # line and paragraph separators.
+    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
+
+
+def name_key(name: str) -> str:
+    """Two names with one key would be one file on a case-insensitive or normalising filesystem."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 @dataclass
@@ -142,6 +163,9 @@ class VectorsRecord:
             seed = b["seed"]
         need(v.get("compression") in ("none", "zstd"), f"unknown vectors compression {v.get('compression')!r}")
         rec = cls(v["per_chunk"], v["dtype"], hidden_size, v["count"], rank, seed, v["compression"], tuple(sec))
+        expanded = rec.count * rec.per_chunk * hidden_size * 4
+        need(expanded <= EXPANDED_ALLOWANCE + EXPANDED_PER_BYTE * body_len,
+             f"vectors would expand to {expanded} bytes from a body of {body_len}")
         need_bytes = rec.count * rec.row_bytes
         if rec.compression == "none":
             need(need_bytes == sec[1], f"vectors section is {sec[1]} bytes, the declared count needs {need_bytes}")
@@ -315,13 +339,28 @@ class Header:
 
 
 def _documents(raw: list) -> list[Document]:
-    docs, names = [], set()
-    for d in raw:
-        doc = Document.from_json(d)
-        need(doc.name not in names, f"duplicate document name {doc.name!r}")
-        names.add(doc.name)
-        docs.append(doc)
+    docs = [Document.from_json(d) for d in raw]
+    check_names([d.name for d in docs])
     return docs
+
+
+def check_names(names: Sequence[str]) -> None:
+    """Names that can all be written side by side: unique on any filesystem, none a folder of another."""
+    seen: set[str] = set()
+    keys: dict[str, str] = {}
+    for name in names:
+        check_name(name)
+        need(name not in seen, f"duplicate document name {name!r}")
+        key = name_key(name)
+        need(key not in keys, f"document names {keys.get(key)!r} and {name!r} differ only in case or "
+                              f"Unicode normalisation")
+        seen.add(name)
+        keys[key] = name
+    for key, name in keys.items():
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            need(folder not in keys, f"document name {keys.get(folder)!r} is also a folder of {name!r}")
 
 
 def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, body_len: int) -> list[Chunk]:
@@ -353,6 +392,9 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, body_len: int
             bytes_chunks[c.doc] += 1
         out.append(c)
     need(rows == v.count, f"{v.count} vectors but {rows} vector chunks")
+    tokens = sum(c.tokens for c in out)
+    need(tokens <= TOKEN_ALLOWANCE + TOKENS_PER_BYTE * body_len,
+         f"{tokens} tokens declared in a body of {body_len} bytes")
     for d, n in zip(docs, bytes_chunks):
         if d.encoding == "bytes":
             need(n == 1, f"bytes document {d.name!r} needs exactly one block")

@@ -1,0 +1,86 @@
+"""Unpack writes every document or none, never through a file, a folder or a symlink in the way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import FAST
+
+import vecarc
+from vecarc import VecarcError
+from vecarc.format.container import TMP_SUFFIX
+from vecarc.unpacking import _target
+
+DOCS = {"a.txt": b"The quick brown fox.", "b.bin": bytes(range(256))}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, tiny) -> Path:
+    d = tmp_path_factory.mktemp("unpack")
+    for name, data in DOCS.items():
+        (d / name).write_bytes(data)
+    out = d / "two.vec"
+    vecarc.pack([d / n for n in DOCS], out, model=tiny, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    return out
+
+
+def test_the_root_folder_is_a_folder_like_any_other():
+    assert _target(Path("/"), "x/y.txt", force=True) == Path("/x/y.txt")  # no "refusing to write outside /"
+
+
+def test_a_folder_in_the_way_is_found_before_anything_is_replaced(tmp_path, archive, tiny):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_bytes(b"old")
+    (out / "b.bin").mkdir()
+    with pytest.raises(VecarcError, match="b.bin is a folder"):
+        vecarc.unpack(archive, out, model=tiny, force=True)
+    assert (out / "a.txt").read_bytes() == b"old"
+
+
+def test_a_file_where_a_folder_must_go_is_refused(tmp_path, archive, tiny):
+    from conftest import resealed
+
+    def nest(h):
+        h["documents"][0]["name"] = "sub/a.txt"
+
+    nested = tmp_path / "nested.vec"
+    nested.write_bytes(resealed(archive.read_bytes(), nest))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_bytes(b"a file")
+    with pytest.raises(VecarcError, match="sub is a file"):
+        vecarc.unpack(nested, out, model=tiny)
+    assert sorted(p.name for p in out.iterdir()) == ["sub"]
+
+
+def test_all_documents_or_none(tmp_path, archive, tiny, monkeypatch):
+    from vecarc import unpacking
+
+    real, calls = unpacking.write_temp, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise VecarcError(f"cannot write {path}: No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(unpacking, "write_temp", failing)
+    out = tmp_path / "out"
+    with pytest.raises(VecarcError, match="No space left"):
+        vecarc.unpack(archive, out, model=tiny)
+    assert list(out.iterdir()) == []  # the first document's temporary file is gone too, and nothing was renamed
+
+
+def test_temporaries_of_a_killed_unpack_are_removed_and_live_ones_kept(tmp_path, archive, tiny):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f".a.txt.{2**22 + 12345}.x1{TMP_SUFFIX}"  # above any pid this machine has handed out
+    live = out / f".a.txt.{os.getpid()}.x2{TMP_SUFFIX}"
+    dead.write_bytes(b"left by a kill")
+    live.write_bytes(b"still being written")
+    vecarc.unpack(archive, out, model=tiny)
+    assert not dead.exists() and live.exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == DOCS
