@@ -15,6 +15,7 @@ from functools import wraps
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -25,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from . import api, capacity
 from .capacity import DEFAULT_FILL
@@ -150,6 +152,29 @@ def _warner(quiet: bool):
     return warn
 
 
+def show_table(console: Console, columns: list[str] | None, rows: list[list[str]], title: str | None = None) -> None:
+    """A rich table on a terminal; piped, plain tab-separated lines that keep every field whole.
+
+    Values are printed as text, never as markup: a document name is data.
+    """
+    if not console.is_terminal:
+        if title:
+            console.file.write(f"# {title}\n")
+        for row in ([columns] if columns else []) + rows:
+            console.file.write("\t".join(row) + "\n")
+        return
+    t = Table(*(columns or []), show_header=columns is not None, box=None if columns is None else box.HEAVY_HEAD,
+              title=title, title_justify="left")
+    if columns is None:
+        t.add_column(no_wrap=True)
+        t.add_column()
+    for col in t.columns:
+        col.overflow = "fold"
+    for row in rows:
+        t.add_row(*(Text(x) for x in row))
+    console.print(t, highlight=False)
+
+
 def _size(n: int) -> str:
     return f"{n:,} B"
 
@@ -210,11 +235,10 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank
         click.echo(json.dumps({**s, "seconds": r.seconds, "retries": r.retries, "output": str(r.output)}, indent=2))
     elif not quiet:
         if verbose:
-            t = Table("chunk", "document", "kind", "tokens", "steps", "margin")
-            for i, ch in enumerate(r.archive.chunks):
-                t.add_row(str(i), r.archive.documents[ch.doc].name, ch.kind, str(ch.tokens or ""),
-                          "" if ch.steps is None else str(ch.steps), "" if ch.margin is None else f"{ch.margin:.3f}")
-            err.print(t, highlight=False)
+            show_table(err, ["chunk", "document", "kind", "tokens", "steps", "margin"], [
+                [str(i), r.archive.documents[ch.doc].name, ch.kind, str(ch.tokens or ""),
+                 "" if ch.steps is None else str(ch.steps), "" if ch.margin is None else f"{ch.margin:.3f}"]
+                for i, ch in enumerate(r.archive.chunks)])
         c = s["chunks"]
         err.print(f"{r.output}: {_size(s['original_bytes'])} -> {_size(r.archive_bytes)} "
                   f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); {c['vector']} vector / "
@@ -264,12 +288,10 @@ def verify(archive, model, device, strict, as_json, quiet, verbose):
                                    "conditions": [c.as_dict() for c in r.stress]} if strict else {})}))
     elif not quiet:
         if r.stress:
-            t = Table("condition", "chunks", "flips", "min decode margin", "max drift", "binding",
-                      title=f"decoding under other conditions (recorded margin {api.required_margin(a):g})")
-            for c in r.stress:
-                t.add_row(c.name, str(c.chunks), str(c.flips), f"{c.min_margin:.4f}", f"{c.max_drift:.2e}",
-                          "yes" if c.binding else "report")
-            err.print(t, highlight=False)
+            show_table(err, ["condition", "chunks", "flips", "min decode margin", "max drift", "binding"],
+                       [[c.name, str(c.chunks), str(c.flips), f"{c.min_margin:.4f}", f"{c.max_drift:.2e}",
+                         "yes" if c.binding else "report"] for c in r.stress],
+                       title=f"decoding under other conditions (recorded margin {api.required_margin(a):g})")
         for p in r.problems:
             err.print(f"FAILED {p}", markup=False, highlight=False)
         if r.ok:
@@ -291,41 +313,40 @@ def info(archive, as_json, verbose):
         click.echo(json.dumps(s, indent=2))
         return
     m, v, c = s["model"], s["vectors"], s["chunks"]
-    t = Table(show_header=False, box=None)
-    t.add_column(no_wrap=True)
-    t.add_column(overflow="fold")
-    t.add_row("archive", f"{archive}  {_size(s['archive_bytes'])}")
-    t.add_row("original", f"{_size(s['original_bytes'])}  ratio {s['ratio']:.3f}" if s["ratio"] else "0 B")
-    t.add_row("split", f"vectors {_size(s['vector_bytes'])} · literal {_size(s['literal_bytes'])} · "
-                       f"header+checksum {_size(s['overhead_bytes'])}")
-    t.add_row("model", f"{m['name']}")
-    t.add_row("source", m["source"])
-    t.add_row("fingerprint", m["fingerprint"])
-    t.add_row("dims", f"hidden {m['hidden_size']} · vocab {m['vocab_size']} · layers {m['num_layers']} · {m['dtype']}")
-    t.add_row("vectors", f"{v['count']} × {v['per_chunk']} × {v['hidden_size']} {v['dtype']}")
+    layers = f" · layers {m['num_layers']}" if "num_layers" in m else ""  # informational: may be missing
+    t = [
+        ["archive", f"{archive}  {_size(s['archive_bytes'])}"],
+        ["original", f"{_size(s['original_bytes'])}  ratio {s['ratio']:.3f}" if s["ratio"] else "0 B"],
+        ["split", f"vectors {_size(s['vector_bytes'])} · literal {_size(s['literal_bytes'])} · "
+                  f"header+checksum {_size(s['overhead_bytes'])}"],
+        ["model", m["name"]],
+        ["source", m["source"]],
+        ["fingerprint", m["fingerprint"]],
+        ["dims", f"hidden {m['hidden_size']} · vocab {m['vocab_size']}{layers} · {m['dtype']}"],
+        ["vectors", f"{v['count']} × {v['per_chunk']} × {v['hidden_size']} {v['dtype']}"
+                    + (f", stored as {v['rank']} coordinates each (rank {v['rank']})" if v["rank"] else "")],
+    ]
     tpv, plan = c["tokens_per_vector"], s.get("plan") or {}
     if plan.get("method") == "capacity":
         pn = c["planned_nats_per_vector"] or {}
-        t.add_row("plan", f"capacity: budget {plan['budget_nats']:.1f} nats × fill {plan['fill']} · "
-                          f"planned nats/vector "
-                          f"min {_num(pn.get('min'), '{:.1f}')} median {_num(pn.get('median'), '{:.1f}')} "
-                          f"max {_num(pn.get('max'), '{:.1f}')} · {plan['chunks_planned']} planned, "
-                          f"{plan['retries']} retries")
+        t.append(["plan", f"capacity: budget {plan['budget_nats']:.1f} nats × fill {plan['fill']} · "
+                          f"planned nats/vector min {_num(pn.get('min'), '{:.1f}')} "
+                          f"median {_num(pn.get('median'), '{:.1f}')} max {_num(pn.get('max'), '{:.1f}')} · "
+                          f"{plan['chunks_planned']} planned, {plan['retries']} retries"])
     elif plan:
-        t.add_row("plan", f"fixed: {plan['chunk_tokens']} tokens · {plan['chunks_planned']} planned, "
-                          f"{plan['retries']} retries")
-    t.add_row("chunks", f"{c['total']}: {c['vector']} vector, {c['tokens']} literal-token, {c['bytes']} literal-bytes"
+        t.append(["plan", f"fixed: {plan['chunk_tokens']} tokens · {plan['chunks_planned']} planned, "
+                          f"{plan['retries']} retries"])
+    t.append(["chunks", f"{c['total']}: {c['vector']} vector, {c['tokens']} literal-token, {c['bytes']} literal-bytes"
               + (f" · tokens/vector min {tpv['min']} median {tpv['median']} max {tpv['max']}" if tpv else "")
-              + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else ""))
-    out.print(t, highlight=False)
-    d = Table("document", "bytes", "stored as", "chunks", "tokens", "sha256")
-    for col in d.columns:
-        col.overflow = "fold"
-    for doc in s["documents"]:
-        how = "literal zstd" if doc["encoding"] == "bytes" else (
-            f"{doc['vector_chunks']} vector + {doc['literal_chunks']} literal")
-        d.add_row(doc["name"], f"{doc['size']:,}", how, str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16])
-    out.print(d, highlight=False)
+              + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else "")])
+    show_table(out, None, t)
+    n = len(s["documents"])
+    show_table(out, ["document", "bytes", "stored as", "chunks", "tokens", "sha256"], [
+        [doc["name"], f"{doc['size']:,}",
+         "literal zstd" if doc["encoding"] == "bytes" else f"{doc['vector_chunks']} vector + "
+                                                            f"{doc['literal_chunks']} literal",
+         str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16]] for doc in s["documents"]],
+        title=f"{n} document{'s' if n != 1 else ''}")
 
 
 def _num(x, fmt: str = "{:,.0f}") -> str:
@@ -492,12 +513,9 @@ def models(as_json, verbose):
     if not rows:
         err.print("no capacity profiles yet (run vecarc calibrate)", highlight=False)
         return
-    t = Table("model", "fingerprint", "representation", "budget nats", "tokens held (min/median/max)", "where")
-    for r in rows:
-        tk = r["tokens"]
-        t.add_row(r["model"], r["fingerprint"][:16], r["representation"], f"{r['budget_nats']:.1f}",
-                  f"{tk['min']}/{tk['median']}/{tk['max']}", r["where"])
-    out.print(t, highlight=False)
+    show_table(out, ["model", "fingerprint", "representation", "budget nats", "tokens held (min/median/max)", "where"],
+               [[r["model"], r["fingerprint"], r["representation"], f"{r['budget_nats']:.1f}",
+                 "{min}/{median}/{max}".format(**r["tokens"]), r["where"]] for r in rows])
 
 
 if __name__ == "__main__":

@@ -345,7 +345,14 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
     elif kind == "gguf":
         if not Path(where).is_file():
             raise VecarcError(f"model file not found: {where}")
-        folder, name, source = str(convert_gguf(Path(where))), Path(where).name, f"gguf:{where}"
+        try:
+            folder = str(convert_gguf(Path(where)))
+        except VecarcError:
+            raise
+        except Exception as e:  # gguf and transformers raise many kinds for a file that is not a model
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise VecarcError(f"cannot load model {where!r}: {msg}") from None
+        name, source = Path(where).name, f"gguf:{where}"
     elif kind == "path":
         folder, name, source = where, Path(where).name, f"path:{where}"
     else:

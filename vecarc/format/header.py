@@ -33,7 +33,8 @@ CHUNK_KINDS = ("vector", "tokens", "bytes")
 # expanded float32 vectors (low rank: P z) and tokens to decode or detokenize. Real archives
 # stay far inside (an int8 rank-256 vector is 258 B, expands to 2.3 KB and holds ~50 tokens).
 EXPANDED_ALLOWANCE, EXPANDED_PER_BYTE = 64 << 20, 1024
-TOKEN_ALLOWANCE, TOKENS_PER_BYTE = 1 << 20, 64
+TOKEN_ALLOWANCE, TOKENS_PER_BYTE = 1 << 20, 64  # all chunks, per byte of the body
+VECTOR_TOKEN_ALLOWANCE, VECTOR_TOKENS_PER_BYTE = 1024, 16  # vector chunks, per byte of the vectors section
 
 
 def bad(msg: str) -> VecarcError:
@@ -395,6 +396,9 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, body_len: int
     tokens = sum(c.tokens for c in out)
     need(tokens <= TOKEN_ALLOWANCE + TOKENS_PER_BYTE * body_len,
          f"{tokens} tokens declared in a body of {body_len} bytes")
+    greedy = sum(c.tokens for c in out if c.kind == "vector")  # each one a greedy decoding step
+    need(greedy <= VECTOR_TOKEN_ALLOWANCE + VECTOR_TOKENS_PER_BYTE * v.section[1],
+         f"{greedy} tokens declared for vectors stored in {v.section[1]} bytes")
     for d, n in zip(docs, bytes_chunks):
         if d.encoding == "bytes":
             need(n == 1, f"bytes document {d.name!r} needs exactly one block")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -58,6 +59,8 @@ class CramSettings:
         chunk of the sweep in fewer steps than fp16 whole vectors, at 258 bytes instead of 1,152.
         Narrower models keep whole vectors; wider ones get 256 too (not measured there).
         """
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
+            raise VecarcError(f"the margin must be a finite number above 0, got {self.margin!r}")
         if self.search_dtype == "auto":
             return replace(self, search_dtype="bf16" if fast_bf16 else "fp32").resolved(d)
         if self.compile not in ("auto", "on", "off"):
