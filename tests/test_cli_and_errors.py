@@ -273,3 +273,14 @@ def test_literal_blocks_must_not_alias(tmp_path, tiny):
 
     with pytest.raises(VecarcError, match="literal blocks overlap or are out of order"):
         parse_archive(resealed(good, alias))
+
+
+def test_model_files_and_output_folders_that_do_not_work_are_one_line_errors(tmp_path, packed):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all" * 10)
+    code, out = run("verify", packed, "--model", junk)
+    assert code == 2 and "cannot load model" in out and "Traceback" not in out
+    code, out = run("pack", packed.with_name("hello.txt"), "-o", tmp_path / "missing" / "x.vec", *CLI_FAST)
+    assert code == 2 and "folder" in out and "does not exist" in out
+    code, out = run("pack", packed.with_name("hello.txt"), *CLI_FAST, "--margin", "nan")
+    assert code == 2 and "finite number above 0" in out

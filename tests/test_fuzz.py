@@ -8,6 +8,7 @@ and unpack must write nothing. CI runs a bounded number of cases;
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import tracemalloc
@@ -24,7 +25,7 @@ from vecarc.format import parse_archive
 
 CASES = int(os.environ.get("VECARC_FUZZ_CASES", "300"))
 SLOW_CASES = max(10, CASES // 10)  # cases that may load the model and decode
-RAN = {"parse": 0, "resealed": 0, "unpack": 0}
+RAN = {"parse": 0, "resealed": 0, "structured": 0, "unpack": 0}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +124,49 @@ def _resealed(good: bytes, data) -> bytes:
     return resealed(good, mutate)
 
 
+HOSTILE_INTS = st.sampled_from([0, 1, 2, 7, 255, 256, 4095, 65535, 65536, 2**20, 2**31 - 1, 2**32 - 1, 2**32,
+                                 2**62, 2**63 - 1])
+
+
+def _structured(good: bytes, data) -> bytes:
+    """A header of the right shape with hostile numbers: counts, sizes, offsets, ranks, repeated entries, aliases."""
+    def mutate(h: dict) -> None:
+        for _ in range(data.draw(st.integers(1, 4))):
+            op = data.draw(st.sampled_from(["number", "repeat", "alias", "widen"]))
+            if op == "number":
+                paths = [p for p in _paths(h) if p and type(_at(h, p)) is int]
+                path = data.draw(st.sampled_from(paths))
+                _at(h, path[:-1])[path[-1]] = data.draw(HOSTILE_INTS)
+            elif op == "repeat":
+                key = data.draw(st.sampled_from(["chunks", "documents"]))
+                if h[key]:
+                    entry = data.draw(st.sampled_from(h[key]))
+                    h[key] += [copy.deepcopy(entry) for _ in range(data.draw(st.integers(1, 3000)))]
+            elif op == "alias":
+                blocks = [c for c in h["chunks"] if c.get("kind") != "vector"]
+                for c in blocks[1:]:
+                    c.update(offset=blocks[0]["offset"], length=blocks[0]["length"])
+            else:
+                rank, width = data.draw(HOSTILE_INTS), data.draw(HOSTILE_INTS)
+                h["vectors"].update(rank=rank, basis={"kind": "rademacher-sha256", "seed": 0}, hidden_size=width)
+                h["model"]["hidden_size"] = width
+
+    return resealed(good, mutate)
+
+
+def _at(obj, path):
+    for k in path:
+        obj = obj[k]
+    return obj
+
+
+@BOUND
+@given(st.data())
+def test_structured_hostile_headers_parse(good, data):
+    RAN["structured"] += 1
+    _parse_only(_structured(good, data))
+
+
 @BOUND
 @given(st.data())
 def test_resealed_header_mutations_parse(good, data):
@@ -135,7 +179,7 @@ def test_resealed_header_mutations_parse(good, data):
 def test_resealed_mutations_never_crash_unpack(good, tiny, tmp_path_factory, data):
     """Verify and unpack a re-sealed mutant: VecarcError / VerificationError or an exact result, nothing written."""
     RAN["unpack"] += 1
-    raw = _resealed(good, data)
+    raw = _resealed(good, data) if data.draw(st.booleans()) else _structured(good, data)
     d = tmp_path_factory.mktemp("u")
     path = d / "m.vec"
     path.write_bytes(raw)
@@ -155,7 +199,7 @@ def test_resealed_mutations_never_crash_unpack(good, tiny, tmp_path_factory, dat
 def test_report_counts():
     # Runs last in this file (pytest keeps file order): says how many cases ran.
     print(f"fuzz cases: {RAN}")
-    assert RAN["parse"] >= 1 and RAN["resealed"] >= 1
+    assert RAN["parse"] >= 1 and RAN["resealed"] >= 1 and RAN["structured"] >= 1
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../escape.txt", "a/../../b.txt", "C:/x.txt", "a//b.txt", "./a.txt",
