@@ -52,6 +52,22 @@ def reseal(good: bytes, header) -> bytes:
     return head + z + body + hashlib.sha256(head + z + body).digest()
 
 
+TWO_DOCS = {"a.txt": b"The quick brown fox.", "b.bin": bytes(range(256))}
+
+
+@pytest.fixture(scope="session")
+def two_docs(tmp_path_factory, tiny) -> bytes:
+    """An archive of TWO_DOCS (a text, held by vectors and literals; a bytes document) packed with the tiny model."""
+    import vecarc
+
+    d = tmp_path_factory.mktemp("two")
+    for name, data in TWO_DOCS.items():
+        (d / name).write_bytes(data)
+    out = d / "two.vec"
+    vecarc.pack([d / n for n in TWO_DOCS], out, model=tiny, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    return out.read_bytes()
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny"))

@@ -14,7 +14,7 @@ import os
 import tracemalloc
 
 import pytest
-from conftest import FAST, reseal, resealed
+from conftest import reseal, resealed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,13 +29,8 @@ RAN = {"parse": 0, "resealed": 0, "structured": 0, "unpack": 0}
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory, tiny):
-    d = tmp_path_factory.mktemp("fuzz")
-    (d / "a.txt").write_bytes(b"The quick brown fox.")
-    (d / "b.bin").write_bytes(bytes(range(256)))
-    out = d / "good.vec"
-    vecarc.pack([d / "a.txt", d / "b.bin"], out, model=tiny, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
-    return out.read_bytes()
+def good(two_docs) -> bytes:
+    return two_docs
 
 
 def _parse_only(data: bytes) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import FAST, resealed
+from conftest import resealed
 
 import vecarc
 from vecarc import VecarcError
@@ -35,13 +35,8 @@ from vecarc.format.container import CHECKSUM_LEN, encode_tokens
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory, tiny) -> bytes:
-    d = tmp_path_factory.mktemp("hostile")
-    (d / "a.txt").write_bytes(b"The quick brown fox.")
-    (d / "b.bin").write_bytes(bytes(range(256)))
-    out = d / "good.vec"
-    vecarc.pack([d / "a.txt", d / "b.bin"], out, model=tiny, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
-    return out.read_bytes()
+def good(two_docs) -> bytes:
+    return two_docs
 
 
 def _split(data: bytes) -> tuple[int, bytes, bytes]:

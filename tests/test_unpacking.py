@@ -6,23 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import FAST
+from conftest import TWO_DOCS
 
 import vecarc
 from vecarc import VecarcError
 from vecarc.format.container import TMP_SUFFIX
 from vecarc.unpacking import _target
 
-DOCS = {"a.txt": b"The quick brown fox.", "b.bin": bytes(range(256))}
-
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory, tiny) -> Path:
-    d = tmp_path_factory.mktemp("unpack")
-    for name, data in DOCS.items():
-        (d / name).write_bytes(data)
-    out = d / "two.vec"
-    vecarc.pack([d / n for n in DOCS], out, model=tiny, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+def archive(tmp_path_factory, two_docs) -> Path:
+    out = tmp_path_factory.mktemp("unpack") / "two.vec"
+    out.write_bytes(two_docs)
     return out
 
 
@@ -83,4 +78,4 @@ def test_temporaries_of_a_killed_unpack_are_removed_and_live_ones_kept(tmp_path,
     live.write_bytes(b"still being written")
     vecarc.unpack(archive, out, model=tiny)
     assert not dead.exists() and live.exists()
-    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == DOCS
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == TWO_DOCS
