@@ -81,3 +81,21 @@ def test_a_flip_under_a_binding_condition_fails(monkeypatch, archive_path, train
     attn = next(c for c in r.stress if c.name.startswith("attention"))
     assert attn.flips > 0 and attn.max_drift > 0.5
     assert not r.ok and any(p.startswith("under attention") for p in r.problems)
+
+
+def test_a_condition_the_model_cannot_run_is_reported_as_skipped(archive_path, trained_tiny, monkeypatch):
+    from vecarc.models import LoadedModel
+
+    real = LoadedModel.variant
+
+    def no_other_attention(self, dtype, attention=None):
+        if attention is not None and attention != self.attention:
+            raise ValueError("MambaForCausalLM does not support an attention implementation through eager")
+        return real(self, dtype, attention)
+
+    monkeypatch.setattr(LoadedModel, "variant", no_other_attention)
+    r = api.verify(archive_path, model=trained_tiny, strict=True)
+    assert r.ok, r.problems
+    (attn,) = [c for c in r.stress if c.name.startswith("attention")]
+    assert attn.skipped.startswith("MambaForCausalLM does not support") and attn.chunks == 0
+    assert all(c.skipped is None and c.chunks == len(r.margins) for c in r.stress if c is not attn)

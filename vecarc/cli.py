@@ -290,7 +290,8 @@ def verify(archive, model, device, strict, as_json, quiet, verbose):
         if r.stress:
             show_table(err, ["condition", "chunks", "flips", "min decode margin", "max drift", "binding"],
                        [[c.name, str(c.chunks), str(c.flips), f"{c.min_margin:.4f}", f"{c.max_drift:.2e}",
-                         "yes" if c.binding else "report"] for c in r.stress],
+                         "yes" if c.binding else "report"] if c.skipped is None else
+                        [c.name, "", "", "", "", f"skipped: {c.skipped}"] for c in r.stress],
                        title=f"decoding under other conditions (recorded margin {api.required_margin(a):g})")
         for p in r.problems:
             err.print(f"FAILED {p}", markup=False, highlight=False)

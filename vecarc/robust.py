@@ -48,6 +48,7 @@ class ConditionReport:
     min_margin: float  # smallest greedy decode margin under this condition
     max_drift: float  # largest |margin change| of any token, teacher-forced
     drift: list[float] = field(default_factory=list)  # per chunk
+    skipped: str | None = None  # why this model cannot run under the condition (then nothing was decoded)
 
     def reaching(self, margin: float) -> int:
         """Chunks that a margin this small would not protect against this condition."""
@@ -56,7 +57,7 @@ class ConditionReport:
     def as_dict(self) -> dict:
         return {"condition": self.name, "binding": self.binding, "chunks": self.chunks, "flips": self.flips,
                 "min_margin": self.min_margin, "max_drift": self.max_drift,
-                "chunks_drift_at_least": {str(m): self.reaching(m) for m in MARGIN_GRID}}
+                "chunks_drift_at_least": {str(m): self.reaching(m) for m in MARGIN_GRID}, "skipped": self.skipped}
 
 
 def conditions(lm: LoadedModel) -> list[Condition]:
@@ -115,7 +116,12 @@ def stress(
     lengths = [len(t) for t in tokens]
     reports = []
     for c in which if which is not None else conditions(lm):
-        model = _variant(lm, c)
+        try:
+            model = _variant(lm, c)
+        except (ValueError, RuntimeError, NotImplementedError) as e:  # e.g. no eager or SDPA attention for it
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reports.append(ConditionReport(c.name, c.binding, 0, 0, float("inf"), 0.0, skipped=why))
+            continue
         with _threads(c.threads):
             got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model)
             moved = token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size))
