@@ -14,7 +14,7 @@ import pytest
 from conftest import FAST, TRAIN_TEXT, run_cli
 
 import vecarc
-from vecarc import CramSettings, capacity
+from vecarc import CramSettings, VecarcError, capacity
 from vecarc.api import capacity_budget, summary
 from vecarc.entropy import token_nll
 from vecarc.plan import Budget, cut_by_budget, plan_by_budget
@@ -149,14 +149,15 @@ def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
     assert code == 2 and "missing.txt" in out
 
 
-def test_pack_falls_back_to_fixed_plan_when_calibration_fails(tiny, tmp_path):
-    """A model that holds nothing at the calibration settings still packs, losslessly."""
+def test_a_failed_calibration_stops_the_pack_and_says_what_to_do(tiny, tmp_path):
+    """A model that holds nothing at the calibration settings: one clear error, and --chunk-tokens still packs."""
     src = tmp_path / "t.txt"
     src.write_bytes(b"Hello there.")
-    warnings: list[str] = []
     s = CramSettings(margin=1e9, max_steps=5, patience=5, batch_size=64)
-    res = vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1, warn=warnings.append)
-    assert any("using the fixed plan" in w for w in warnings)
+    with pytest.raises(VecarcError, match="calibration failed.*pack with --chunk-tokens N .*--text FILE"):
+        vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1)
+    assert not (tmp_path / "t.vec").exists() and not (tmp_path / "t.vec.journal").exists()
+    res = vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1, chunk_tokens=4)
     assert res.archive.header.plan["method"] == "fixed"
     vecarc.unpack(tmp_path / "t.vec", tmp_path / "out", model=tiny)
     assert (tmp_path / "out" / "t.txt").read_bytes() == b"Hello there."

@@ -445,7 +445,8 @@ def capacity_budget(
 ) -> Budget | None:
     """The planning budget from this model's profile; calibrates (and stores) when there is none.
 
-    None (the fixed plan) when calibration cannot reconstruct even its shortest sample.
+    A model that cannot hold even the shortest calibration sample stops the pack with what to do
+    instead: packing on would spend every step and store everything as literals.
     """
     rep = profile_key(s)
     found = load_entry(lm, rep, warn)
@@ -454,10 +455,10 @@ def capacity_budget(
             warn(f"no capacity profile for {lm.name} ({rep}); calibrating first (vecarc calibrate)")
         try:
             entry = calibrate(lm, s, progress=progress)
-        except VecarcError as e:  # the fixed plan still packs (and keeps what fails as literals)
-            if warn:
-                warn(f"{e}; using the fixed plan")
-            return None
+        except VecarcError as e:
+            raise VecarcError(f"{e}, so {lm.name} cannot be planned at these settings: pack with --chunk-tokens N "
+                              f"(chunks that fail are kept losslessly), or calibrate on your own text first "
+                              f"(vecarc calibrate --model ... --text FILE)") from None
         save_entry(lm, entry)
     else:
         entry = found[0]
