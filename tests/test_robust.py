@@ -99,3 +99,13 @@ def test_a_condition_the_model_cannot_run_is_reported_as_skipped(archive_path, t
     (attn,) = [c for c in r.stress if c.name.startswith("attention")]
     assert attn.skipped.startswith("MambaForCausalLM does not support") and attn.chunks == 0
     assert all(c.skipped is None and c.chunks == len(r.margins) for c in r.stress if c is not attn)
+
+
+def test_an_archive_decodes_with_the_sink_it_recorded(archive_path, trained_tiny):
+    """A later rule (or tokenizer) that would pick another sink must not change how old archives decode."""
+    import dataclasses
+
+    moved = dataclasses.replace(trained_tiny, sink_id=trained_tiny.sink_id + 1)
+    assert read_archive(archive_path).header.model.sink_token_id == trained_tiny.sink_id
+    r = api.verify(archive_path, model=moved)
+    assert r.ok, r.problems

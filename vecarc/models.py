@@ -371,6 +371,10 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
     model.requires_grad_(False)
     model.eval()
     model.to(dev)
+    sink, rows = _sink_id(tokenizer), int(model.get_input_embeddings().weight.shape[0])
+    if not 0 <= sink < rows:
+        raise VecarcError(f"cannot use model {name!r}: its sink token (id {sink}) is not a row of its "
+                          f"{rows}-row input embedding (the tokenizer and the weights disagree)")
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -378,5 +382,5 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
         source=source,
         fingerprint=_cached_fingerprint(folder if kind != "hub" else None, model, tokenizer),
         device=dev,
-        sink_id=_sink_id(tokenizer),
+        sink_id=sink,
     )

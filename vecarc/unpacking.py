@@ -10,7 +10,7 @@ import hashlib
 import os
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from .decode import decode_many
@@ -115,6 +115,8 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
     if (m.hidden_size, m.vocab_size) != (lm.hidden_size, lm.vocab_size):
         raise VecarcError(f"corrupt archive: it declares a model {m.hidden_size} wide with {m.vocab_size} tokens, "
                           f"but {lm.name} is {lm.hidden_size} wide with {lm.vocab_size}")
+    if m.sink_token_id != lm.sink_id:  # decode with the sink the archive was packed with, whatever today's rule picks
+        lm = replace(lm, sink_id=m.sink_token_id)
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
     limit = lm.chunk_limit(archive.header.vectors.per_chunk)
     worst = max((c.tokens for c in archive.chunks if c.kind == "vector"), default=0)
