@@ -36,7 +36,7 @@ def greedy_decode(
     emb = model.get_input_embeddings()
     B, k, d = vectors.shape
     maxn = max(lengths)
-    sink = emb.weight[lm.sink_id].to(emb.weight.dtype)
+    sink = emb(torch.tensor([lm.sink_id], device=dev))[0]  # as the model embeds that token (some scale it)
     x = torch.cat([sink.expand(B, 1, d), vectors.to(dev, emb.weight.dtype)], dim=1)
     arg = _cache_arg(model)
     out = model(inputs_embeds=x, use_cache=True)

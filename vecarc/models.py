@@ -324,6 +324,23 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_cells: int | Non
         yield group
 
 
+@torch.no_grad()
+def _check_one_input_path(model: Any, name: str, rows: int) -> None:
+    """Refuse a model whose logits differ between token ids and their embeddings fed directly.
+
+    vecarc feeds memory vectors (and, while searching, the text) as embeddings but decodes by
+    token ids; a model that scales or augments one path only (an embedding multiplier, per-layer
+    embeddings) would be verified on one computation and decoded with another.
+    """
+    ids = torch.arange(min(rows, 8), device=next(model.parameters()).device)[None]
+    by_id = model(input_ids=ids).logits.float()
+    by_emb = model(inputs_embeds=model.get_input_embeddings()(ids)).logits.float()
+    gap = float((by_id - by_emb).abs().max())
+    if gap > 1e-4 * max(1.0, float(by_id.abs().max())):
+        raise VecarcError(f"cannot use model {name!r}: its logits differ by {gap:.3g} between token ids and the "
+                          f"same tokens' embeddings, and vecarc relies on both giving one computation")
+
+
 def resolve_model(model: str | LoadedModel | None, device: str = "auto") -> LoadedModel:
     """A model given as loaded, or loaded from its spec (None: the default model)."""
     return model if isinstance(model, LoadedModel) else load_model(model, device)
@@ -375,6 +392,7 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
     if not 0 <= sink < rows:
         raise VecarcError(f"cannot use model {name!r}: its sink token (id {sink}) is not a row of its "
                           f"{rows}-row input embedding (the tokenizer and the weights disagree)")
+    _check_one_input_path(model, name, rows)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

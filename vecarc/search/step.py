@@ -43,7 +43,7 @@ def chunk_forward(
     for r, (e, t) in enumerate(zip(text_embs, tokens)):
         text[r, : len(t) - 1] = e
         targets[r, : len(t)] = t
-    sink = emb.weight[lm.sink_id].detach().to(torch.float32)
+    sink = emb(torch.tensor([lm.sink_id], device=dev))[0].detach().to(torch.float32)
     x = torch.cat([sink.expand(B, 1, d), prefix, text], dim=1).to(model.dtype)
     # Logits for every position, then slice: keeping only the last n made the head
     # a broadcast bmm that copied the whole output matrix per row in bf16.

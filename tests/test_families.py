@@ -1,0 +1,77 @@
+"""Tiny models of several families, built locally and loaded through the real loading code:
+pack, verify --strict and unpack must give the bytes back on each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST
+
+import vecarc
+from vecarc.tiny import build_tiny_model
+
+TEXT = b"Tiny models of every family pack this sentence, and give it back byte for byte."
+
+
+def _config(family: str, vocab: int):
+    import transformers as T
+
+    common = dict(vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=True)
+    attn = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    return {
+        "gpt2": lambda: T.GPT2Config(vocab_size=vocab, n_positions=256, n_embd=64, n_layer=2, n_head=4),
+        "gpt_neox": lambda: T.GPTNeoXConfig(**common, **attn),
+        "qwen2": lambda: T.Qwen2Config(**common, **attn, num_key_value_heads=2),
+        "gemma": lambda: T.GemmaConfig(**common, **attn, num_key_value_heads=2, head_dim=16),
+        "phi3": lambda: T.Phi3Config(**common, **attn, num_key_value_heads=2, pad_token_id=0),
+    }[family]()
+
+
+def _build(folder: Path, family: str) -> Path:
+    """The tiny Llama's tokenizer with a randomly initialised model of another family."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    build_tiny_model(folder)
+    tok = PreTrainedTokenizerFast.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(family, len(tok)))
+    for f in folder.iterdir():
+        if f.name.startswith(("model", "config", "generation")):
+            f.unlink()
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "qwen2", "gemma", "phi3"])
+def test_each_family_round_trips_strictly(tmp_path, family):
+    lm = vecarc.load_model(str(_build(tmp_path / family, family)), device="cpu")
+    src = tmp_path / "s.txt"
+    src.write_bytes(TEXT)
+    vecarc.pack([src], tmp_path / "s.vec", model=lm, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    r = vecarc.verify(tmp_path / "s.vec", model=lm, strict=True)
+    assert r.ok, r.problems
+    written = vecarc.unpack(tmp_path / "s.vec", tmp_path / "out", model=lm)
+    assert written[0].read_bytes() == TEXT
+
+
+def test_a_model_whose_two_input_paths_differ_is_refused():
+    from vecarc.errors import VecarcError
+    from vecarc.models import _check_one_input_path
+
+    class Scaled(torch.nn.Module):  # scales token ids' embeddings only, as an embedding multiplier would
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(16, 4)
+            self.head = torch.nn.Linear(4, 16)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def forward(self, input_ids=None, inputs_embeds=None):
+            x = self.emb(input_ids) * 8 if inputs_embeds is None else inputs_embeds
+            return type("Out", (), {"logits": self.head(x)})()
+
+    with pytest.raises(VecarcError, match="logits differ by .* between token ids and the same tokens' embeddings"):
+        _check_one_input_path(Scaled(), "scaled", 16)
