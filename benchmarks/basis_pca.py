@@ -1,6 +1,6 @@
 """Does a basis taken from the model beat the random ±1 basis at the same rank? (experiment)
 
-    python -m benchmarks.basis_pca [--ranks 256,128] [--chunks 6] [--tokens 32] [--set KEY=VALUE ...]
+    python -m benchmarks.basis_pca [--ranks 256,128] [--bases random,pca] [--chunks 6] [--tokens 32] [--set K=V]
 
 The candidate: the top principal directions of the model's input embedding matrix, scaled
 to the random basis's column norm (sqrt(hidden / rank)), so z keeps the same size. It costs
@@ -61,6 +61,7 @@ def run(lm, chunks, s: CramSettings) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ranks", default="256,128")
+    ap.add_argument("--bases", default="random,pca")
     ap.add_argument("--chunks", type=int, default=6, help="per file")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--set", nargs="*", default=[], help="CramSettings fields, KEY=VALUE")
@@ -77,6 +78,8 @@ def main() -> None:
             return (z.to(torch.float64) @ w.T.to(z.device)).to(torch.float32)
 
         for name, expand in (("random ±1", random_expand), ("embedding PCA", pca_expand)):
+            if ("pca" if expand is pca_expand else "random") not in args.bases.split(","):
+                continue
             basis.expand = expand
             try:
                 r = run(lm, chunks, s)
