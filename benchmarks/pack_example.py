@@ -41,7 +41,7 @@ def main() -> None:
             unpacks.append(timed(exe + ["unpack", str(vec), "-o", str(Path(tmp) / "out"), "-f", "-q"] + extra))
             info = json.loads(subprocess.run(exe + ["info", str(vec), "--json"], check=True,
                                              stdout=subprocess.PIPE).stdout)
-            steps += [c["steps"] for c in read_archive(vec, load_vectors=False).chunks if c["kind"] == "vector"]
+            steps += [c.steps for c in read_archive(vec, load_vectors=False).chunks if c.kind == "vector"]
 
     print(f"file {args.file}: {info['original_bytes']} B -> {info['archive_bytes']} B, "
           f"{info['chunks']['vector']} vector chunks, {info['chunks']['tokens']} literal")

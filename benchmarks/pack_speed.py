@@ -67,11 +67,11 @@ def one(config: str, file: str, size: int, device: str) -> dict:
         unpack_s = time.perf_counter() - t
         assert (Path(tmp) / "out" / src.name).read_bytes() == src.read_bytes()
     chunks = res.archive.chunks
-    tokens = sum(c.get("tokens", 0) for c in chunks)
+    tokens = sum(c.tokens for c in chunks)
     return {"config": config, "file": file, "size": size, "tokens": tokens, "pack_s": pack_s, "unpack_s": unpack_s,
             "steps": res.steps, "retries": res.retries, "bytes": res.archive_bytes,
-            "vectors": sum(c["kind"] == "vector" for c in chunks),
-            "search_dtype": res.archive.header["cram"]["search_dtype"], "threads": torch.get_num_threads(),
+            "vectors": sum(c.kind == "vector" for c in chunks),
+            "search_dtype": res.archive.header.cram["search_dtype"], "threads": torch.get_num_threads(),
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

@@ -38,7 +38,7 @@ def main() -> None:
         if not r.ok:
             sys.exit(f"{path}: {r.problems[0]}")
         for i in sorted(r.margins):
-            vectors.append(a.vectors[a.chunks[i]["index"]])
+            vectors.append(a.row(a.chunks[i]))
             tokens.append(r.tokens[i])
             margins.append(r.margins[i])
     t = time.perf_counter()

@@ -87,14 +87,14 @@ def main() -> None:
                 secs = time.perf_counter() - t
                 sm = summary(back)
                 c = sm["chunks"]
-                lens = [ch["tokens"] for ch in back.chunks if ch["kind"] == "vector"]
-                tokens = sum(ch.get("tokens", 0) for ch in back.chunks)
+                lens = [ch.tokens for ch in back.chunks if ch.kind == "vector"]
+                tokens = sum(ch.tokens for ch in back.chunks)
                 packed.append({"input": f, "size": size, "plan": name,
-                               "chunks_planned": back.header["plan"]["chunks_planned"],
+                               "chunks_planned": back.header.plan["chunks_planned"],
                                "retries": retries, "vector_chunks": c["vector"], "literal_blocks": c["literal_blocks"],
                                "tokens_per_vector": lens, "bytes": len(raw), "pack_s": secs, "tokens": tokens,
                                "steps": steps})
-                print(f"| {f} {size} | {name} | {back.header['plan']['chunks_planned']} | {retries} | {c['vector']} | "
+                print(f"| {f} {size} | {name} | {back.header.plan['chunks_planned']} | {retries} | {c['vector']} | "
                       f"{c['literal_blocks']} | {show(lens)} | {len(raw):,} | {secs:.0f} | {tokens / secs:.2f} |",
                       flush=True)
     out = Path(args.out)
