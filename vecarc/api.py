@@ -49,9 +49,7 @@ def summary(archive: Archive) -> dict:
     planned = [c.planned_nats for c in vectors if c.planned_nats is not None]
     vec_bytes = h.vectors.section[1]
     lit_bytes = sum(c.length for c in chunks if c.is_literal)
-    by_doc: list[list] = [[] for _ in h.documents]
-    for c in chunks:
-        by_doc[c.doc].append(c)
+    by_doc = [[chunks[i] for i in mine] for mine in h.chunks_by_document()]
     docs = [{**doc.to_json(), "chunks": len(mine), "vector_chunks": sum(not c.is_literal for c in mine),
              "literal_chunks": sum(c.is_literal for c in mine), "tokens": sum(c.tokens for c in mine)}
             for doc, mine in zip(h.documents, by_doc)]

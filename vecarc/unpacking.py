@@ -57,12 +57,9 @@ def decode_archive(
         got, mins = decode_many(lm, vecs, [chunks[i].tokens for i in todo], progress=progress)
         tokens.update(zip(todo, got))
         margins = dict(zip(todo, mins))
-    by_doc: list[list[int]] = [[] for _ in archive.documents]
-    for i, c in enumerate(chunks):
-        by_doc[c.doc].append(i)
     out: list[bytes | None] = []
     problems: list[str] = []
-    for doc, mine in zip(archive.documents, by_doc):
+    for doc, mine in zip(archive.documents, archive.header.chunks_by_document()):
         try:
             data = _document_bytes(archive, lm, doc, mine, tokens, problems)
         except VecarcError as e:

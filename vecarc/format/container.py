@@ -121,7 +121,7 @@ def _decompress(frame: bytes, size: int, what: str = "literal block", dict_data:
         declared = zstandard.frame_content_size(frame)
         if declared not in (-1, size):  # -1: the frame does not say
             raise VecarcError(f"corrupt {what}: its frame declares {declared} bytes where {size} were declared")
-        d = zstandard.ZstdDecompressor(dict_data=dict_data) if dict_data is not None else zstandard.ZstdDecompressor()
+        d = zstandard.ZstdDecompressor(dict_data=dict_data)
         parts, got = [], 0
         with d.stream_reader(frame) as r:
             while got <= size and (part := r.read(size + 1 - got)):
@@ -130,7 +130,8 @@ def _decompress(frame: bytes, size: int, what: str = "literal block", dict_data:
     except zstandard.ZstdError as e:
         raise VecarcError(f"corrupt {what}: {e}") from None
     if got != size:
-        raise VecarcError(f"corrupt {what}: {'more than ' if got > size else ''}{got} bytes where {size} were declared")
+        held = f"more than {size}" if got > size else str(got)
+        raise VecarcError(f"corrupt {what}: it holds {held} bytes where {size} were declared")
     return b"".join(parts)
 
 

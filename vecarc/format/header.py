@@ -307,6 +307,13 @@ class Header:
     decode: DecodeRecord | None = None
     software: dict | None = None
 
+    def chunks_by_document(self) -> list[list[int]]:
+        """Per document, the indices of its chunks in order: one pass, however many documents."""
+        out: list[list[int]] = [[] for _ in self.documents]
+        for i, c in enumerate(self.chunks):
+            out[c.doc].append(i)
+        return out
+
     @property
     def required_margin(self) -> float:
         """The decode margin the archive promises: recorded under decode (cram's before that field existed)."""
