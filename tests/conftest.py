@@ -10,7 +10,8 @@ import pytest
 from vecarc.search import CramSettings
 from vecarc.tiny import TRAIN_TEXT, build_tiny_model  # noqa: F401 - tests import TRAIN_TEXT from here
 
-FAST = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)  # solves tiny-model chunks in seconds
+# Vector mode, tuned to solve tiny-model chunks in seconds.
+FAST = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64)
 
 
 def run_cli(*args) -> tuple[int, str]:
@@ -47,7 +48,7 @@ def reseal(good: bytes, header) -> bytes:
         if isinstance(ch, dict) and ch.get("kind") == "vector":
             ch.pop("index", None)  # the reader's annotation, not stored
     text = json.dumps(header, allow_nan=True).encode()
-    z = compress_header(text)
+    z = compress_header(text, version)
     head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
     return head + z + body + hashlib.sha256(head + z + body).digest()
 

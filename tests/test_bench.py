@@ -20,7 +20,8 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     from vecarc.search import CramSettings
 
     # The tiny random model needs a small margin to converge at all.
-    monkeypatch.setattr(cli, "CramSettings", lambda **kw: CramSettings(margin=0.05, max_steps=150, patience=50,
+    monkeypatch.setattr(cli, "CramSettings", lambda **kw: CramSettings(mode="vectors", margin=0.05, max_steps=150,
+                                                                       patience=50,
                                                                          batch_size=64, **kw))
     src = tmp_path / "t.txt"
     src.write_bytes(TEXT)

@@ -137,7 +137,7 @@ def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
                for r in json.loads(out))
     src = tmp_path / "t.txt"
     src.write_text(EASY[:200])
-    code, out = run("pack", src, "--model", trained_dir, *fast)
+    code, out = run("pack", src, "--model", trained_dir, "--mode", "vectors", *fast)
     assert code == 0, out
     assert "calibrating first" not in out
     code, out = run("info", tmp_path / "t.txt.vec", "--json")
@@ -153,7 +153,7 @@ def test_a_failed_calibration_stops_the_pack_and_says_what_to_do(tiny, tmp_path)
     """A model that holds nothing at the calibration settings: one clear error, and --chunk-tokens still packs."""
     src = tmp_path / "t.txt"
     src.write_bytes(b"Hello there.")
-    s = CramSettings(margin=1e9, max_steps=5, patience=5, batch_size=64)
+    s = CramSettings(mode="vectors", margin=1e9, max_steps=5, patience=5, batch_size=64)
     with pytest.raises(VecarcError, match="calibration failed.*pack with --chunk-tokens N .*--text FILE"):
         vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1)
     assert not (tmp_path / "t.vec").exists() and not (tmp_path / "t.vec.journal").exists()

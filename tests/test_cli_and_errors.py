@@ -13,7 +13,7 @@ from vecarc import VecarcError, read_archive
 from vecarc.format import MAGIC, PREFIX, VERSION, parse_archive, serialize
 from vecarc.plan import plan_chunks
 
-CLI_FAST = ["--margin", "0.05", "--max-steps", "150", "--batch-size", "64", "--chunk-tokens", "2"]
+CLI_FAST = ["--mode", "vectors", "--margin", "0.05", "--max-steps", "150", "--batch-size", "64", "--chunk-tokens", "2"]
 TEXT = b"Hello there, general Kenobi.\n"
 
 
@@ -202,7 +202,8 @@ def test_sigint_during_pack_leaves_no_archive(tmp_path, tiny_dir):
 
     src = tmp_path / "long.txt"
     src.write_text("All work and no play makes Jack a dull boy. " * 400)
-    cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "--model", str(tiny_dir), "--margin", "1e9",
+    cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "--model", str(tiny_dir), "--mode", "vectors",
+           "--margin", "1e9",
            "--max-steps", "100000", "--chunk-tokens", "8", "-q"]
     # A runner started in the background may ignore SIGINT, and children inherit that: restore it.
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
@@ -244,14 +245,16 @@ def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
 
     from vecarc.format import container as archive
 
-    raw = archive.HEADER_DICT_FILE.read_bytes()
-    assert hashlib.sha256(raw).hexdigest() == archive.HEADER_DICT_SHA256
     doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
-    assert "\n" + raw.decode() + "\n" in doc  # the appendix holds the exact bytes
-    damaged = tmp_path / "dict.json"
-    damaged.write_bytes(raw.replace(b"vecarc", b"vecarC", 1))
-    monkeypatch.setattr(archive, "HEADER_DICT_FILE", damaged)
-    monkeypatch.setattr(archive, "_dict_cache", [])
+    for version, (name, digest) in archive.HEADER_DICTS.items():
+        raw = (archive.DICT_DIR / name).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == digest
+        assert f"| {version} | `vecarc/format/{name}` | {len(raw):,} | `{digest}` |" in doc
+        assert "\n" + raw.decode() + "\n" in doc  # the appendix holds the exact bytes
+    damaged = tmp_path / "header-dict-v3.json"
+    damaged.write_bytes((archive.DICT_DIR / "header-dict-v3.json").read_bytes().replace(b"vecarc", b"vecarC", 1))
+    monkeypatch.setattr(archive, "DICT_DIR", tmp_path)
+    monkeypatch.setattr(archive, "_dict_cache", {})
     with pytest.raises(VecarcError, match="is damaged"):
         read_archive(packed)
 
@@ -260,7 +263,7 @@ def test_literal_blocks_must_not_alias(tmp_path, tiny):
     """Two chunks pointing at one block would each be copied: blocks are disjoint and in order."""
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(f"{name} holds a sentence the search is not allowed to solve.")
-    hopeless = vecarc.CramSettings(margin=1e9, max_steps=1, batch_size=8)
+    hopeless = vecarc.CramSettings(mode="vectors", margin=1e9, max_steps=1, batch_size=8)
     vecarc.pack([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "l.vec", model=tiny, settings=hopeless,
                 chunk_tokens=8)
     good = (tmp_path / "l.vec").read_bytes()

@@ -184,7 +184,7 @@ def test_more_greedy_steps_than_the_vectors_can_justify_are_refused(tmp_path, ti
     chunks = [Chunk(0, "vector", 8190, "0" * 8, row=i) for i in range(n)]
     data = _archive(_model(576), VectorsRecord(1, "int8", 576, n, 2, 0), docs, chunks, _on_grid(n))
     assert len(data) < 2048
-    with pytest.raises(VecarcError, match=r"524160 tokens declared for vectors stored in \d+ bytes"):
+    with pytest.raises(VecarcError, match=r"524160 tokens to decode declared for \d+ bytes of vectors and corrections"):
         parse_archive(data)
     m = _measure(tmp_path, data, "info", "verify", model=tiny_dir)
     assert all(r["rc"] == 2 and r["s"] < 30 for r in m.values())

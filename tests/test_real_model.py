@@ -24,7 +24,7 @@ def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
     assert found is not None, f"no built-in capacity profile matches the default model's fingerprint {lm.fingerprint}"
     out = tmp_path / "hello.vec"
     warnings: list[str] = []
-    res = vecarc.pack([EXAMPLE], out, model=lm, warn=warnings.append)
+    res = vecarc.pack([EXAMPLE], out, model=lm, warn=warnings.append, settings=vecarc.CramSettings(mode="vectors"))
     assert not warnings
     a = vecarc.read_archive(out)
     assert a.header.plan["method"] == "capacity"
@@ -36,6 +36,24 @@ def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
     assert a.chunks[0].tokens >= 15
     assert a.chunks[0].margin >= a.header.cram["margin"]
     assert res.archive_bytes == out.stat().st_size
+    written = vecarc.unpack(out, tmp_path / "out", model=lm)
+    assert written[0].read_bytes() == EXAMPLE.read_bytes()
+
+
+@pytest.mark.slow
+def test_default_model_predicts_a_sentence_with_few_corrections(tmp_path):
+    lm = vecarc.load_model(None, device="cpu")
+    out = tmp_path / "hello.vec"
+    res = vecarc.pack([EXAMPLE], out, model=lm)  # the default mode
+    a = vecarc.read_archive(out)
+    assert a.header.version == 3 and [c.kind for c in a.chunks] == ["predicted"]
+    c = a.chunks[0]
+    assert 0 < c.corrections < c.tokens  # the model guesses some tokens by itself
+    assert a.header.corrections.section[1] < 2 * c.corrections  # a correction costs well under a token id
+    assert res.archive_bytes == out.stat().st_size
+    v = vecarc.verify(out, model=lm, strict=True)
+    assert v.ok, v.problems
+    assert [r.flips for r in v.stress if r.binding] == [0] * sum(r.binding for r in v.stress)
     written = vecarc.unpack(out, tmp_path / "out", model=lm)
     assert written[0].read_bytes() == EXAMPLE.read_bytes()
 

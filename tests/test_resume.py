@@ -17,7 +17,7 @@ from vecarc.journal import HEADER, VERSION, _record, count_records, journal_path
 from vecarc.search import CramSettings
 
 TEXT = TRAIN_TEXT[:700] + " zebra quantum fjord, then a sentence the model has never seen."
-SETTINGS = dict(batch_size=4, max_steps=150)
+SETTINGS = dict(mode="vectors", batch_size=4, max_steps=150)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,8 @@ def test_journal_is_not_overwritten_or_misused(tmp_path, trained_tiny):
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "vecarc.cli", "pack", *map(str, args), "--chunk-tokens", "24", "--batch-size", "2",
+    return [sys.executable, "-m", "vecarc.cli", "pack", *map(str, args), "--mode", "vectors", "--chunk-tokens", "24",
+            "--batch-size", "2",
             "--max-steps", "150", "--checkpoint-every", "0", "-q"]
 
 

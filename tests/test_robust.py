@@ -19,7 +19,8 @@ from vecarc.search import CramSettings
 def archive_path(tmp_path_factory, trained_tiny):
     d = tmp_path_factory.mktemp("strict")
     (d / "a.txt").write_text(TRAIN_TEXT[:400])
-    api.pack([d / "a.txt"], d / "a.vec", model=trained_tiny, settings=CramSettings(batch_size=8, max_steps=200),
+    api.pack([d / "a.txt"], d / "a.vec", model=trained_tiny,
+             settings=CramSettings(mode="vectors", batch_size=8, max_steps=200),
              chunk_tokens=24)
     return d / "a.vec"
 

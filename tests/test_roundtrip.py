@@ -66,7 +66,7 @@ def test_several_documents_and_non_utf8(tmp_path, tiny):
 
 
 def test_chunks_that_never_converge_become_literal(tmp_path, tiny):
-    hopeless = CramSettings(margin=1e9, max_steps=2, batch_size=64)
+    hopeless = CramSettings(mode="vectors", margin=1e9, max_steps=2, batch_size=64)
     res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=hopeless,
                              chunk_tokens=8, min_chunk_tokens=2)
     kinds = {c.kind for c in a.chunks}
@@ -85,7 +85,7 @@ def test_long_text_is_tokenized_in_pieces_and_round_trips(tmp_path, tiny, monkey
     assert len(T._pieces(text.decode())) > 5
     ids = T.tokenize_exact(tiny, text)
     assert len(ids) > 500 and T.detokenize(tiny, ids) == text
-    hopeless = CramSettings(margin=1e9, max_steps=1, batch_size=64)  # the data path only
+    hopeless = CramSettings(mode="vectors", margin=1e9, max_steps=1, batch_size=64)  # the data path only
     _, a = pack_and_unpack(tmp_path, tiny, {"long.txt": text}, settings=hopeless, chunk_tokens=32,
                            min_chunk_tokens=16)
     assert sum(c.tokens for c in a.chunks) == len(ids)
@@ -95,7 +95,7 @@ def test_vectors_are_stored_in_the_dtype_they_were_verified_in(tmp_path, tiny):
     import torch
 
     for dt, tdt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        s = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=dt)
+        s = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=dt)
         _, a = pack_and_unpack(tmp_path / dt, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
         assert a.vectors.dtype == tdt
         assert a.header.vectors.dtype == dt
@@ -107,7 +107,7 @@ def test_integer_vectors_round_trip_bit_identically(tmp_path, tiny, form):
 
     from vecarc.format import parse_archive, quant, serialize
 
-    s = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form)
+    s = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form)
     res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
     assert a.header.vectors.dtype == form and a.vectors is not None
     # What was verified is what is stored: the in-memory vectors equal those read back, bit for bit.
@@ -148,7 +148,8 @@ def test_low_rank_vectors_round_trip_and_store_only_coordinates(tmp_path, tiny, 
 
     from vecarc.format import basis, parse_archive, quant, serialize
 
-    s = CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form, rank=rank)
+    s = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form,
+                     rank=rank)
     res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
     v = a.header.vectors.to_json()
     assert v["rank"] == rank and v["basis"] == {"kind": basis.KIND, "seed": 0}

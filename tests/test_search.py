@@ -29,7 +29,7 @@ def test_cram_draws_jobs_only_as_slots_free_up(tiny):
     assert seen[0] <= 4  # the first result came before more than one batch was drawn
 
 
-SOLVE = CramSettings(batch_size=8, max_steps=200)
+SOLVE = CramSettings(mode="vectors", batch_size=8, max_steps=200)
 
 
 def _spy_decode(monkeypatch, spoil_first: bool = False) -> list[int]:

@@ -42,15 +42,17 @@ def summary(archive: Archive) -> dict:
     """Everything `info` shows, computed from the header alone."""
     h = archive.header
     chunks = h.chunks
-    kinds = {k: sum(1 for c in chunks if c.kind == k) for k in ("vector", "tokens", "bytes")}
+    kinds = {k: sum(1 for c in chunks if c.kind == k) for k in ("vector", "predicted", "tokens", "bytes")}
     vectors = [c for c in chunks if c.kind == "vector"]
     # margin, planned_nats and plan are informational: the reader keeps only well-typed values.
     margins = [c.margin for c in vectors if c.margin is not None]
     planned = [c.planned_nats for c in vectors if c.planned_nats is not None]
     vec_bytes = h.vectors.section[1]
+    fix_bytes = h.corrections.section[1] if h.corrections else 0
     lit_bytes = sum(c.length for c in chunks if c.is_literal)
     by_doc = [[chunks[i] for i in mine] for mine in h.chunks_by_document()]
-    docs = [{**doc.to_json(), "chunks": len(mine), "vector_chunks": sum(not c.is_literal for c in mine),
+    docs = [{**doc.to_json(), "chunks": len(mine), "vector_chunks": sum(c.kind == "vector" for c in mine),
+             "predicted_chunks": sum(c.kind == "predicted" for c in mine),
              "literal_chunks": sum(c.is_literal for c in mine), "tokens": sum(c.tokens for c in mine)}
             for doc, mine in zip(h.documents, by_doc)]
     total_in = sum(d.size for d in h.documents)
@@ -60,8 +62,10 @@ def summary(archive: Archive) -> dict:
         "original_bytes": total_in,
         "ratio": (total_in / archive.size) if archive.size else None,
         "vector_bytes": vec_bytes,
+        "corrections_bytes": fix_bytes,
         "literal_bytes": lit_bytes,
-        "overhead_bytes": archive.size - vec_bytes - lit_bytes,
+        "overhead_bytes": archive.size - vec_bytes - fix_bytes - lit_bytes,
+        "format_version": h.version,
         "model": h.model.to_json(),
         "vectors": {"per_chunk": v.per_chunk, "dtype": v.dtype, "hidden_size": v.hidden_size, "count": v.count,
                     "rank": v.rank},
@@ -72,6 +76,8 @@ def summary(archive: Archive) -> dict:
                    "tokens_per_vector": spread([c.tokens for c in vectors]) if vectors else None,
                    "planned_nats_per_vector": spread(planned) if planned else None,
                    "literal_blocks": kinds["tokens"] + kinds["bytes"],
+                   "corrections": sum(c.corrections for c in chunks),
+                   "predicted_tokens": sum(c.tokens for c in chunks if c.kind == "predicted"),
                    "min_margin": min(margins) if margins else None},
         "plan": _plan(h.plan),
         "documents": docs,

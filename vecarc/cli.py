@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import traceback
 import warnings
@@ -34,7 +35,8 @@ from .errors import VecarcError
 from .format import read_archive
 from .journal import journal_path
 from .plan import MIN_CHUNK_TOKENS
-from .search import SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
+from .predict import PREDICT_TOKENS
+from .search import MODES, SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
 
 # Ctrl-C inside a backward pass makes autograd warn with the forward call's traceback: noise, not news.
 warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning)
@@ -96,6 +98,9 @@ def handled(fn):
         except KeyboardInterrupt:
             err.print("vecarc: interrupted; nothing written", highlight=False)
             sys.exit(130)
+        except BrokenPipeError:  # `vecarc info A | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except Exception as e:  # a bug: still one line unless -v
             if kwargs.get("verbose"):
                 traceback.print_exc()
@@ -191,9 +196,13 @@ def main() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
 @model_opt
 @device_opt
+@click.option("--mode", default=CramSettings.mode, show_default=True, type=click.Choice(list(MODES)),
+              help="predict: the model decodes each chunk alone and the tokens it gets wrong are stored "
+                   "(smallest); vectors: memory vectors found per chunk.")
 @search_options
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
-              help="Equal chunks of N tokens instead of the capacity plan.")
+              help=f"Equal chunks of N tokens (predict mode's default: {PREDICT_TOKENS}; vectors mode: instead "
+                   f"of the capacity plan).")
 @click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
               help="A chunk that fails is split in halves down to this size, then stored as literal tokens.")
 @click.option("--fill", default=DEFAULT_FILL, show_default=True, type=click.FloatRange(0, 4, min_open=True),
@@ -209,15 +218,17 @@ def main() -> None:
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens, fill,
-         margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, as_json, quiet, verbose):
+def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens,
+         fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, as_json, quiet,
+         verbose):
     """Pack text files into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
     without a stored profile is calibrated first.
     """
-    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, rank=rank, margin=margin, max_steps=max_steps,
-                            batch_size=batch_size, seed=seed, search_dtype=search_dtype, compile=compile_)
+    settings = CramSettings(mode=mode, vectors=vectors, vector_dtype=vector_dtype, rank=rank, margin=margin,
+                            max_steps=max_steps, batch_size=batch_size, seed=seed, search_dtype=search_dtype,
+                            compile=compile_)
     target = api.output_for(inputs, output)
     try:
         with progress_bar(quiet) as on:
@@ -241,8 +252,9 @@ def pack(inputs, output, force, model, device, seed, vectors, vector_dtype, rank
                 for i, ch in enumerate(r.archive.chunks)])
         c = s["chunks"]
         err.print(f"{r.output}: {_size(s['original_bytes'])} -> {_size(r.archive_bytes)} "
-                  f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); {c['vector']} vector / "
-                  f"{c['tokens'] + c['bytes']} literal chunks, {r.retries} retries, {r.seconds:.1f} s",
+                  f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); {c['vector']} vector / {c['predicted']} "
+                  f"predicted ({c['corrections']} corrections) / {c['tokens'] + c['bytes']} literal chunks, "
+                  f"{r.retries} retries, {r.seconds:.1f} s",
                   highlight=False, markup=False)
 
 
@@ -296,8 +308,8 @@ def verify(archive, model, device, strict, as_json, quiet, verbose):
         for p in r.problems:
             err.print(f"FAILED {p}", markup=False, highlight=False)
         if r.ok:
-            err.print(f"{archive}: OK ({len(a.documents)} documents, {len(a.chunks)} chunks)", markup=False,
-                      highlight=False)
+            err.print(f"{archive}: OK ({_count(len(a.documents), 'document')}, {_count(len(a.chunks), 'chunk')})",
+                      markup=False, highlight=False)
     sys.exit(0 if r.ok else 1)
 
 
@@ -318,13 +330,14 @@ def info(archive, as_json, verbose):
     t = [
         ["archive", f"{archive}  {_size(s['archive_bytes'])}"],
         ["original", f"{_size(s['original_bytes'])}  ratio {s['ratio']:.3f}" if s["ratio"] else "0 B"],
-        ["split", f"vectors {_size(s['vector_bytes'])} · literal {_size(s['literal_bytes'])} · "
-                  f"header+checksum {_size(s['overhead_bytes'])}"],
+        ["split", f"vectors {_size(s['vector_bytes'])} · corrections {_size(s['corrections_bytes'])} · "
+                  f"literal {_size(s['literal_bytes'])} · header+checksum {_size(s['overhead_bytes'])}"],
+        ["format", f"version {s['format_version']}"],
         ["model", m["name"]],
         ["source", m["source"]],
         ["fingerprint", m["fingerprint"]],
         ["dims", f"hidden {m['hidden_size']} · vocab {m['vocab_size']}{layers} · {m['dtype']}"],
-        ["vectors", f"{v['count']} × {v['per_chunk']} × {v['hidden_size']} {v['dtype']}"
+        ["vectors", "none" if not v["count"] else f"{v['count']} × {v['per_chunk']} × {v['hidden_size']} {v['dtype']}"
                     + (f", stored as {v['rank']} coordinates each (rank {v['rank']})" if v["rank"] else "")],
     ]
     tpv, plan = c["tokens_per_vector"], s.get("plan") or {}
@@ -337,17 +350,29 @@ def info(archive, as_json, verbose):
     elif plan:
         t.append(["plan", f"fixed: {plan['chunk_tokens']} tokens · {plan['chunks_planned']} planned, "
                           f"{plan['retries']} retries"])
-    t.append(["chunks", f"{c['total']}: {c['vector']} vector, {c['tokens']} literal-token, {c['bytes']} literal-bytes"
+    if c["predicted"]:
+        t.append(["predicted", f"{c['predicted']} chunks · {c['predicted_tokens']:,} tokens · "
+                               f"{c['corrections']:,} corrections ({c['corrections'] / c['predicted_tokens']:.0%})"])
+    t.append(["chunks", f"{c['total']}: {c['vector']} vector, {c['predicted']} predicted, {c['tokens']} literal-token, "
+                        f"{c['bytes']} literal-bytes"
               + (f" · tokens/vector min {tpv['min']} median {tpv['median']} max {tpv['max']}" if tpv else "")
               + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else "")])
     show_table(out, None, t)
     n = len(s["documents"])
     show_table(out, ["document", "bytes", "stored as", "chunks", "tokens", "sha256"], [
         [doc["name"], f"{doc['size']:,}",
-         "literal zstd" if doc["encoding"] == "bytes" else f"{doc['vector_chunks']} vector + "
-                                                            f"{doc['literal_chunks']} literal",
+         "literal zstd" if doc["encoding"] == "bytes" else _stored_as(doc),
          str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16]] for doc in s["documents"]],
         title=f"{n} document{'s' if n != 1 else ''}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _stored_as(doc: dict) -> str:
+    parts = [f"{doc[k + '_chunks']} {k}" for k in ("vector", "predicted") if doc[k + "_chunks"]]
+    return " + ".join(parts + [f"{doc['literal_chunks']} literal"])
 
 
 def _num(x, fmt: str = "{:,.0f}") -> str:
@@ -466,8 +491,8 @@ def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts
             loaded.append((Path(p).name, raw.decode("utf-8")))
         except UnicodeDecodeError:
             raise VecarcError(f"{p}: calibration text must be UTF-8") from None
-    settings = CramSettings(vectors=vectors, vector_dtype=vector_dtype, rank=rank, margin=margin, max_steps=max_steps,
-                            batch_size=batch_size, seed=seed, search_dtype=search_dtype)
+    settings = CramSettings(mode="vectors", vectors=vectors, vector_dtype=vector_dtype, rank=rank, margin=margin,
+                            max_steps=max_steps, batch_size=batch_size, seed=seed, search_dtype=search_dtype)
     lm = load_model(model, device)
     show = not (quiet or as_json)
     if show:

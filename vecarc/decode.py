@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .format.corrections import Fix
 from .models import LoadedModel, length_batches
 
 DECODE_CELLS = 1 << 15  # rows x tokens per greedy batch: 64 rows of 512, or 4 of 8,192 (the KV cache follows it)
@@ -24,18 +25,40 @@ def _cache_arg(model) -> str:
 
 @torch.no_grad()
 def greedy_decode(
-    lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None
+    lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None,
+    fixes: Sequence[Sequence[Fix]] | None = None,
 ) -> tuple[list[list[int]], list[float]]:
-    """Decode lengths[i] tokens from vectors[i] (shape (B, k, d)).
+    """Decode lengths[i] tokens from vectors[i] (shape (B, k, d); k = 0 for predicted chunks).
 
     Returns the tokens and, per row, the smallest margin between the chosen
-    token's logit and the runner-up: how close decoding came to flipping.
+    token's logit and the runner-up (within its class where fixes[i] holds a
+    correction): how close decoding came to flipping.
     `model` (default lm.model) lets `verify --strict` decode on a variant.
     """
+    toks, marg = greedy_margins(lm, vectors, lengths, model, fixes)
+    rows = [toks[r, : lengths[r]].tolist() for r in range(len(lengths))]
+    mins = [float(marg[r, : lengths[r]].min()) if lengths[r] else float("inf") for r in range(len(lengths))]
+    return rows, mins
+
+
+@torch.no_grad()
+def greedy_margins(
+    lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None,
+    fixes: Sequence[Sequence[Fix]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens (B, n) and per-position margins: the winner's lead over the runner-up, among all
+    tokens where the model chooses and within the class where a correction names one."""
     model, dev = (lm.model if model is None else model), lm.device
     emb = model.get_input_embeddings()
     B, k, d = vectors.shape
     maxn = max(lengths)
+    bits = torch.zeros((B, maxn), dtype=torch.long)  # 0: the model chooses
+    value = torch.zeros((B, maxn), dtype=torch.long)
+    for r, row in enumerate(fixes or ()):
+        for pos, b, v in row:
+            bits[r, pos], value[r, pos] = b, v
+    bits, value = bits.to(dev), value.to(dev)
+    ids = None
     sink = emb(torch.tensor([lm.sink_id], device=dev))[0]  # as the model embeds that token (some scale it)
     x = torch.cat([sink.expand(B, 1, d), vectors.to(dev, emb.weight.dtype)], dim=1)
     arg = _cache_arg(model)
@@ -45,20 +68,21 @@ def greedy_decode(
     margins: list[torch.Tensor] = []
     logits = out.logits[:, -1].float()
     for i in range(maxn):
+        if bool(bits[:, i].any()):  # a correction: the best token of its class (format.corrections)
+            if ids is None:
+                ids = torch.arange(logits.shape[-1], device=dev)
+            low = (1 << bits[:, i, None]) - 1
+            logits = logits.masked_fill((ids & low) != (value[:, i, None] & low), -torch.inf)
         top = logits.topk(2, dim=-1).values
         nxt = logits.argmax(-1)
         tokens.append(nxt)
-        margins.append(top[:, 0] - top[:, 1])
+        margins.append(top[:, 0] - top[:, 1])  # -inf runner-up: a class of one token, inf
         if i + 1 == maxn:
             break
         out = model(input_ids=nxt[:, None], use_cache=True, **{arg: past})
         past = getattr(out, arg)
         logits = out.logits[:, -1].float()
-    toks = torch.stack(tokens, 1).cpu()
-    marg = torch.stack(margins, 1).cpu()
-    rows = [toks[r, : lengths[r]].tolist() for r in range(B)]
-    mins = [float(marg[r, : lengths[r]].min()) if lengths[r] else float("inf") for r in range(B)]
-    return rows, mins
+    return torch.stack(tokens, 1).cpu(), torch.stack(margins, 1).cpu()
 
 
 def decode_many(
@@ -69,14 +93,19 @@ def decode_many(
     progress=None,
     model=None,
     max_cells: int = DECODE_CELLS,
+    fixes: Sequence[Sequence[Fix]] | None = None,
 ) -> tuple[list[list[int]], list[float]]:
-    """Decode many chunks, grouping those of similar length into batches of at most max_cells row-tokens."""
+    """Decode many chunks, grouping those of similar length into batches of at most max_cells row-tokens.
+
+    All vectors must have the same k (predicted chunks: (0, d) each); fixes[i] are chunk i's corrections.
+    """
     tokens: list[list[int]] = [[] for _ in lengths]
     margins: list[float] = [float("inf")] * len(lengths)
     done, total = 0, sum(1 for n in lengths if n)
     for group in length_batches(lengths, batch_size, max_cells):
         vec = torch.stack([vectors[i] for i in group])
-        rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model)
+        rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model,
+                                   [fixes[i] for i in group] if fixes is not None else None)
         for i, r, m in zip(group, rows, mins):
             tokens[i], margins[i] = r, m
         done += len(group)

@@ -32,14 +32,18 @@ from .format import (
     check_name,
     check_names,
     encode_tokens,
+    greedy_cap,
     parse_archive,
     serialize,
     token_hash,
     write_atomic,
 )
+from .format import corrections as fixcodec
+from .format.corrections import Fix
 from .journal import Journal, identity
 from .models import LoadedModel, resolve_model
 from .plan import MIN_CHUNK_TOKENS, Budget, chunk_tokens_for, plan_by_budget, plan_chunks, split_span
+from .predict import PREDICT_TOKENS, predict
 from .search import CramResult, CramSettings, Job, Progress, Trace, chunk_key, cram, emit, wants_compile
 from .text import tokenize_exact
 from .unpacking import decode_archive, required_margin
@@ -158,6 +162,7 @@ class Settled:
     record: Chunk
     vectors: torch.Tensor | None = None
     coords: torch.Tensor | None = None
+    fixes: list[Fix] | None = None  # predicted chunks
     replayed: bool = False  # restored from the journal: decoded again before anything is written
 
 
@@ -181,8 +186,12 @@ class Ledger:
             rec = Chunk(d, "vector", b - a, token_hash(self.plan.tokens[d][a:b]), **info)
             if d in self.plan.nats:
                 rec.planned_nats = round(sum(self.plan.nats[d][a:b]), 1)
-            self.kept[(d, a)] = Settled(rec, vec, z, replayed)
+            self.kept[(d, a)] = Settled(rec, vec, z, replayed=replayed)
             self.steps.append(info["steps"])
+        elif outcome == "predicted":
+            fixes = [tuple(f) for f in info["corrections"]]
+            rec = Chunk(d, "predicted", b - a, token_hash(self.plan.tokens[d][a:b]), corrections=len(fixes))
+            self.kept[(d, a)] = Settled(rec, fixes=fixes, replayed=replayed)
         elif outcome == "tokens":
             self.kept[(d, a)] = Settled(Chunk(d, "tokens", b - a))
         else:
@@ -208,6 +217,16 @@ class Ledger:
         self.settle(j.tag, "tokens")
         return []
 
+    def judge_predicted(self, tag: tuple[int, int, int], fixes: list[Fix] | None) -> None:
+        """Keep a predicted chunk unless it did not settle, or its corrections would cost more
+        than its tokens as a literal block (text the model does not know: code, tables, noise)."""
+        d, a, b = tag
+        toks = self.plan.tokens[d][a:b]
+        if fixes is not None and len(fixcodec.encode([fixes])) < len(encode_tokens(list(toks))):
+            self.settle(tag, "predicted", info={"corrections": fixes})
+        else:
+            self.settle(tag, "tokens")
+
     def replay(self, results: Sequence[tuple[dict, dict]]) -> None:
         for meta, ten in results:
             self.settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], ten.get("z"), replayed=True)
@@ -224,6 +243,7 @@ class Assembly:
     rows: list[torch.Tensor] = field(default_factory=list)
     coords: list[torch.Tensor] = field(default_factory=list)
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
+    fixes: dict[int, list[Fix]] = field(default_factory=dict)  # predicted chunk index -> its corrections
     decoded: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> tokens this run's checks decoded
 
     def add_vector(self, s: Settled, toks: Sequence[int]) -> None:
@@ -233,6 +253,13 @@ class Assembly:
             self.coords.append(s.coords)
         if not s.replayed:
             self.decoded[len(self.chunks)] = toks
+        self.chunks.append(s.record)
+
+    def add_predicted(self, s: Settled, toks: Sequence[int]) -> None:
+        if s.fixes:
+            self.fixes[len(self.chunks)] = s.fixes
+        if not s.replayed:
+            self.decoded[len(self.chunks)] = list(toks)
         self.chunks.append(s.record)
 
     def add_literal(self, d: int, toks: Sequence[int]) -> None:
@@ -267,6 +294,8 @@ def assemble(plan: Plan, ledger: Ledger) -> Assembly:
                 run = None
             if s.record.kind == "tokens":
                 run = (a, b)
+            elif s.record.kind == "predicted":
+                out.add_predicted(s, ids[a:b])
             else:
                 out.add_vector(s, ids[a:b])
         if run is not None:
@@ -279,12 +308,15 @@ def build_header(lm: LoadedModel, s: CramSettings, plan: Plan, ledger: Ledger, b
     method = ({"method": "capacity", "budget_nats": round(budget.nats, 3), "fill": budget.fill,
                "max_tokens": budget.max_tokens} if budget else {"method": "fixed", "chunk_tokens": size})
     model = lm.describe()
+    # A predicted archive records what decides its chunks; the vector search's settings would be noise.
+    cram = ({"mode": s.mode, "margin": s.margin, "chunk_tokens": size} if s.mode == "predict" else
+            {**s.record(), "chunk_tokens": size, "min_chunk_tokens": ledger.min_chunk_tokens})
     return Header(
         software=software_versions(),
         model=ModelRecord.from_json(model),
         vectors=VectorsRecord(s.vectors, s.vector_dtype, lm.hidden_size, len(body.rows), s.rank,
                               s.basis_seed if s.rank else None),
-        cram={**s.record(), "chunk_tokens": size, "min_chunk_tokens": ledger.min_chunk_tokens},
+        cram=cram,
         plan=method | {"chunks_planned": len(plan.spans), "retries": ledger.retries},
         decode=DecodeRecord("greedy-kv", model["dtype"], s.margin),
         documents=plan.documents,
@@ -316,13 +348,15 @@ def pack_documents(
     """
     t0 = time.perf_counter()
     s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before planning
-    size = min(chunk_tokens or chunk_tokens_for(s.vectors), lm.chunk_limit(s.vectors))
+    predicted = s.mode == "predict"
+    k = 0 if predicted else s.vectors
+    size = min(chunk_tokens or (PREDICT_TOKENS if predicted else chunk_tokens_for(k)), lm.chunk_limit(k))
     if size < 1:
         raise VecarcError("chunk size must be at least one token")
-    plan = plan_documents(docs, lm, size, None if chunk_tokens is not None else budget, progress)
-    budget = None if chunk_tokens is not None else budget
+    budget = None if chunk_tokens is not None or predicted else budget
+    plan = plan_documents(docs, lm, size, budget, progress)
     # Recorded as decided (on / off), in the header and the journal's identity.
-    s = replace(s, compile="on" if wants_compile(s, lm.device, len(plan.spans)) else "off")
+    s = replace(s, compile="on" if not predicted and wants_compile(s, lm.device, len(plan.spans)) else "off")
     ledger = Ledger(plan, min_chunk_tokens, journal)
     resume = None
     if journal is not None:
@@ -335,17 +369,41 @@ def pack_documents(
             resume = journal.state
             emit(progress, event="resume", done=len(ledger.kept), step=resume["step"])
     emit(progress, event="plan", chunks=len(plan.spans))
-    jobs = (ledger.job(*x) for x in plan.spans)  # drawn lazily: a long input is not copied chunk by chunk
-    cram(lm, jobs, s, progress, on_result=ledger.judge, resume=resume, rebuild=lambda t: ledger.job(*t),
-         total=len(plan.spans), snapshot=journal.add_state if journal is not None else None,
-         snapshot_every=checkpoint_every, trace=trace)
+    if predicted:
+        todo = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if (d, a) not in ledger.kept]
+        predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans))
+        keep_within_cap(ledger)
+    else:
+        jobs = (ledger.job(*x) for x in plan.spans)  # drawn lazily: a long input is not copied chunk by chunk
+        cram(lm, jobs, s, progress, on_result=ledger.judge, resume=resume, rebuild=lambda t: ledger.job(*t),
+             total=len(plan.spans), snapshot=journal.add_state if journal is not None else None,
+             snapshot_every=checkpoint_every, trace=trace)
     body = assemble(plan, ledger)
     archive = Archive(header=build_header(lm, s, plan, ledger, body, size, budget), literals=body.literals,
+                      fixes=body.fixes,
                       stored=torch.stack(body.coords if s.rank else body.rows) if body.rows else None)
     if body.rows:
         archive.vectors = torch.stack(body.rows)  # as the search verified them: checked against the reread
     data, back = checked_bytes(archive, lm, body.decoded)
     return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data)
+
+
+def keep_within_cap(ledger: Ledger) -> None:
+    """Make literal blocks of the most predictable predicted chunks while the archive would ask a
+    reader to decode more tokens than its corrections' bytes allow (format.greedy_cap): a text the
+    model knows almost by heart (zstd packs those well too)."""
+    pred = sorted((k for k, v in ledger.kept.items() if v.record.kind == "predicted"),
+                  key=lambda k: (ledger.kept[k].record.corrections / ledger.kept[k].record.tokens, k))
+    while pred:
+        fixes = [ledger.kept[k].fixes for k in sorted(pred) if ledger.kept[k].fixes]
+        stored = len(fixcodec.encode(fixes)) if fixes else 0
+        over = sum(ledger.kept[k].record.tokens for k in pred) - greedy_cap(stored)
+        if over <= 0:
+            return
+        while over > 0 and pred:  # the estimate ignores the bytes each demotion takes away; the loop re-measures
+            k = pred.pop(0)
+            over -= ledger.kept[k].record.tokens
+            ledger.kept[k] = Settled(Chunk(k[0], "tokens", ledger.kept[k].record.tokens))
 
 
 def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> tuple[bytes, Archive]:
@@ -409,7 +467,8 @@ def pack(
     try:
         lm = resolve_model(model, device)
         s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before calibrating
-        budget = None if chunk_tokens is not None else capacity_budget(lm, s, fill, progress, warn)
+        plain = chunk_tokens is not None or s.mode == "predict"
+        budget = None if plain else capacity_budget(lm, s, fill, progress, warn)
         try:
             r = pack_documents(docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal,
                                checkpoint_every, trace)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .decode import decode_many
+from .format.corrections import Fix
 from .models import LoadedModel, length_batches
 from .search import chunk_forward, logit_margins
 
@@ -109,10 +110,14 @@ def token_margins(
 
 def stress(
     lm: LoadedModel, vectors: Sequence[torch.Tensor], tokens: Sequence[list[int]],
-    which: Sequence[Condition] | None = None, progress=None,
+    which: Sequence[Condition] | None = None, progress=None, fixes: Sequence[Sequence[Fix]] | None = None,
 ) -> list[ConditionReport]:
-    """Decode every chunk under each condition; count flips and measure margin drift."""
-    base = token_margins(lm, vectors, tokens)
+    """Decode every chunk under each condition; count flips and measure margin drift.
+
+    All vectors share one k (predicted chunks: (0, d), with their corrections in fixes);
+    drift is measured where the model chooses, not where a correction supplies the token.
+    """
+    base = _chosen(token_margins(lm, vectors, tokens), fixes)
     lengths = [len(t) for t in tokens]
     reports = []
     for c in which if which is not None else conditions(lm):
@@ -123,8 +128,8 @@ def stress(
             reports.append(ConditionReport(c.name, c.binding, 0, 0, float("inf"), 0.0, skipped=why))
             continue
         with _threads(c.threads):
-            got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model)
-            moved = token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size))
+            got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model, fixes=fixes)
+            moved = _chosen(token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size)), fixes)
         drift = [float((a - b).abs().max()) if len(a) else 0.0 for a, b in zip(base, moved)]
         flips = sum(g != t for g, t in zip(got, tokens))
         reports.append(ConditionReport(c.name, c.binding, len(tokens), flips, min(mins, default=float("inf")),
@@ -132,3 +137,30 @@ def stress(
         if progress is not None:
             progress({"event": "stress", "condition": c.name, "flips": flips})
     return reports
+
+
+def _chosen(margins: list[torch.Tensor], fixes: Sequence[Sequence[Fix]] | None) -> list[torch.Tensor]:
+    """Margins with the corrected positions zeroed: no decoder reads the model's choice there."""
+    if fixes is None:
+        return margins
+    out = []
+    for m, row in zip(margins, fixes):
+        m = m.clone()
+        m[[f[0] for f in row]] = 0.0
+        out.append(m)
+    return out
+
+
+def combine(parts: Sequence[Sequence[ConditionReport]]) -> list[ConditionReport]:
+    """One report per condition from stress runs over disjoint sets of chunks."""
+    out = []
+    for same in zip(*parts):
+        ran = [r for r in same if r.skipped is None]
+        first = same[0]
+        if not ran:
+            out.append(first)
+            continue
+        out.append(ConditionReport(first.name, first.binding, sum(r.chunks for r in ran), sum(r.flips for r in ran),
+                                   min(r.min_margin for r in ran), max(r.max_drift for r in ran),
+                                   [d for r in ran for d in r.drift]))
+    return out

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+import torch
+
 from .decode import decode_many
 from .errors import VecarcError, VerificationError
 from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash
@@ -48,15 +50,12 @@ def decode_archive(
     known: tokens that pack's greedy decoding already produced for some vector
     chunks, so the final check before writing need not decode those again.
     """
-    chunks = archive.chunks
     tokens: dict[int, list[int]] = dict(known or {})
-    todo = [i for i, c in enumerate(chunks) if c.kind == "vector" and i not in tokens]
     margins: dict[int, float] = {}
-    if todo:
-        vecs = [archive.row(chunks[i]) for i in todo]
-        got, mins = decode_many(lm, vecs, [chunks[i].tokens for i in todo], progress=progress)
+    for todo, vecs, fixes in greedy_jobs(archive, set(tokens)):
+        got, mins = decode_many(lm, vecs, [archive.chunks[i].tokens for i in todo], progress=progress, fixes=fixes)
         tokens.update(zip(todo, got))
-        margins = dict(zip(todo, mins))
+        margins.update(zip(todo, mins))
     out: list[bytes | None] = []
     problems: list[str] = []
     for doc, mine in zip(archive.documents, archive.header.chunks_by_document()):
@@ -72,6 +71,20 @@ def decode_archive(
         else:
             out.append(data)
     return DecodeResult(out, problems, tokens, margins)
+
+
+def greedy_jobs(archive: Archive, skip: set[int] = frozenset()) -> list[tuple[list[int], list, list | None]]:
+    """The chunks to decode greedily, as (indices, prefix vectors, corrections) per prefix length:
+    vector chunks with their rows, predicted chunks with an empty prefix and their corrections."""
+    chunks, out = archive.chunks, []
+    vec = [i for i, c in enumerate(chunks) if c.kind == "vector" and i not in skip]
+    if vec:
+        out.append((vec, [archive.row(chunks[i]) for i in vec], None))
+    pred = [i for i, c in enumerate(chunks) if c.kind == "predicted" and i not in skip]
+    if pred:
+        empty = torch.zeros(0, archive.header.model.hidden_size)
+        out.append((pred, [empty] * len(pred), [archive.fixes.get(i, []) for i in pred]))
+    return out
 
 
 def _document_bytes(archive: Archive, lm: LoadedModel, doc: Document, mine: Sequence[int], tokens: dict[int, list[int]],
@@ -115,10 +128,11 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
     if m.sink_token_id != lm.sink_id:  # decode with the sink the archive was packed with, whatever today's rule picks
         lm = replace(lm, sink_id=m.sink_token_id)
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
-    limit = lm.chunk_limit(archive.header.vectors.per_chunk)
-    worst = max((c.tokens for c in archive.chunks if c.kind == "vector"), default=0)
-    if worst > limit:
-        raise VecarcError(f"corrupt archive: a chunk of {worst} tokens exceeds the model's context ({limit})")
+    for kind, k in (("vector", archive.header.vectors.per_chunk), ("predicted", 0)):
+        limit = lm.chunk_limit(k)
+        worst = max((c.tokens for c in archive.chunks if c.kind == kind), default=0)
+        if worst > limit:
+            raise VecarcError(f"corrupt archive: a chunk of {worst} tokens exceeds the model's context ({limit})")
     return lm
 
 
@@ -152,16 +166,16 @@ def verify(
     lm = model_for(a, model, device)
     r = decode_archive(a, lm, progress)
     if strict and r.ok and r.margins:
-        from .robust import stress
+        from .robust import combine, stress
 
         need = required_margin(a)
         low = sorted(i for i, m in r.margins.items() if m < need)
         if low:
             r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
                               f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
-        idx = sorted(r.margins)
-        r.stress = stress(lm, [a.row(a.chunks[i]) for i in idx], [r.tokens[i] for i in idx],
-                          progress=progress)
+        parts = [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, fixes=fixes)
+                 for idx, vecs, fixes in greedy_jobs(a)]
+        r.stress = combine(parts) if len(parts) > 1 else parts[0]
         for rep in r.stress:
             if rep.binding and rep.flips:
                 r.problems.append(f"under {rep.name}, {rep.flips} of {rep.chunks} chunks decode to other tokens")

@@ -1,7 +1,8 @@
 """The .vec file format (docs/format.md): typed header records, the container, and the vector forms.
 
 header: the records and their validation; container: reading (trusting nothing) and
-writing; quant: how numbers are stored; basis: the fixed ±1 basis of low-rank vectors.
+writing; corrections: what predicted chunks store; quant: how numbers are stored;
+basis: the fixed ±1 basis of low-rank vectors.
 """
 
 from .container import (
@@ -23,6 +24,7 @@ from .header import (
     HASH_CHARS,
     MAX_LITERAL_TOKENS,
     Chunk,
+    CorrectionsRecord,
     DecodeRecord,
     Document,
     Header,
@@ -30,13 +32,15 @@ from .header import (
     VectorsRecord,
     check_name,
     check_names,
+    greedy_cap,
     is_number,
     token_hash,
 )
 
 __all__ = [
     "CHECKSUM_LEN", "HASH_CHARS", "MAGIC", "MAX_LITERAL_TOKENS", "PREFIX", "VERSION", "Archive", "Chunk",
-    "DecodeRecord", "Document", "Header", "ModelRecord", "VectorsRecord", "check_name", "check_names",
-    "compress_header", "decode_tokens", "encode_tokens", "is_number", "literal_bytes", "parse_archive",
+    "CorrectionsRecord", "DecodeRecord", "Document", "Header", "ModelRecord", "VectorsRecord", "check_name",
+    "check_names",
+    "compress_header", "decode_tokens", "encode_tokens", "greedy_cap", "is_number", "literal_bytes", "parse_archive",
     "read_archive", "serialize", "token_hash", "write_atomic",
 ]

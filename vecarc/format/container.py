@@ -20,15 +20,20 @@ from typing import Any
 import zstandard
 
 from ..errors import VecarcError
-from . import basis, quant
-from .header import Chunk, Document, Header, bad
+from . import basis, corrections, quant
+from .corrections import Fix
+from .header import Chunk, CorrectionsRecord, Document, Header, bad
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
-VERSION = 2
-# zstd raw-content dictionary for the header (docs/format.md, appendix): a typical header, so that
-# the keys and the default model's strings cost almost nothing in a small archive.
-HEADER_DICT_FILE = Path(__file__).with_name("header-dict-v2.json")
-HEADER_DICT_SHA256 = "b9b9e98752954e554d37ec03125c44e51a6cd73ef22e4f09e3ea8775d94fb715"
+VERSION = 3  # what this vecarc writes
+READS = (2, 3)  # what it reads
+# zstd raw-content dictionaries for the header, one per version (docs/format.md, appendix): a typical
+# header, so that the keys and the default model's strings cost almost nothing in a small archive.
+DICT_DIR = Path(__file__).parent
+HEADER_DICTS = {
+    2: ("header-dict-v2.json", "b9b9e98752954e554d37ec03125c44e51a6cd73ef22e4f09e3ea8775d94fb715"),
+    3: ("header-dict-v3.json", "9579234b827e233209c254b1dca4c028838e1120c6eabc7cfaa85c6493eb4a8e"),
+}
 PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, header_len, reserved, body_len
 CHECKSUM_LEN = 32
 MAX_HEADER_ZLEN = 16 << 20
@@ -49,6 +54,7 @@ class Archive:
     header: Header
     stored: Any = None  # torch.Tensor (count, k, width): the vectors section's numbers; None when empty / not loaded
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
+    fixes: dict[int, list[Fix]] = field(default_factory=dict)  # predicted chunk index -> its corrections
     size: int = 0  # bytes on disk, when read from a file
     _vectors: Any = field(default=None, repr=False, compare=False)
 
@@ -84,20 +90,22 @@ class Archive:
         return self.vectors[chunk.row]
 
 
-_dict_cache: list = []
+_dict_cache: dict[int, zstandard.ZstdCompressionDict] = {}
 
 
-def header_dict() -> zstandard.ZstdCompressionDict:
-    if not _dict_cache:
-        raw = HEADER_DICT_FILE.read_bytes()
-        if hashlib.sha256(raw).hexdigest() != HEADER_DICT_SHA256:
-            raise VecarcError(f"{HEADER_DICT_FILE} is damaged (reinstall vecarc)")
-        _dict_cache.append(zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
-    return _dict_cache[0]
+def header_dict(version: int = VERSION) -> zstandard.ZstdCompressionDict:
+    if version not in _dict_cache:
+        name, digest = HEADER_DICTS[version]
+        path = DICT_DIR / name
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise VecarcError(f"{path} is damaged (reinstall vecarc)")
+        _dict_cache[version] = zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return _dict_cache[version]
 
 
-def compress_header(text: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=19, dict_data=header_dict()).compress(text)
+def compress_header(text: bytes, version: int = VERSION) -> bytes:
+    return zstandard.ZstdCompressor(level=19, dict_data=header_dict(version)).compress(text)
 
 
 def encode_tokens(tokens: list[int]) -> bytes:
@@ -160,21 +168,38 @@ def serialize(archive: Archive) -> bytes:
     else:  # an empty section: section before compression, the key order this writer has always used
         del vec["compression"], vec["section"]
         vec["section"], vec["compression"] = [0, 0], "none"
+    if archive.header.version >= 3:
+        _corrections_section(archive, header, body)
     rows = 0
     for i, (ch, c) in enumerate(zip(header["chunks"], archive.chunks)):
         if c.kind == "vector":  # a vector chunk's row is its rank among vector chunks: not stored
             if c.row != rows:
                 raise ValueError("vector rows out of chunk order")  # a bug in pack, not bad input
             rows += 1
-        else:
+        elif c.is_literal:
             frame = archive.literals[i]
             ch["offset"], ch["length"] = len(body), len(frame)
             body += frame
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    ztext = compress_header(text)
-    prefix = PREFIX.pack(MAGIC, VERSION, 0, len(ztext), len(text), 0, len(body))
+    version = archive.header.version
+    ztext = compress_header(text, version)
+    prefix = PREFIX.pack(MAGIC, version, 0, len(ztext), len(text), 0, len(body))
     data = prefix + ztext + bytes(body)
     return data + hashlib.sha256(data).digest()
+
+
+def _corrections_section(archive: Archive, header: dict, body: bytearray) -> None:
+    """Append the corrections of every predicted chunk, in chunk order, and fill in their record."""
+    per_chunk = [archive.fixes[i] for i, c in enumerate(archive.chunks) if c.corrections]
+    if any(len(archive.fixes.get(i, ())) != c.corrections for i, c in enumerate(archive.chunks)):
+        raise ValueError("chunk correction counts differ from their corrections")  # a bug in pack
+    rec = CorrectionsRecord()
+    if per_chunk:
+        coded = corrections.encode(per_chunk)
+        rec = CorrectionsRecord(sum(map(len, per_chunk)), (len(body), len(coded)))
+        body += coded
+    archive.header.corrections = rec
+    header["corrections"] = rec.to_json()
 
 
 TMP_SUFFIX = ".vecarc-tmp"
@@ -282,8 +307,9 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
     if len(head) < PREFIX.size:
         raise bad("truncated before the end of the fixed header")
     _, version, flags, zlen, hlen, reserved, body_len = PREFIX.unpack(head)
-    if version != VERSION:
-        raise VecarcError(f"unsupported archive version {version} (this vecarc reads version {VERSION})")
+    if version not in READS:
+        raise VecarcError(f"unsupported archive version {version} (this vecarc reads versions "
+                          f"{', '.join(map(str, READS))})")
     if flags or reserved:
         raise bad("reserved fields are not zero")
     if not 1 <= zlen <= MAX_HEADER_ZLEN or not 2 <= hlen <= min(MAX_HEADER_LEN,
@@ -306,17 +332,18 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
     if h.digest() != f.read(CHECKSUM_LEN):
         raise bad("checksum mismatch (the file is damaged)")
     try:
-        text = _decompress(bytes(rest[:zlen]), hlen, "header", header_dict())
+        text = _decompress(bytes(rest[:zlen]), hlen, "header", header_dict(version))
         header = parse_json(text.decode("utf-8"))
     except VecarcError as e:
         raise bad(f"header does not decode ({str(e).removeprefix('corrupt header: ')})") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise bad(f"header does not decode ({str(e).splitlines()[0][:200]})") from None
     body = memoryview(rest)[zlen:]
-    archive = Archive(header=Header.from_json(header, body_len), size=size)
+    archive = Archive(header=Header.from_json(header, body_len, version), size=size)
     for i, ch in enumerate(archive.chunks):
         if ch.is_literal:
             archive.literals[i] = bytes(body[ch.offset : ch.offset + ch.length])
+    archive.fixes = _load_fixes(archive.header, body)
     if load_vectors:
         archive.stored = _load_stored(archive.header, body)
     return archive
@@ -338,6 +365,20 @@ def _no_constant(name: str) -> None:
 def parse_json(text: str) -> Any:
     """Strict JSON, as the format requires: no repeated keys in an object, no NaN or Infinity."""
     return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _load_fixes(h: Header, body: memoryview) -> dict[int, list[Fix]]:
+    c = h.corrections
+    if c is None or not c.count:
+        return {}
+    off, length = c.section
+    which = [i for i, ch in enumerate(h.chunks) if ch.corrections]
+    try:
+        got = corrections.parse(bytes(body[off : off + length]), [h.chunks[i].corrections for i in which],
+                                [h.chunks[i].tokens for i in which], h.model.vocab_size)
+    except ValueError as e:
+        raise bad(str(e)) from None
+    return dict(zip(which, got))
 
 
 def _load_stored(h: Header, body: memoryview) -> Any:

@@ -28,13 +28,15 @@ MAX_CHUNK_TOKENS = 1 << 20
 MAX_LITERAL = 1 << 30
 MAX_LITERAL_TOKENS = min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)  # one literal token block
 _HEX = re.compile(r"[0-9a-f]+")
-CHUNK_KINDS = ("vector", "tokens", "bytes")
+CHUNK_KINDS = ("vector", "tokens", "bytes", "predicted")  # "predicted": format 3 on
 # What a small file may make a reader do, as an allowance plus a multiple of the body's bytes:
 # expanded float32 vectors (low rank: P z) and tokens to decode or detokenize. Real archives
 # stay far inside (an int8 rank-256 vector is 258 B, expands to 2.3 KB and holds ~50 tokens).
 EXPANDED_ALLOWANCE, EXPANDED_PER_BYTE = 64 << 20, 1024
 TOKEN_ALLOWANCE, TOKENS_PER_BYTE = 1 << 20, 64  # all chunks, per byte of the body
-VECTOR_TOKEN_ALLOWANCE, VECTOR_TOKENS_PER_BYTE = 1024, 16  # vector chunks, per byte of the vectors section
+# Tokens greedy decoding must produce (vector and predicted chunks), per byte of the vectors and
+# corrections sections: real archives hold ~0.2 (vectors) and ~0.7 (corrections) per byte.
+GREEDY_TOKEN_ALLOWANCE, GREEDY_TOKENS_PER_BYTE = 1024, 16
 
 
 def bad(msg: str) -> VecarcError:
@@ -185,6 +187,29 @@ class VectorsRecord:
 
 
 @dataclass
+class CorrectionsRecord:
+    """The corrections section (format 3): how many, where."""
+
+    count: int = 0
+    section: tuple[int, int] = (0, 0)  # offset, length in the body
+
+    @classmethod
+    def from_json(cls, c: Any, body_len: int) -> CorrectionsRecord:
+        need(isinstance(c, dict), "header field 'corrections' missing or of the wrong type")
+        need(_int(c.get("count"), 0, 1 << 40), "corrections.count out of range")
+        sec = c.get("section")
+        need(isinstance(sec, list) and len(sec) == 2 and all(_int(x, 0, body_len) for x in sec),
+             "bad corrections section")
+        need(sec[0] + sec[1] <= body_len, "corrections section runs past the body")
+        need((c["count"] == 0) == (sec[1] == 0), "corrections section length does not fit its count")
+        need(not sec[1] or sec[1] >= 5, "corrections section shorter than a range-coded stream")
+        return cls(c["count"], tuple(sec))
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "section": list(self.section)}
+
+
+@dataclass
 class Document:
     name: str
     size: int
@@ -216,6 +241,7 @@ class Chunk:
     offset: int = 0  # literal chunks: where the zstd frame starts in the body
     length: int = 0  # ... and its length
     row: int = -1  # vector chunks, in memory only: the row of the vectors section (its rank among vector chunks)
+    corrections: int = 0  # predicted chunks: how many of its tokens the corrections section supplies
     # Informational (vector chunks): greedy decode margin, optimisation steps, planned nats.
     margin: float | None = None
     steps: int | None = None
@@ -224,7 +250,13 @@ class Chunk:
 
     @property
     def is_literal(self) -> bool:
-        return self.kind != "vector"
+        """Stored as a zstd frame of its own in the body (a token block or a bytes document)."""
+        return self.kind in ("tokens", "bytes")
+
+    @property
+    def is_greedy(self) -> bool:
+        """Decoded by the model: a vector chunk, or a predicted one."""
+        return self.kind in ("vector", "predicted")
 
     @classmethod
     def from_json(cls, ch: Any, row: int) -> Chunk:
@@ -240,6 +272,10 @@ class Chunk:
             c.margin, c.planned_nats = (ch.get(k) if is_number(ch.get(k)) else None for k in ("margin", "planned_nats"))
             c.steps, c.search_steps = (ch.get(k) if _int(ch.get(k), 0, 1 << 62) else None
                                        for k in ("steps", "search_steps"))
+        elif kind == "predicted":
+            need(_int(ch.get("tokens"), 1, MAX_CHUNK_TOKENS), "chunk token count out of range")
+            need(_int(ch.get("corrections"), 0, ch["tokens"]), "chunk corrections out of range")
+            c.tokens, c.corrections = ch["tokens"], ch["corrections"]
         elif kind == "tokens":
             need(_int(ch.get("tokens"), 1, MAX_LITERAL_TOKENS), "token block size out of range")
             c.tokens = ch["tokens"]
@@ -262,6 +298,8 @@ class Chunk:
             out["size"] = self.size
         else:
             out["tokens"] = self.tokens
+        if self.kind == "predicted":
+            out["corrections"] = self.corrections
         if self.kind == "vector":
             for key in ("margin", "steps", "search_steps"):
                 if getattr(self, key) is not None:
@@ -306,6 +344,8 @@ class Header:
     plan: dict | None = None
     decode: DecodeRecord | None = None
     software: dict | None = None
+    corrections: CorrectionsRecord | None = None  # format 3 on (required there)
+    version: int = 3  # the format version the header was read as, or will be written as
 
     def chunks_by_document(self) -> list[list[int]]:
         """Per document, the indices of its chunks in order: one pass, however many documents."""
@@ -323,22 +363,32 @@ class Header:
         return float(m) if is_number(m) else 0.0
 
     @classmethod
-    def from_json(cls, h: Any, body_len: int) -> Header:
+    def from_json(cls, h: Any, body_len: int, version: int = 3) -> Header:
         need(isinstance(h, dict) and h.get("format") == "vecarc", "header is not a vecarc header")
         for key, typ in (("model", dict), ("vectors", dict), ("documents", list), ("chunks", list), ("cram", dict)):
             need(isinstance(h.get(key), typ), f"header field {key!r} missing or of the wrong type")
         model = ModelRecord.from_json(h["model"])
         vectors = VectorsRecord.from_json(h["vectors"], model.hidden_size, body_len)
+        fixes = None
+        if version >= 3:
+            fixes = CorrectionsRecord.from_json(h.get("corrections"), body_len)
+            need(not fixes.count or fixes.section[0] == sum(vectors.section),
+                 "the corrections section does not follow the vectors section")
+        else:
+            need("corrections" not in h, "format 2 has no corrections")
         docs = _documents(h["documents"])
-        chunks = _chunks(h["chunks"], docs, vectors, body_len)
+        chunks = _chunks(h["chunks"], docs, vectors, fixes, body_len)
         return cls(model, vectors, docs, chunks, h["cram"], h.get("plan"), DecodeRecord.from_json(h.get("decode")),
-                   h.get("software") if isinstance(h.get("software"), dict) else None)
+                   h.get("software") if isinstance(h.get("software"), dict) else None, fixes, version)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"format": "vecarc"}
         if self.software is not None:
             out["software"] = self.software
-        out |= {"model": self.model.to_json(), "vectors": self.vectors.to_json(), "cram": self.cram}
+        out |= {"model": self.model.to_json(), "vectors": self.vectors.to_json()}
+        if self.version >= 3:
+            out["corrections"] = (self.corrections or CorrectionsRecord()).to_json()
+        out["cram"] = self.cram
         if self.plan is not None:
             out["plan"] = self.plan
         if self.decode is not None:
@@ -371,27 +421,28 @@ def check_names(names: Sequence[str]) -> None:
             need(folder not in keys, f"document name {keys.get(folder)!r} is also a folder of {name!r}")
 
 
-def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, body_len: int) -> list[Chunk]:
+def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, fixes: CorrectionsRecord | None,
+            body_len: int) -> list[Chunk]:
     """Chunks in document order, each of a kind its document allows; vector chunks get their rows."""
     out, rows, last_doc = [], 0, 0
     bytes_chunks = [0] * len(docs)
-    vec_end = lit_end = sum(v.section)
+    vec_end = lit_end = max(sum(v.section), sum(fixes.section) if fixes else 0)
     for ch in raw:
         need(isinstance(ch, dict), "chunk entry is not an object")
         need(_int(ch.get("doc"), last_doc, len(docs) - 1), "chunks out of document order")
         last_doc, enc = ch["doc"], docs[ch["doc"]].encoding
         kind = ch.get("kind")
-        if kind == "vector":
-            need(enc == "text", "vector chunk in a bytes document")
-        elif kind == "tokens":
-            need(enc == "text", "token block in a bytes document")
+        if kind == "predicted":
+            need(fixes is not None, "format 2 has no predicted chunks")
+        if kind in ("vector", "tokens", "predicted"):
+            need(enc == "text", f"{kind} chunk in a bytes document")
         elif kind == "bytes":
             need(enc == "bytes", "bytes block in a text document")
         c = Chunk.from_json(ch, rows)
         if c.kind == "vector":
             need(rows < v.count, "more vector chunks than vectors")
             rows += 1
-        else:
+        elif c.is_literal:
             c.literal_range(ch, vec_end, body_len)
             need(c.offset >= lit_end, "literal blocks overlap or are out of order")
             lit_end = c.offset + c.length
@@ -400,13 +451,22 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, body_len: int
             bytes_chunks[c.doc] += 1
         out.append(c)
     need(rows == v.count, f"{v.count} vectors but {rows} vector chunks")
+    if fixes is not None:
+        held = sum(c.corrections for c in out)
+        need(held == fixes.count, f"chunks hold {held} corrections, the section {fixes.count}")
     tokens = sum(c.tokens for c in out)
     need(tokens <= TOKEN_ALLOWANCE + TOKENS_PER_BYTE * body_len,
          f"{tokens} tokens declared in a body of {body_len} bytes")
-    greedy = sum(c.tokens for c in out if c.kind == "vector")  # each one a greedy decoding step
-    need(greedy <= VECTOR_TOKEN_ALLOWANCE + VECTOR_TOKENS_PER_BYTE * v.section[1],
-         f"{greedy} tokens declared for vectors stored in {v.section[1]} bytes")
+    greedy = sum(c.tokens for c in out if c.is_greedy)  # each one a greedy decoding step
+    stored = v.section[1] + (fixes.section[1] if fixes else 0)
+    need(greedy <= GREEDY_TOKEN_ALLOWANCE + GREEDY_TOKENS_PER_BYTE * stored,
+         f"{greedy} tokens to decode declared for {stored} bytes of vectors and corrections")
     for d, n in zip(docs, bytes_chunks):
         if d.encoding == "bytes":
             need(n == 1, f"bytes document {d.name!r} needs exactly one block")
     return out
+
+
+def greedy_cap(stored_bytes: int) -> int:
+    """The most tokens a reader will decode greedily for this many bytes of vectors and corrections."""
+    return GREEDY_TOKEN_ALLOWANCE + GREEDY_TOKENS_PER_BYTE * stored_bytes

@@ -17,12 +17,16 @@ AUTO_RANK = 256
 AUTO_MIN_WIDTH = 512
 SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MIN_CHUNKS = 128
+MODES = ("predict", "vectors")
 
 
 @dataclass
 class CramSettings:
-    """How memory vectors are optimised and stored. Measured choices: docs/benchmarks.md."""
+    """How chunks are stored, and how memory vectors are optimised. Measured choices: docs/benchmarks.md."""
 
+    # "predict": the model decodes each chunk alone and the tokens it gets wrong are stored
+    # (vecarc.predict; the smaller archive on every model measured); "vectors": memory vectors.
+    mode: str = "predict"
     vectors: int = 1  # memory vectors per chunk
     lr: float = 0.5  # Adam step on whole vectors
     beta1: float = 0.9
@@ -61,6 +65,8 @@ class CramSettings:
         """
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
             raise VecarcError(f"the margin must be a finite number above 0, got {self.margin!r}")
+        if self.mode not in MODES:
+            raise VecarcError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
         if self.search_dtype == "auto":
             return replace(self, search_dtype="bf16" if fast_bf16 else "fp32").resolved(d)
         if self.compile not in ("auto", "on", "off"):

@@ -1,0 +1,166 @@
+"""Predicted chunks and their corrections: the codec, the reader's refusals, and round trips."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import TRAIN_TEXT, resealed
+
+import vecarc
+from vecarc.decode import greedy_decode
+from vecarc.errors import VecarcError
+from vecarc.format import corrections, parse_archive
+from vecarc.format import header as header_mod
+from vecarc.predict import class_bits, teacher_fixes
+from vecarc.text import tokenize_exact
+
+VOCAB = 49152
+
+
+def _random_fixes(rng: random.Random, chunks: int, length: int) -> list[list[corrections.Fix]]:
+    out = []
+    for _ in range(chunks):
+        pos = sorted(rng.sample(range(length), rng.randint(1, length // 2)))
+        out.append([(p, b := rng.randint(1, 16), rng.randrange(min(1 << b, VOCAB))) for p in pos])
+    return out
+
+
+def test_codec_round_trip():
+    rng = random.Random(0)
+    for _ in range(50):
+        fixes = _random_fixes(rng, rng.randint(1, 4), rng.randint(2, 600))
+        data = corrections.encode(fixes)
+        assert corrections.parse(data, [len(f) for f in fixes], [600] * len(fixes), VOCAB) == fixes
+    assert corrections.full_bits(VOCAB) == 16 and corrections.full_bits(1 << 16) == 16
+    assert corrections.full_bits((1 << 16) + 1) == 17
+
+
+def test_codec_is_smaller_than_token_ids_when_few_bits_do():
+    rng = random.Random(1)
+    fixes = [[(p, b := rng.choice((1, 2, 3, 4, 6)), rng.randrange(1 << b)) for p in range(0, 1000, 2)]]
+    assert len(corrections.encode(fixes)) < len(fixes[0])  # ~7 bits each, where a token id takes 16
+
+
+def _valid():
+    return [[(0, 3, 5), (2, 4, 9), (7, 1, 1), (9, 16, 40000)]]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d[:-1], "ends early"),
+    (lambda d: d + b"\0", "left over"),
+    (lambda d: b"\1" + d[1:], "bad start"),
+    (lambda d: d[:3], "bad start"),
+])
+def test_codec_refuses_damaged_streams(damage, message):
+    data = corrections.encode(_valid())
+    with pytest.raises(ValueError, match=message):
+        corrections.parse(damage(data), [4], [10], VOCAB)
+
+
+def test_codec_refuses_what_no_writer_makes():
+    data = corrections.encode(_valid())
+    with pytest.raises(ValueError, match="past a chunk of 9 tokens"):
+        corrections.parse(data, [4], [9], VOCAB)
+    with pytest.raises(ValueError, match="ends in value 40000"):
+        corrections.parse(data, [4], [10], 40000)  # no token 40000 in a vocabulary of 40,000
+    with pytest.raises(ValueError, match="bit count outside 1..15"):
+        corrections.parse(data, [4], [10], 1 << 15)  # 16 bits name more tokens than 32,768
+    with pytest.raises(ValueError, match="left over|ends early"):
+        corrections.parse(data, [3], [10], VOCAB)  # a count that lies
+
+
+def test_class_bits_is_the_fewest_that_single_the_token_out():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 0.0, 4.9, 0.0, 0.0, 0.0]])  # token 2 is third
+    bits = class_bits(logits, torch.tensor([2]), 0.5, 3)
+    # 1 bit: class {0, 2, 4, 6} holds 0 and 4 above 2; 2 bits: {2, 6}, 2 leads 6 by 3.0.
+    assert bits.tolist() == [2]
+    assert class_bits(logits, torch.tensor([4]), 0.5, 3).tolist() == [3]  # 4.9 vs 5.0 in {0, 4}: only alone
+
+
+@pytest.fixture(scope="module")
+def predicted(trained_tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("pred")
+    (d / "a.txt").write_text(TRAIN_TEXT[:300] + " Something the model has never read: zq 42 xv.\n")
+    (d / "b.bin").write_bytes(bytes(range(200)))
+    out = d / "p.vec"
+    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, model=trained_tiny, chunk_tokens=40)
+    return d, out, r
+
+
+def test_predicted_round_trip_on_the_tiny_model(trained_tiny, predicted):
+    d, out, r = predicted
+    a = vecarc.read_archive(out)
+    kinds = [c.kind for c in a.chunks]
+    assert "predicted" in kinds and a.header.version == 3
+    fixes = [f for v in a.fixes.values() for f in v]
+    assert fixes and min(b for _, b, _ in fixes) < corrections.full_bits(trained_tiny.vocab_size)
+    v = vecarc.verify(out, model=trained_tiny, strict=True)
+    assert v.ok, v.problems
+    assert all(rep.flips == 0 for rep in v.stress if rep.skipped is None)
+    written = vecarc.unpack(out, d / "out", model=trained_tiny)
+    assert [p.read_bytes() for p in written] == [(d / "a.txt").read_bytes(), (d / "b.bin").read_bytes()]
+
+
+def test_a_correction_names_the_best_token_of_its_class(trained_tiny):
+    ids = list(tokenize_exact(trained_tiny, b"the cat sat on the mat"))
+    fixes = teacher_fixes(trained_tiny, [ids], margin=0.5)[0]
+    empty = torch.zeros(1, 0, trained_tiny.hidden_size)
+    got, mins = greedy_decode(trained_tiny, empty, [len(ids)], fixes=[fixes])
+    assert got[0] == ids and mins[0] >= 0.5
+    plain, _ = greedy_decode(trained_tiny, empty, [len(ids)])
+    assert plain[0] != ids  # without them the model says something else
+
+
+def test_reader_refuses_lies_about_the_corrections(predicted):
+    _, out, _ = predicted
+    good = out.read_bytes()
+    a = parse_archive(good)
+    assert a.header.corrections.count > 0
+
+    def more(h):
+        h["corrections"]["count"] += 1
+
+    def chunk(h):
+        next(c for c in h["chunks"] if c["kind"] == "predicted")["corrections"] += 1
+
+    def gone(h):
+        del h["corrections"]
+
+    def short(h):
+        h["corrections"]["section"][1] -= 1
+
+    for mutate, message in ((more, "chunks hold"), (chunk, "chunks hold"),
+                            (gone, "'corrections' missing"), (short, "corrupt")):
+        with pytest.raises(VecarcError, match=message):
+            parse_archive(resealed(good, mutate))
+
+
+def test_a_format_2_header_cannot_hold_predicted_chunks(predicted):
+    from conftest import reseal
+
+    from vecarc.format import MAGIC, PREFIX
+
+    _, out, _ = predicted
+    good = out.read_bytes()
+    h = parse_archive(good).header.to_json()
+    del h["corrections"]
+    v2 = PREFIX.pack(MAGIC, 2, *PREFIX.unpack(good[: PREFIX.size])[2:]) + good[PREFIX.size :]
+    with pytest.raises(VecarcError, match="format 2 has no predicted chunks"):
+        parse_archive(reseal(v2, h))
+
+
+def test_a_text_known_by_heart_stays_within_the_decoding_cap(trained_tiny, tmp_path, monkeypatch):
+    # Tighten the cap so that the tiny model's few corrections cannot pay for all its tokens.
+    monkeypatch.setattr(header_mod, "GREEDY_TOKEN_ALLOWANCE", 30)
+    monkeypatch.setattr(header_mod, "GREEDY_TOKENS_PER_BYTE", 1)
+    src = tmp_path / "t.txt"
+    src.write_text(TRAIN_TEXT[:400])
+    out = tmp_path / "t.vec"
+    vecarc.pack([src], out, model=trained_tiny, chunk_tokens=20)
+    a = vecarc.read_archive(out)
+    greedy = sum(c.tokens for c in a.chunks if c.is_greedy)
+    assert greedy <= header_mod.greedy_cap(a.header.corrections.section[1])
+    assert any(c.kind == "tokens" for c in a.chunks)
+    assert vecarc.unpack(out, tmp_path / "o", model=trained_tiny)[0].read_bytes() == src.read_bytes()

@@ -1,0 +1,113 @@
+"""Predicted chunks: the model's own greedy guesses, with the tokens it gets wrong stored.
+
+A chunk is decoded from the sink token alone. Wherever greedy decoding would
+choose another token, or the right one by less than the margin, the archive
+stores the position and the right token (a correction) and the decoder feeds
+that token instead; everywhere else the model's choice is kept, so every token
+the model chooses is as safe across machines as a vector chunk's.
+
+Why it is the default: on the default model ~60-70 % of English tokens need a
+correction, and a correction names its token by a few bits of its id among the
+model's favourites (format.corrections), ~1.2 bytes after zstd. A vector that
+makes 38 tokens exact costs 244 bytes, ~8 bytes per token it fixes; a small
+vector added to a predicted chunk removed fewer corrections than its own bytes
+would buy (docs/benchmarks.md, "Levers").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from .decode import DECODE_CELLS, greedy_margins
+from .format.corrections import Fix, full_bits, token_fix
+from .models import LoadedModel, length_batches
+from .search import chunk_forward, logit_margins
+
+PREDICT_TOKENS = 512  # chunk size: longer context, fewer corrections (measured 128/256/512: -4 %, -2 %)
+MAX_ROUNDS = 8  # greedy checks per chunk; each adds at least one correction, real chunks need one
+
+
+def class_bits(logits: torch.Tensor, targets: torch.Tensor, margin: float, top: int) -> torch.Tensor:
+    """Per row of logits (n, V), the fewest bits b for which targets[i] leads every other id with
+    the same low b bits by `margin` (top, a class of one, always does)."""
+    ids = torch.arange(logits.shape[-1], device=logits.device)
+    own = logits.gather(1, targets[:, None])
+    out = torch.full_like(targets, top)
+    for b in range(top - 1, 0, -1):  # from the top down: a class that works keeps working with more bits
+        same = ((ids ^ targets[:, None]) & ((1 << b) - 1)) == 0
+        same.scatter_(1, targets[:, None], False)
+        rival = logits.masked_fill(~same, -torch.inf).max(1, keepdim=True).values
+        out = torch.where((own - rival)[:, 0] >= margin, b, out)
+    return out
+
+
+@torch.no_grad()
+def teacher_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], margin: float) -> list[list[Fix]]:
+    """Corrections from one teacher-forced pass: every position whose token is not the model's
+    choice by at least `margin`, each with the fewest bits that single the token out."""
+    emb = lm.model.get_input_embeddings()
+    top = full_bits(lm.vocab_size)
+    out: list[list[Fix]] = [[] for _ in chunks]
+    for group in length_batches([len(c) for c in chunks], 4):
+        toks = [torch.tensor(list(chunks[i]), dtype=torch.long, device=lm.device) for i in group]
+        prefix = torch.zeros(len(group), 0, lm.hidden_size, device=lm.device)
+        logits, targets, _ = chunk_forward(lm, prefix, [emb(t[:-1]).float() for t in toks], toks)
+        margins = logit_margins(logits, targets)
+        for r, i in enumerate(group):
+            n = len(toks[r])
+            where = (margins[r, :n] < margin).nonzero()[:, 0]
+            bits = torch.cat([class_bits(logits[r, p], targets[r, p], margin, top) for p in where.split(256)]) \
+                if len(where) else where
+            out[i] = [(p, b, int(chunks[i][p]) & ((1 << b) - 1)) for p, b in zip(where.tolist(), bits.tolist())]
+    return out
+
+
+def checked_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], fixes: list[list[Fix]],
+                  margin: float) -> list[list[Fix] | None]:
+    """The corrections, completed until real greedy decoding (the one unpack runs) gives every
+    chunk back with `margin` at every position; None for a chunk that does not settle. A position
+    the check finds short gets a correction of full bits (one token: nothing can outrank it)."""
+    out: list[list[Fix] | None] = [list(f) for f in fixes]
+    todo = list(range(len(chunks)))
+    for _ in range(MAX_ROUNDS):
+        if not todo:
+            break
+        empty = torch.zeros(len(todo), 0, lm.hidden_size)
+        toks, marg = greedy_margins(lm, empty, [len(chunks[i]) for i in todo], fixes=[out[i] for i in todo])
+        again = []
+        for r, i in enumerate(todo):
+            want = torch.tensor(list(chunks[i]))
+            n = len(want)
+            wrong = (toks[r, :n] != want).nonzero()[:, 0]
+            upto = int(wrong[0]) if len(wrong) else n  # past the first wrong token the path is another text's
+            add = set((marg[r, :upto] < margin).nonzero()[:, 0].tolist()) | ({upto} if upto < n else set())
+            if add:
+                have = {f[0]: f for f in out[i]}
+                have.update((p, token_fix(p, int(want[p]), lm.vocab_size)) for p in add)
+                out[i] = [have[p] for p in sorted(have)]
+                again.append(i)
+        todo = again
+    for i in todo:
+        out[i] = None
+    return out
+
+
+def predict(lm: LoadedModel, chunks: Iterable[tuple[object, Sequence[int]]], margin: float,
+            on_result: Callable[[object, list[Fix] | None], None],
+            progress: Callable[[dict], None] | None = None, total: int = 0) -> None:
+    """Find and check the corrections of each (tag, tokens) chunk; on_result(tag, fixes or None).
+
+    Chunks are taken in batches of like length (the greedy check is one batch per group).
+    """
+    items = list(chunks)
+    done = 0
+    for group in length_batches([len(t) for _, t in items], 64, DECODE_CELLS):
+        toks = [items[i][1] for i in group]
+        got = checked_fixes(lm, toks, teacher_fixes(lm, toks, margin), margin)
+        for i, fixes in zip(group, got):
+            on_result(items[i][0], fixes)
+        done += len(group)
+        if progress is not None:
+            progress({"event": "predict", "done": done, "total": total or len(items)})
