@@ -6,7 +6,8 @@ xz -9 and the model limit.
 
 "vectors" is the vector path as it packs by default in vectors mode (capacity plan, int8
 rank-256 vectors); "predict" the predicted chunks with corrections. Every archive is
-verified by greedy decoding before it is written and `verify --strict` is run on it.
+verified by greedy decoding before it is written, unpacked (timed, model loaded) and
+checked with `verify --strict`.
 --offset 0.1 gives the reported slices (benchmarks/corpora.py); levers are tuned on
 --offset 0.7. Run pinned (taskset -c 1 ... --threads 1): pack times compare only
 within one run on one machine.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.corpora import CORPORA, FILES
-from vecarc import CramSettings, load_model, pack, summary, verify
+from vecarc import CramSettings, load_model, pack, summary, unpack, verify
 from vecarc.bench import classic_rows, model_limit
 
 
@@ -41,9 +42,13 @@ def run(lm, path: Path, mode: str, reps: int) -> dict:
                  force=True)
         times.append(time.perf_counter() - t)
     s = summary(r.archive)
+    t = time.perf_counter()
+    unpack(r.output, path.with_name(f"{path.name}.{mode}.out"), model=lm, force=True)
+    unpack_s = time.perf_counter() - t
     v = verify(r.output, model=lm, strict=True)
     c = s["chunks"]
     return {"mode": mode, "archive_bytes": r.archive_bytes, "pack_s": statistics.median(times), "pack_s_all": times,
+            "unpack_s": unpack_s,
             "header_bytes": s["overhead_bytes"], "chunks": c["total"], "header_bytes_per_chunk":
             s["overhead_bytes"] / max(c["total"], 1), "vector_bytes": s["vector_bytes"],
             "corrections_bytes": s["corrections_bytes"], "literal_bytes": s["literal_bytes"],

@@ -20,14 +20,13 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     from vecarc.search import CramSettings
 
     # The tiny random model needs a small margin to converge at all.
-    monkeypatch.setattr(cli, "CramSettings", lambda **kw: CramSettings(mode="vectors", margin=0.05, max_steps=150,
-                                                                       patience=50,
-                                                                         batch_size=64, **kw))
+    monkeypatch.setattr(cli, "CramSettings", lambda **kw: CramSettings(margin=0.05, max_steps=150, patience=50,
+                                                                       batch_size=64, **kw))
     src = tmp_path / "t.txt"
     src.write_bytes(TEXT)
     out = tmp_path / "r.json"
     code, text = run("bench", src, "--model", tiny_dir, "--json", out, "--zstd-levels", "3,19",
-                     "--vector-dtypes", "fp16,fp32,int8r16", "--archive", tmp_path / "arch", *BENCH_FAST)
+                     "--vector-dtypes", "fp16,fp32,int8r16,predict", "--archive", tmp_path / "arch", *BENCH_FAST)
     assert code == 0, text
     res = json.loads(out.read_text())[0]
     assert res["bytes"] == len(TEXT)
@@ -56,6 +55,9 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
         assert v["bits_stored_per_vector"] <= 64 * (32 if dt == "fp32" else 16)  # zstd only where it pays
         for c in res["chunks"][dt]:
             assert abs(c["gain_bits"] - (c["ce_without_bits"] - c["ce_with_bits"])) < 1e-6
+    pred = by["vecarc predicted"]
+    assert pred["verify_ok"] is True and pred["vectors"] == 0 and pred["bits_stored_per_vector"] is None
+    assert pred["corrections_bytes"] + pred["literal_bytes"] + pred["header_bytes"] == pred["bytes"]
     low = by["vecarc int8 rank 16"]  # 16 stored numbers per vector instead of 64
     assert low["verify_ok"] is True and low["bits_stored_per_vector"] <= (16 + 2) * 8
     assert res["model_limit"]["ce_bits"] > 0

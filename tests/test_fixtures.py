@@ -30,3 +30,22 @@ def test_v2_archive_unpacks_byte_identically(tmp_path):
     assert vecarc.verify(V2, model=lm, strict=True).ok
     written = vecarc.unpack(V2, tmp_path, model=lm)
     assert {p.name: p.read_bytes() for p in written} == {n: p.read_bytes() for n, p in V2_INPUTS.items()}
+
+
+V3 = HERE / "fixtures" / "v3-default.vec"
+
+
+def test_v3_archive_reads_without_the_model():
+    a = vecarc.read_archive(V3)
+    assert a.header.version == 3 and [d.name for d in a.documents] == list(V2_INPUTS)
+    assert [c.kind for c in a.chunks] == ["predicted", "bytes"]
+    assert a.header.corrections.count == a.chunks[0].corrections == len(a.fixes[0]) == 15
+    assert vecarc.summary(a)["archive_bytes"] == V3.stat().st_size
+
+
+@pytest.mark.slow
+def test_v3_archive_unpacks_byte_identically(tmp_path):
+    lm = vecarc.load_model(None, device="cpu")
+    assert vecarc.verify(V3, model=lm, strict=True).ok
+    written = vecarc.unpack(V3, tmp_path, model=lm)
+    assert {p.name: p.read_bytes() for p in written} == {n: p.read_bytes() for n, p in V2_INPUTS.items()}

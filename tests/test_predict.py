@@ -164,3 +164,27 @@ def test_a_text_known_by_heart_stays_within_the_decoding_cap(trained_tiny, tmp_p
     assert greedy <= header_mod.greedy_cap(a.header.corrections.section[1])
     assert any(c.kind == "tokens" for c in a.chunks)
     assert vecarc.unpack(out, tmp_path / "o", model=trained_tiny)[0].read_bytes() == src.read_bytes()
+
+
+def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tmp_path):
+    from vecarc.journal import journal_path
+
+    src = tmp_path / "a.txt"
+    src.write_text((TRAIN_TEXT * 3)[:2400])
+    ref = vecarc.pack([src], tmp_path / "ref.vec", model=trained_tiny, chunk_tokens=8)
+    assert ref.archive.header.plan["chunks_planned"] > 64  # more than one greedy batch
+
+    def stop(e):
+        if e.get("event") == "predict":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "a.vec"
+    with pytest.raises(KeyboardInterrupt):
+        vecarc.pack([src], out, model=trained_tiny, chunk_tokens=8, progress=stop)
+    assert not out.exists() and journal_path(out).exists()
+    seen = []
+    vecarc.pack([src], out, model=trained_tiny, chunk_tokens=8, resume=True, progress=seen.append)
+    done = [e for e in seen if e.get("event") == "predict"]
+    assert done[-1]["done"] == ref.archive.header.plan["chunks_planned"] - 64  # journaled chunks are not redone
+    assert out.read_bytes() == (tmp_path / "ref.vec").read_bytes()
+    assert not journal_path(out).exists()

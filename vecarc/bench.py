@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -123,9 +124,12 @@ def vecarc_row(
     s = api.summary(archive)
     steps = [c.steps for c in archive.chunks if c.kind == "vector" and c.steps is not None]
     row = _row(
+            "vecarc predicted" if settings.mode == "predict" else
         f"vecarc {archive.header.vectors.dtype}" + (f" rank {r}" if (r := archive.header.vectors.rank) else ""),
         len(data), archive.size, pack_s, unpack_s,
         vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
+        corrections_bytes=s["corrections_bytes"], corrections=s["chunks"]["corrections"],
+        predicted_tokens=s["chunks"]["predicted_tokens"],
         vectors=archive.header.vectors.count, per_chunk=archive.header.vectors.per_chunk,
         literal_chunks=s["chunks"]["tokens"] + s["chunks"]["bytes"],
         tokens_per_vector=s["chunks"]["tokens_per_vector"],
@@ -159,9 +163,12 @@ def machine(lm: LoadedModel) -> dict:
     }
 
 
+PREDICT_FORMS = ("predict", "default")  # predicted chunks: what pack does by default
+
+
 def parse_form(text: str) -> tuple[str, int | None]:
-    """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64); 'default' -> what pack uses by default."""
-    if text == "default":
+    """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64); 'vectors' -> the vectors mode's default form."""
+    if text == "vectors":
         return CramSettings.vector_dtype, None
     m = re.fullmatch(rf"({'|'.join(VECTOR_DTYPES)})(?:r([1-9][0-9]{{0,4}}))?", text)
     if m is None:
@@ -172,7 +179,15 @@ def parse_form(text: str) -> tuple[str, int | None]:
 
 def check_dtypes(dtypes: Sequence[str]) -> None:
     for dt in dtypes:
-        parse_form(dt)
+        if dt not in PREDICT_FORMS:
+            parse_form(dt)
+
+
+def _settings_for(base: CramSettings, form: str) -> CramSettings:
+    if form in PREDICT_FORMS:
+        return replace(base, mode="predict")
+    dtype, rank = parse_form(form)
+    return replace(base, mode="vectors", vector_dtype=dtype, rank=rank)
 
 
 def bench_file(
@@ -197,14 +212,13 @@ def bench_file(
     limit = model_limit(lm, data)
     per_chunk: dict[str, list[dict]] = {}
     for dt in vector_dtypes:
-        form, rank = parse_form(dt)
-        s = CramSettings(**{**base.__dict__, "vector_dtype": form, "rank": rank})
+        s = _settings_for(base, dt)
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
         row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
         v = a.header.vectors
         # Bits actually stored per vector: the section as written (zstd-compressed for integer forms).
-        stored = round(v.section[1] * 8 / v.count) if v.count else v.row_bytes * 8
+        stored = None if s.mode == "predict" else round(v.section[1] * 8 / v.count) if v.count else v.row_bytes * 8
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

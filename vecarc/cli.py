@@ -132,6 +132,8 @@ def progress_bar(quiet: bool):
                 bar.update(tasks["cram"], completed=e["done"], total=e["total"],
                            info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · "
                                 f"loss {e['loss']:.3f}")
+            elif kind == "predict" and "cram" in tasks:
+                bar.update(tasks["cram"], completed=e["done"], total=e["total"], info="predicted and checked")
             elif kind == "calibrate":
                 if "cal" not in tasks:
                     tasks["cal"] = bar.add_task("calibrating", total=None, info="")
@@ -351,7 +353,7 @@ def info(archive, as_json, verbose):
         t.append(["plan", f"fixed: {plan['chunk_tokens']} tokens · {plan['chunks_planned']} planned, "
                           f"{plan['retries']} retries"])
     if c["predicted"]:
-        t.append(["predicted", f"{c['predicted']} chunks · {c['predicted_tokens']:,} tokens · "
+        t.append(["predicted", f"{_count(c['predicted'], 'chunk')} · {c['predicted_tokens']:,} tokens · "
                                f"{c['corrections']:,} corrections ({c['corrections'] / c['predicted_tokens']:.0%})"])
     t.append(["chunks", f"{c['total']}: {c['vector']} vector, {c['predicted']} predicted, {c['tokens']} literal-token, "
                         f"{c['bytes']} literal-bytes"
@@ -385,9 +387,9 @@ def _num(x, fmt: str = "{:,.0f}") -> str:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
 @click.option("--zstd-levels", default="3,19", show_default=True,
               help="Comma-separated zstd levels (22 is always added).")
-@click.option("--vector-dtypes", default="default", show_default=True,
-              help="Comma-separated: fp32,fp16,bf16,int8,int4, each optionally low-rank (int8r64 is rank 64), "
-                   "or default (what pack uses).")
+@click.option("--vector-dtypes", default="predict", show_default=True,
+              help="Comma-separated: predict (predicted chunks, what pack does by default); vectors (the vectors "
+                   "mode's default form); fp32,fp16,bf16,int8,int4, each optionally low-rank (int8r64 is rank 64).")
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
@@ -437,7 +439,15 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
         for m in res["methods"]:
             t.add_row(m["method"], f"{m['bytes']:,}", _num(m["ratio"], "{:.3f}"), _num(m["compress_s"], "{:.3g}"),
                       _num(m["decompress_s"], "{:.3g}"))
-            if m["method"].startswith("vecarc"):
+            if m["method"] == "vecarc predicted":
+                n, toks = m["corrections"], m["predicted_tokens"]
+                notes.append(
+                    f"{m['method']}: corrections {m['corrections_bytes']:,} B + header {m['header_bytes']:,} B + "
+                    f"literal {m['literal_bytes']:,} B; {n:,} corrections for {toks:,} predicted tokens"
+                    + (f" ({m['corrections_bytes'] * 8 / n:.1f} bits each)" if n else "")
+                    + f", verify {'ok' if m['verify_ok'] else 'FAILED'}"
+                    + ("; reused archive" if m["reused_archive"] else ""))
+            elif m["method"].startswith("vecarc"):
                 tpv = m["tokens_per_vector"] or {}
                 notes.append(
                     f"{m['method']}: vectors {m['vector_bytes']:,} B + header {m['header_bytes']:,} B + literal "

@@ -366,12 +366,14 @@ def pack_documents(
             budget=vars(budget) if budget else None, spans=plan.spans))
         ledger.replay(journal.results)
         if journal.state is not None:
-            resume = journal.state
-            emit(progress, event="resume", done=len(ledger.kept), step=resume["step"])
+            resume = None if predicted else journal.state
+            emit(progress, event="resume", done=len(ledger.kept), step=journal.state["step"])
     emit(progress, event="plan", chunks=len(plan.spans))
     if predicted:
         todo = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if (d, a) not in ledger.kept]
-        predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans))
+        # A journal keeps results up to its last snapshot; predicted chunks need no optimiser state.
+        mark = (lambda: journal.add_state({"step": 0})) if journal is not None else None
+        predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans), on_batch=mark)
         keep_within_cap(ledger)
     else:
         jobs = (ledger.job(*x) for x in plan.spans)  # drawn lazily: a long input is not copied chunk by chunk

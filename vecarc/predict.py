@@ -96,10 +96,12 @@ def checked_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], fixes: list[
 
 def predict(lm: LoadedModel, chunks: Iterable[tuple[object, Sequence[int]]], margin: float,
             on_result: Callable[[object, list[Fix] | None], None],
-            progress: Callable[[dict], None] | None = None, total: int = 0) -> None:
+            progress: Callable[[dict], None] | None = None, total: int = 0,
+            on_batch: Callable[[], None] | None = None) -> None:
     """Find and check the corrections of each (tag, tokens) chunk; on_result(tag, fixes or None).
 
-    Chunks are taken in batches of like length (the greedy check is one batch per group).
+    Chunks are taken in batches of like length (the greedy check is one batch per group);
+    on_batch() follows each batch's results (pack marks them final in its journal there).
     """
     items = list(chunks)
     done = 0
@@ -108,6 +110,8 @@ def predict(lm: LoadedModel, chunks: Iterable[tuple[object, Sequence[int]]], mar
         got = checked_fixes(lm, toks, teacher_fixes(lm, toks, margin), margin)
         for i, fixes in zip(group, got):
             on_result(items[i][0], fixes)
+        if on_batch is not None:
+            on_batch()
         done += len(group)
         if progress is not None:
             progress({"event": "predict", "done": done, "total": total or len(items)})
