@@ -10,6 +10,7 @@ import vecarc
 
 HERE = Path(__file__).parent
 V2 = HERE / "fixtures" / "v2-default.vec"
+V3 = HERE / "fixtures" / "v3-default.vec"
 V2_INPUTS = {"hello.txt": HERE.parent / "examples" / "hello.txt", "blob.bin": HERE / "fixtures" / "v2-default.blob.bin"}
 
 
@@ -24,15 +25,7 @@ def test_v2_archive_reads_without_the_model():
     assert s["archive_bytes"] == V2.stat().st_size
 
 
-@pytest.mark.slow
-def test_v2_archive_unpacks_byte_identically(tmp_path):
-    lm = vecarc.load_model(None, device="cpu")
-    assert vecarc.verify(V2, model=lm, strict=True).ok
-    written = vecarc.unpack(V2, tmp_path, model=lm)
-    assert {p.name: p.read_bytes() for p in written} == {n: p.read_bytes() for n, p in V2_INPUTS.items()}
 
-
-V3 = HERE / "fixtures" / "v3-default.vec"
 
 
 def test_v3_archive_reads_without_the_model():
@@ -44,8 +37,9 @@ def test_v3_archive_reads_without_the_model():
 
 
 @pytest.mark.slow
-def test_v3_archive_unpacks_byte_identically(tmp_path):
+@pytest.mark.parametrize("archive", [V2, V3], ids=["v2", "v3"])
+def test_released_archives_unpack_byte_identically(tmp_path, archive):
     lm = vecarc.load_model(None, device="cpu")
-    assert vecarc.verify(V3, model=lm, strict=True).ok
-    written = vecarc.unpack(V3, tmp_path, model=lm)
+    assert vecarc.verify(archive, model=lm, strict=True).ok
+    written = vecarc.unpack(archive, tmp_path, model=lm)
     assert {p.name: p.read_bytes() for p in written} == {n: p.read_bytes() for n, p in V2_INPUTS.items()}

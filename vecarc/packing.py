@@ -358,36 +358,40 @@ def pack_documents(
     # Recorded as decided (on / off), in the header and the journal's identity.
     s = replace(s, compile="on" if not predicted and wants_compile(s, lm.device, len(plan.spans)) else "off")
     ledger = Ledger(plan, min_chunk_tokens, journal)
-    resume = None
+    state = None
     if journal is not None:
         journal.start(identity(
             vecarc=__version__, documents=[(x.name, x.sha256) for x in plan.documents],
             model=lm.fingerprint, settings=s.record(), chunk_tokens=size, min_chunk_tokens=min_chunk_tokens,
             budget=vars(budget) if budget else None, spans=plan.spans))
         ledger.replay(journal.results)
-        if journal.state is not None:
-            resume = None if predicted else journal.state
-            emit(progress, event="resume", done=len(ledger.kept), step=journal.state["step"])
+        if (state := journal.state) is not None:
+            emit(progress, event="resume", done=len(ledger.kept), step=state["step"])
     emit(progress, event="plan", chunks=len(plan.spans))
     if predicted:
-        todo = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if (d, a) not in ledger.kept]
-        # A journal keeps results up to its last snapshot; predicted chunks need no optimiser state.
-        mark = (lambda: journal.add_state({"step": 0})) if journal is not None else None
-        predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans), on_batch=mark)
-        keep_within_cap(ledger)
+        _predict_all(lm, s, ledger, progress)
     else:
         jobs = (ledger.job(*x) for x in plan.spans)  # drawn lazily: a long input is not copied chunk by chunk
-        cram(lm, jobs, s, progress, on_result=ledger.judge, resume=resume, rebuild=lambda t: ledger.job(*t),
+        cram(lm, jobs, s, progress, on_result=ledger.judge, resume=state, rebuild=lambda t: ledger.job(*t),
              total=len(plan.spans), snapshot=journal.add_state if journal is not None else None,
              snapshot_every=checkpoint_every, trace=trace)
     body = assemble(plan, ledger)
     archive = Archive(header=build_header(lm, s, plan, ledger, body, size, budget), literals=body.literals,
-                      fixes=body.fixes,
-                      stored=torch.stack(body.coords if s.rank else body.rows) if body.rows else None)
+                      fixes=body.fixes, stored=torch.stack(body.coords if s.rank else body.rows) if body.rows else None)
     if body.rows:
         archive.vectors = torch.stack(body.rows)  # as the search verified them: checked against the reread
     data, back = checked_bytes(archive, lm, body.decoded)
     return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data)
+
+
+def _predict_all(lm: LoadedModel, s: CramSettings, ledger: Ledger, progress: Progress | None) -> None:
+    """Predict every chunk the ledger does not hold yet; each batch is final once journaled
+    (a journal keeps the results up to its last snapshot, and these need no optimiser state)."""
+    plan, journal = ledger.plan, ledger.journal
+    todo = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if (d, a) not in ledger.kept]
+    mark = (lambda: journal.add_state({"step": 0})) if journal is not None else None
+    predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans), on_batch=mark)
+    keep_within_cap(ledger)
 
 
 def keep_within_cap(ledger: Ledger) -> None:
