@@ -7,6 +7,8 @@ import random
 import pytest
 import torch
 from conftest import TRAIN_TEXT, resealed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vecarc
 from vecarc.decode import greedy_decode
@@ -188,3 +190,13 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
     assert done[-1]["done"] == ref.archive.header.plan["chunks_planned"] - 64  # journaled chunks are not redone
     assert out.read_bytes() == (tmp_path / "ref.vec").read_bytes()
     assert not journal_path(out).exists()
+
+
+@settings(max_examples=300, deadline=2000, derandomize=True)
+@given(data=st.binary(max_size=200), count=st.integers(0, 50), length=st.integers(1, 1 << 20))
+def test_random_sections_parse_or_raise_value_error(data, count, length):
+    try:
+        got = corrections.parse(data, [count], [length], VOCAB)
+    except ValueError:
+        return
+    assert len(got[0]) == count and all(0 <= p < length and 0 <= v < VOCAB for p, _, v in got[0])
