@@ -56,6 +56,24 @@ def test_each_family_round_trips_strictly(tmp_path, family):
     assert written[0].read_bytes() == TEXT
 
 
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "qwen2", "gemma", "phi3"])
+def test_each_family_decodes_predicted_chunks_with_their_corrections(tmp_path, family):
+    # Untrained, these models would keep the text as a literal (its corrections cost more): drive the
+    # predicted path directly, through each family's own KV cache.
+    from vecarc.decode import greedy_decode
+    from vecarc.format.corrections import full_bits
+    from vecarc.predict import checked_fixes, teacher_fixes
+    from vecarc.text import tokenize_exact
+
+    lm = vecarc.load_model(str(_build(tmp_path / family, family)), device="cpu")
+    ids = list(tokenize_exact(lm, TEXT))
+    fixes = checked_fixes(lm, [ids], teacher_fixes(lm, [ids], 0.5), 0.5)[0]
+    assert fixes is not None and any(b < full_bits(lm.vocab_size) for _, b, _ in fixes)  # some named by a few bits
+    for rows in (1, 3):  # alone, and beside copies of itself
+        got, mins = greedy_decode(lm, torch.zeros(rows, 0, lm.hidden_size), [len(ids)] * rows, fixes=[fixes] * rows)
+        assert got == [ids] * rows and min(mins) >= 0.5
+
+
 def test_a_model_whose_two_input_paths_differ_is_refused():
     from vecarc.errors import VecarcError
     from vecarc.models import _check_one_input_path
