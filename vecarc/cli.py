@@ -360,12 +360,11 @@ def info(archive, as_json, verbose):
               + (f" · tokens/vector min {tpv['min']} median {tpv['median']} max {tpv['max']}" if tpv else "")
               + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else "")])
     show_table(out, None, t)
-    n = len(s["documents"])
     show_table(out, ["document", "bytes", "stored as", "chunks", "tokens", "sha256"], [
         [doc["name"], f"{doc['size']:,}",
          "literal zstd" if doc["encoding"] == "bytes" else _stored_as(doc),
          str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16]] for doc in s["documents"]],
-        title=f"{n} document{'s' if n != 1 else ''}")
+        title=_count(len(s["documents"]), "document"))
 
 
 def _count(n: int, noun: str) -> str:

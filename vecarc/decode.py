@@ -57,6 +57,7 @@ def greedy_margins(
     for r, row in enumerate(fixes or ()):
         for pos, b, v in row:
             bits[r, pos], value[r, pos] = b, v
+    corrected = bits.any(0).tolist()  # per step, on the host: no device sync inside the loop
     bits, value = bits.to(dev), value.to(dev)
     ids = None
     sink = emb(torch.tensor([lm.sink_id], device=dev))[0]  # as the model embeds that token (some scale it)
@@ -68,7 +69,7 @@ def greedy_margins(
     margins: list[torch.Tensor] = []
     logits = out.logits[:, -1].float()
     for i in range(maxn):
-        if bool(bits[:, i].any()):  # a correction: the best token of its class (format.corrections)
+        if corrected[i]:  # a correction: the best token of its class (format.corrections)
             if ids is None:
                 ids = torch.arange(logits.shape[-1], device=dev)
             low = (1 << bits[:, i, None]) - 1

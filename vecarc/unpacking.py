@@ -175,7 +175,7 @@ def verify(
                               f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
         parts = [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, fixes=fixes)
                  for idx, vecs, fixes in greedy_jobs(a)]
-        r.stress = combine(parts) if len(parts) > 1 else parts[0]
+        r.stress = combine(parts)
         for rep in r.stress:
             if rep.binding and rep.flips:
                 r.problems.append(f"under {rep.name}, {rep.flips} of {rep.chunks} chunks decode to other tokens")

@@ -459,7 +459,7 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, fixes: Correc
          f"{tokens} tokens declared in a body of {body_len} bytes")
     greedy = sum(c.tokens for c in out if c.is_greedy)  # each one a greedy decoding step
     stored = v.section[1] + (fixes.section[1] if fixes else 0)
-    need(greedy <= GREEDY_TOKEN_ALLOWANCE + GREEDY_TOKENS_PER_BYTE * stored,
+    need(greedy <= greedy_cap(stored),
          f"{greedy} tokens to decode declared for {stored} bytes of vectors and corrections")
     for d, n in zip(docs, bytes_chunks):
         if d.encoding == "bytes":
