@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .models import LoadedModel, length_batches
-from .search import chunk_forward
+from .models import LoadedModel
+from .search import teacher_forced
 
 LN2 = math.log(2)
 
@@ -27,15 +27,8 @@ def token_nll(
     batch_size: int = 8,
 ) -> list[list[float]]:
     """Per-token nats of each chunk given [sink, its vectors (if any), preceding tokens]."""
-    emb = lm.model.get_input_embeddings()
     out: list[list[float]] = [[] for _ in chunks]
-    for group in length_batches([len(c) for c in chunks], batch_size):
-        toks = [torch.tensor(list(chunks[i]), dtype=torch.long, device=lm.device) for i in group]
-        if vectors is None:
-            prefix = torch.zeros(len(group), 0, lm.hidden_size, device=lm.device)
-        else:
-            prefix = torch.stack([vectors[i] for i in group]).to(lm.device, torch.float32)
-        _, targets, ce = chunk_forward(lm, prefix, [emb(t[:-1]).float() for t in toks], toks)
+    for group, _, _, ce in teacher_forced(lm, chunks, vectors, batch_size):
         for r, i in enumerate(group):
             out[i] = ce[r, : len(chunks[i])].tolist()
     return out

@@ -24,7 +24,7 @@ import torch
 from .decode import DECODE_CELLS, greedy_margins
 from .format.corrections import Fix, full_bits, token_fix
 from .models import LoadedModel, length_batches
-from .search import chunk_forward, logit_margins
+from .search import logit_margins, teacher_forced
 
 # Chunk size: more context, fewer corrections (512 against 256: -3 %; 1,024: -2 % more, but half the
 # rows to decode side by side, so about twice the unpack time).
@@ -50,16 +50,12 @@ def class_bits(logits: torch.Tensor, targets: torch.Tensor, margin: float, top: 
 def teacher_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], margin: float) -> list[list[Fix]]:
     """Corrections from one teacher-forced pass: every position whose token is not the model's
     choice by at least `margin`, each with the fewest bits that single the token out."""
-    emb = lm.model.get_input_embeddings()
     top = full_bits(lm.vocab_size)
     out: list[list[Fix]] = [[] for _ in chunks]
-    for group in length_batches([len(c) for c in chunks], 4):
-        toks = [torch.tensor(list(chunks[i]), dtype=torch.long, device=lm.device) for i in group]
-        prefix = torch.zeros(len(group), 0, lm.hidden_size, device=lm.device)
-        logits, targets, _ = chunk_forward(lm, prefix, [emb(t[:-1]).float() for t in toks], toks)
+    for group, logits, targets, _ in teacher_forced(lm, chunks, batch_size=4):
         margins = logit_margins(logits, targets)
         for r, i in enumerate(group):
-            n = len(toks[r])
+            n = len(chunks[i])
             where = (margins[r, :n] < margin).nonzero()[:, 0]
             bits = torch.cat([class_bits(logits[r, p], targets[r, p], margin, top) for p in where.split(256)]) \
                 if len(where) else where

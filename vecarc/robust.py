@@ -20,8 +20,8 @@ import torch
 
 from .decode import decode_many
 from .format.corrections import Fix
-from .models import LoadedModel, length_batches
-from .search import chunk_forward, logit_margins
+from .models import LoadedModel
+from .search import logit_margins, teacher_forced
 
 # Margins at which `stress` counts the chunks whose drift would reach them.
 MARGIN_GRID = (0.01, 0.03, 0.1, 0.3, 0.5, 1.0)
@@ -95,13 +95,8 @@ def token_margins(
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
     """Per-token margin (stored token's logit minus the best other), teacher-forced."""
-    emb = lm.model.get_input_embeddings()
     out: list[torch.Tensor] = [torch.zeros(0) for _ in tokens]
-    for group in length_batches([len(t) for t in tokens], batch_size):
-        toks = [torch.tensor(tokens[i], dtype=torch.long, device=lm.device) for i in group]
-        vecs = torch.stack([vectors[i].to(lm.device, torch.float32) for i in group])
-        text = [emb(t[:-1]).float() for t in toks]
-        logits, targets, _ = chunk_forward(lm, vecs, text, toks, model)
+    for group, logits, targets, _ in teacher_forced(lm, tokens, vectors, batch_size, model):
         margin = logit_margins(logits, targets).cpu()
         for r, i in enumerate(group):
             out[i] = margin[r, : len(tokens[i])]

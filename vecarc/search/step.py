@@ -6,7 +6,7 @@ mem_k .. t_{n-1} must predict t_1..t_n. Only the k vectors are trained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..format import basis
 from ..format.quant import quantize
-from ..models import LoadedModel
+from ..models import LoadedModel, length_batches
 from .settings import CramSettings
 
 
@@ -53,6 +53,24 @@ def chunk_forward(
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-100, reduction="none")
     return logits, targets, ce.view(B, maxn)
+
+
+def teacher_forced(
+    lm: LoadedModel, chunks: Sequence[Sequence[int]], vectors: Sequence[torch.Tensor] | None = None,
+    batch_size: int = 8, model: Any = None,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """chunk_forward over many chunks, in batches of like length: (indices, logits, targets, ce) per batch.
+
+    vectors[i] (k, d) go before chunk i; None: none (the sink alone). Callers choose no_grad.
+    """
+    emb = lm.model.get_input_embeddings()
+    for group in length_batches([len(c) for c in chunks], batch_size):
+        toks = [torch.tensor(list(chunks[i]), dtype=torch.long, device=lm.device) for i in group]
+        if vectors is None:
+            prefix = torch.zeros(len(group), 0, lm.hidden_size, device=lm.device)
+        else:
+            prefix = torch.stack([vectors[i] for i in group]).to(lm.device, torch.float32)
+        yield (group, *chunk_forward(lm, prefix, [emb(t[:-1]).float() for t in toks], toks, model))
 
 
 @torch.no_grad()
