@@ -32,7 +32,7 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     assert res["bytes"] == len(TEXT)
     for key in ("model", "machine", "model_limit", "methods", "chunks"):
         assert key in res
-    assert res["model"]["fingerprint"].startswith("sha256:")
+    assert res["model"]["fingerprint"].startswith("fp2:")
     for key in ("device", "torch_threads", "torch", "transformers", "vecarc"):
         assert key in res["machine"]
     by = {m["method"]: m for m in res["methods"]}

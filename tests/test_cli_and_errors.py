@@ -33,7 +33,7 @@ def test_cli_pack_info_verify_unpack(tmp_path, tiny_dir, packed):
     code, out = run("info", packed, "--json")
     assert code == 0
     info = json.loads(out)
-    assert info["model"]["fingerprint"].startswith("sha256:")
+    assert info["model"]["fingerprint"].startswith("fp2:")
     assert info["documents"][0]["name"] == "hello.txt"
     assert info["original_bytes"] == len(TEXT)
     assert info["archive_bytes"] == packed.stat().st_size
@@ -144,7 +144,7 @@ def test_header_size_checked_before_allocation():
 def test_other_model_is_refused_naming_both(tmp_path, packed, other_tiny_dir, tiny_dir):
     code, out = run("verify", packed, "--model", other_tiny_dir)
     assert code == 2
-    assert "model mismatch" in out and "sha256:" in out
+    assert "model mismatch" in out and "fp2:" in out
     assert f"pass --model with the model folder it was packed from ({tiny_dir.resolve()})" in out
     code, out = run("unpack", packed, "-o", tmp_path / "o", "--model", other_tiny_dir)
     assert code == 2 and not (tmp_path / "o" / "hello.txt").exists()
@@ -251,8 +251,9 @@ def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
         assert hashlib.sha256(raw).hexdigest() == digest
         assert f"| {version} | `vecarc/format/{name}` | {len(raw):,} | `{digest}` |" in doc
         assert "\n" + raw.decode() + "\n" in doc  # the appendix holds the exact bytes
-    damaged = tmp_path / "header-dict-v3.json"
-    damaged.write_bytes((archive.DICT_DIR / "header-dict-v3.json").read_bytes().replace(b"vecarc", b"vecarC", 1))
+    name = archive.HEADER_DICTS[archive.VERSION][0]
+    damaged = tmp_path / name
+    damaged.write_bytes((archive.DICT_DIR / name).read_bytes().replace(b"vecarc", b"vecarC", 1))
     monkeypatch.setattr(archive, "DICT_DIR", tmp_path)
     monkeypatch.setattr(archive, "_dict_cache", {})
     with pytest.raises(VecarcError, match="is damaged"):

@@ -10,9 +10,11 @@ import torch
 from conftest import FAST
 
 import vecarc
-from vecarc.tiny import build_tiny_model
+from vecarc.format import read_archive
+from vecarc.tiny import build_tiny_model, train
 
 TEXT = b"Tiny models of every family pack this sentence, and give it back byte for byte."
+TRAIN_STEPS = 40  # about a second each: enough that the models' predictions are no longer uniform
 
 
 def _config(family: str, vocab: int):
@@ -30,13 +32,14 @@ def _config(family: str, vocab: int):
 
 
 def _build(folder: Path, family: str) -> Path:
-    """The tiny Llama's tokenizer with a randomly initialised model of another family."""
+    """The tiny Llama's tokenizer with a model of another family, trained for a moment."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     build_tiny_model(folder)
     tok = PreTrainedTokenizerFast.from_pretrained(folder)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config(family, len(tok)))
+    train(model, tok, TRAIN_STEPS)
     for f in folder.iterdir():
         if f.name.startswith(("model", "config", "generation")):
             f.unlink()
@@ -72,6 +75,28 @@ def test_each_family_decodes_predicted_chunks_with_their_corrections(tmp_path, f
     for rows in (1, 3):  # alone, and beside copies of itself
         got, mins = greedy_decode(lm, torch.zeros(rows, 0, lm.hidden_size), [len(ids)] * rows, fixes=[fixes] * rows)
         assert got == [ids] * rows and min(mins) >= 0.5
+
+
+# Per tokenizer shape, the sink the rule picks.
+SHAPES = {"sentencepiece": "<s>", "unigram": "</s>", "wordpiece": "[CLS]"}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_each_tokenizer_shape_round_trips_strictly(tmp_path, shape):
+    from vecarc.text import tokenize_exact
+
+    lm = vecarc.load_model(str(build_tiny_model(tmp_path / shape, tokenizer=shape, train_steps=TRAIN_STEPS)), "cpu")
+    assert lm.tokenizer.convert_ids_to_tokens(lm.sink_id) == SHAPES[shape]
+    src = tmp_path / "s.txt"
+    src.write_bytes(TEXT)
+    vecarc.pack([src], tmp_path / "s.vec", model=lm, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    a = read_archive(tmp_path / "s.vec")
+    assert a.header.model.sink_token_id == lm.sink_id and {c.kind for c in a.chunks} == {"vector"}
+    r = vecarc.verify(tmp_path / "s.vec", model=lm, strict=True)
+    assert r.ok, r.problems
+    assert vecarc.unpack(tmp_path / "s.vec", tmp_path / "out", model=lm)[0].read_bytes() == TEXT
+    if shape == "wordpiece":  # it does not give two spaces back: such a text is kept as a literal
+        assert tokenize_exact(lm, b"two  spaces") is None
 
 
 def test_a_model_whose_two_input_paths_differ_is_refused():

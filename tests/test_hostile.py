@@ -133,7 +133,7 @@ def _on_grid(n: int):
 
 
 def _model(hidden: int) -> ModelRecord:
-    return ModelRecord("m", "path:/m", "sha256:" + "0" * 64, "float32", hidden, 1000, 0)
+    return ModelRecord("m", "path:/m", "fp2:" + "0" * 64, "float32", hidden, 1000, 0)
 
 
 def test_low_rank_vectors_that_would_expand_far_beyond_the_file_are_refused(tmp_path):

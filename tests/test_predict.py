@@ -95,7 +95,7 @@ def test_predicted_round_trip_on_the_tiny_model(trained_tiny, predicted):
     d, out, r = predicted
     a = vecarc.read_archive(out)
     kinds = [c.kind for c in a.chunks]
-    assert "predicted" in kinds and a.header.version == 3
+    assert "predicted" in kinds and a.header.version == 4
     fixes = [f for v in a.fixes.values() for f in v]
     assert fixes and min(b for _, b, _ in fixes) < corrections.full_bits(trained_tiny.vocab_size)
     v = vecarc.verify(out, model=trained_tiny, strict=True)
@@ -148,9 +148,26 @@ def test_a_format_2_header_cannot_hold_predicted_chunks(predicted):
     good = out.read_bytes()
     h = parse_archive(good).header.to_json()
     del h["corrections"]
+    h["model"]["fingerprint"] = "sha256:" + "0" * 64  # format 2's scheme
     v2 = PREFIX.pack(MAGIC, 2, *PREFIX.unpack(good[: PREFIX.size])[2:]) + good[PREFIX.size :]
     with pytest.raises(VecarcError, match="format 2 has no predicted chunks"):
         parse_archive(reseal(v2, h))
+
+
+@pytest.mark.parametrize("version, fingerprint", [(4, "sha256:" + "0" * 64), (3, "fp2:" + "0" * 64),
+                                                  (4, "fp2:" + "0" * 63), (4, "fp2:" + "A" * 64)])
+def test_the_fingerprint_must_be_of_the_versions_scheme(predicted, version, fingerprint):
+    from conftest import reseal
+
+    from vecarc.format import MAGIC, PREFIX
+
+    _, out, _ = predicted
+    good = out.read_bytes()
+    h = parse_archive(good).header.to_json()
+    h["model"]["fingerprint"] = fingerprint
+    other = PREFIX.pack(MAGIC, version, *PREFIX.unpack(good[: PREFIX.size])[2:]) + good[PREFIX.size :]
+    with pytest.raises(VecarcError, match=f"model.fingerprint is not a format-{version} fingerprint"):
+        parse_archive(reseal(other, h))
 
 
 def test_a_text_known_by_heart_stays_within_the_decoding_cap(trained_tiny, tmp_path, monkeypatch):

