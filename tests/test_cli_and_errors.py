@@ -288,3 +288,15 @@ def test_model_files_and_output_folders_that_do_not_work_are_one_line_errors(tmp
     assert code == 2 and "folder" in out and "does not exist" in out
     code, out = run("pack", packed.with_name("hello.txt"), *CLI_FAST, "--margin", "nan")
     assert code == 2 and "finite number above 0" in out
+
+
+def test_piped_tables_keep_every_name_whole(tmp_path, tiny_dir):
+    # Under the test runner stdout is not a terminal, as with `vecarc models | grep ...`.
+    code, out = run("models")
+    assert code == 0 and "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)" in out and "…" not in out
+    long = tmp_path / ("a-document-name-far-wider-than-any-terminal-column-" * 3 + ".txt")
+    long.write_bytes(TEXT)
+    code, out = run("pack", long, "-o", tmp_path / "l.vec", "--model", tiny_dir, *CLI_FAST, "-q")
+    assert code == 0, out
+    code, out = run("info", tmp_path / "l.vec")
+    assert code == 0 and long.name in out and "tiny0" in out and "…" not in out
