@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .engine import RayEngine
 from .entropy import token_nll
 from .errors import VecarcError
 from .fingerprint import LEGACY, SCHEME
@@ -134,16 +135,29 @@ def calibrate(
     tol: float = 0.2,
     percentile: float = DEFAULT_PERCENTILE,
     progress: Progress | None = None,
+    engine: RayEngine | None = None,
 ) -> dict:
     """Measure capacity on sample texts; returns the profile entry (not yet saved).
 
     All samples search at once in one continuous batch: each finished try is
     verified by greedy decoding and immediately replaced by the sample's next length.
+    An engine (Ray) searches the samples on its workers instead, one sample a shard.
     """
     s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())
     t0 = time.perf_counter()
     limit = lm.chunk_limit(s.vectors)
     windows = sample_windows(lm, texts or builtin_texts(), samples, min(sample_tokens, limit))
+    if engine is None:
+        found, searches = search_samples(lm, s, windows, first_tokens, tol, progress)
+    else:
+        found, searches = engine.calibrate(lm, s, windows, first_tokens, tol, progress)
+    _measure_gains(lm, found, searches)
+    return _entry(s, found, percentile, time.perf_counter() - t0)
+
+
+def search_samples(lm: LoadedModel, s: CramSettings, windows: Sequence[tuple[str, list[int]]], first_tokens: int,
+                   tol: float, progress: Progress | None = None) -> tuple[list[Sample], list[_Search]]:
+    """Each window's longest exactly-decoded prefix, all windows in one continuous batch."""
     found = [Sample(source=src) for src, _ in windows]
     searches = [_Search(w, first_tokens, tol) for _, w in windows]
 
@@ -161,8 +175,7 @@ def calibrate(
         return [job(i, nxt)] if nxt else []
 
     cram(lm, [job(i, sr.next) for i, sr in enumerate(searches)], s, progress, on_result)
-    _measure_gains(lm, found, searches)
-    return _entry(s, found, percentile, time.perf_counter() - t0)
+    return found, searches
 
 
 def _measure_gains(lm: LoadedModel, found: Sequence[Sample], searches: Sequence[_Search]) -> None:

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from . import api, capacity
 from .capacity import DEFAULT_FILL
+from .engine import engine_for
 from .errors import VecarcError
 from .format import read_archive
 from .journal import journal_path
@@ -50,6 +51,16 @@ device_opt = click.option("--device", default="auto", type=click.Choice(["auto",
 quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
 verbose_opt = click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
 seed_opt = click.option("--seed", default=0, show_default=True, type=int)
+
+
+def engine_options(fn):
+    """Where the chunks are computed: this process, or a Ray cluster (pip install 'vecarc[ray]')."""
+    fn = click.option("--workers", default=0, type=click.IntRange(0), metavar="N",
+                      help="Ray workers (default: one per GPU, or one per CPU core less one).")(fn)
+    fn = click.option("--address", default=None, metavar="ADDR",
+                      help="Ray cluster to join ('auto': this node's); default: start a local one.")(fn)
+    return click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+                        help="local: this process; ray: a pool of Ray workers.")(fn)
 
 
 def _finite_positive(ctx, param, value: float) -> float:
@@ -132,8 +143,9 @@ def progress_bar(quiet: bool):
                 bar.update(tasks["cram"], completed=e["done"], total=e["total"],
                            info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · "
                                 f"loss {e['loss']:.3f}")
-            elif kind == "predict" and "cram" in tasks:
-                bar.update(tasks["cram"], completed=e["done"], total=e["total"], info="predicted and checked")
+            elif kind in ("predict", "shard") and "cram" in tasks:
+                bar.update(tasks["cram"], completed=e["done"], total=e["total"],
+                           info="predicted and checked" if kind == "predict" else "crammed and checked")
             elif kind == "calibrate":
                 if "cal" not in tasks:
                     tasks["cal"] = bar.add_task("calibrating", total=None, info="")
@@ -216,13 +228,14 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue the interrupted pack whose work is in OUTPUT.journal.")
 @click.option("--checkpoint-every", default=60.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
               help="How often the optimiser's state goes to the journal (work lost on a kill is at most this).")
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the archive summary as JSON.")
 @quiet_opt
 @verbose_opt
 @handled
 def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens,
-         fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, as_json, quiet,
-         verbose):
+         fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, engine, address,
+         workers, as_json, quiet, verbose):
     """Pack text files into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
@@ -232,12 +245,13 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
                             max_steps=max_steps, batch_size=batch_size, seed=seed, search_dtype=search_dtype,
                             compile=compile_)
     target = api.output_for(inputs, output)
+    where = engine_for(engine, address, workers)
     try:
         with progress_bar(quiet) as on:
             r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
                          chunk_tokens=chunk_tokens, min_chunk_tokens=min_chunk_tokens, force=force, progress=on,
                          fill=fill, warn=_warner(quiet),
-                         resume=resume, checkpoint_every=checkpoint_every)
+                         resume=resume, checkpoint_every=checkpoint_every, engine=where)
     except KeyboardInterrupt:
         j = journal_path(target)
         kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""
@@ -468,8 +482,9 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
 
 
 def _try_line(e: dict) -> str:
+    margin = "     -" if e["margin"] is None else f"{e['margin']:>6.2f}"  # a Ray worker's try: not sent back
     return (f"  sample {e['sample']:>2}  {e['tokens']:>4} tokens  {e['steps']:>4} steps  "
-            f"margin {e['margin']:>6.2f}  {'pass' if e['ok'] else 'fail'}")
+            f"margin {margin}  {'pass' if e['ok'] else 'fail'}")
 
 
 @main.command()
@@ -483,12 +498,13 @@ def _try_line(e: dict) -> str:
               type=click.FloatRange(0, 100), help="Budget = this percentile of the samples' information gain.")
 @click.option("--first-tokens", default=32, show_default=True, type=click.IntRange(2),
               help="First length tried; the search doubles, then bisects.")
+@engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the profile entry as JSON.")
 @quiet_opt
 @verbose_opt
 @handled
 def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts, percentile, first_tokens, max_steps,
-              batch_size, search_dtype, seed, as_json, quiet, verbose):
+              batch_size, search_dtype, seed, engine, address, workers, as_json, quiet, verbose):
     """Measure how much information one set of memory vectors holds; store it as a profile."""
     from .models import load_model
 
@@ -514,7 +530,7 @@ def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts
             err.print(_try_line(e), markup=False, highlight=False)
 
     entry = capacity.calibrate(lm, settings, texts=loaded or None, samples=samples, first_tokens=first_tokens,
-                               percentile=percentile, progress=on)
+                               percentile=percentile, progress=on, engine=engine_for(engine, address, workers))
     path = capacity.save_entry(lm, entry)
     if as_json:
         click.echo(json.dumps({"profile": str(path), "model": lm.name, "fingerprint": lm.fingerprint, **entry},

@@ -18,6 +18,7 @@ import zstandard
 
 from . import __version__
 from .capacity import DEFAULT_FILL, budget_for, calibrate, load_entry, profile_key, save_entry
+from .engine import RayEngine
 from .entropy import token_nll
 from .errors import VecarcError, VerificationError
 from .format import (
@@ -155,6 +156,28 @@ def plan_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, size: int
 # ---------------------------------------------------------------- the ledger
 
 
+def vector_fate(j: Job, r: CramResult, min_chunk_tokens: int) -> tuple[str, dict | None]:
+    """Keep a chunk the search verified (its greedy decode gave its tokens back, with the
+    margin) as a vector; split one that failed while its halves are long enough, else keep
+    its tokens. (outcome, the journal's info)."""
+    if r.ok:
+        # Informational, and rounded: each digit costs header bytes in every archive.
+        info = {"margin": round(r.decode_margin, 2), "steps": r.steps}
+        if r.search_steps != r.steps:
+            info["search_steps"] = r.search_steps
+        return "vector", info
+    _, a, b = j.tag
+    return ("split" if b - a >= 2 * min_chunk_tokens else "tokens"), None
+
+
+def predicted_fate(tokens: Sequence[int], fixes: list[Fix] | None) -> tuple[str, dict | None]:
+    """Keep a predicted chunk unless it did not settle, or its corrections would cost more
+    than its tokens as a literal block (text the model does not know: code, tables, noise)."""
+    if fixes is not None and len(fixcodec.encode([fixes])) < len(encode_tokens(list(tokens))):
+        return "predicted", {"corrections": fixes}
+    return "tokens", None
+
+
 @dataclass
 class Settled:
     """A chunk kept as a vector or as literal tokens. record is its header entry."""
@@ -201,31 +224,31 @@ class Ledger:
             self.journal.add_result({"tag": [d, a, b], "outcome": outcome, "info": info}, ten)
 
     def judge(self, j: Job, r: CramResult) -> list[Job]:
-        """Keep a chunk the search verified (its greedy decode gave its tokens back, with the
-        margin); split it or give up on it otherwise. Returns the follow-up jobs."""
+        """Settle a crammed chunk by vector_fate; returns the follow-up jobs (its halves, when split)."""
+        outcome, info = vector_fate(j, r, self.min_chunk_tokens)
+        self.settle(j.tag, outcome, r.vectors if outcome == "vector" else None, info,
+                    z=r.coords if outcome == "vector" else None)
         d, a, b = j.tag
-        if r.ok:
-            # Informational, and rounded: each digit costs header bytes in every archive.
-            info = {"margin": round(r.decode_margin, 2), "steps": r.steps}
-            if r.search_steps != r.steps:
-                info["search_steps"] = r.search_steps
-            self.settle(j.tag, "vector", r.vectors, info, z=r.coords)
-            return []
-        if b - a >= 2 * self.min_chunk_tokens:
-            self.settle(j.tag, "split")
-            return [self.job(d, x, y) for x, y in split_span(a, b)]
-        self.settle(j.tag, "tokens")
-        return []
+        return [self.job(d, x, y) for x, y in split_span(a, b)] if outcome == "split" else []
 
     def judge_predicted(self, tag: tuple[int, int, int], fixes: list[Fix] | None) -> None:
-        """Keep a predicted chunk unless it did not settle, or its corrections would cost more
-        than its tokens as a literal block (text the model does not know: code, tables, noise)."""
         d, a, b = tag
-        toks = self.plan.tokens[d][a:b]
-        if fixes is not None and len(fixcodec.encode([fixes])) < len(encode_tokens(list(toks))):
-            self.settle(tag, "predicted", info={"corrections": fixes})
-        else:
-            self.settle(tag, "tokens")
+        outcome, info = predicted_fate(self.plan.tokens[d][a:b], fixes)
+        self.settle(tag, outcome, info=info)
+
+    def take(self, records: Sequence[tuple[dict, dict]]) -> None:
+        """Settle records computed elsewhere (a worker's, in the journal's form) and journal them."""
+        for meta, ten in records:
+            self.settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], ten.get("z"))
+
+    def covers(self, d: int, a: int, b: int) -> bool:
+        """Whether settled chunks (the span's own, or its halves') cover tokens a..b of document d."""
+        while a < b:
+            s = self.kept.get((d, a))
+            if s is None:
+                return False
+            a += s.record.tokens
+        return True
 
     def replay(self, results: Sequence[tuple[dict, dict]]) -> None:
         for meta, ten in results:
@@ -338,13 +361,15 @@ def pack_documents(
     journal: Journal | None = None,
     checkpoint_every: float = 60.0,
     trace: Trace | None = None,
+    engine: RayEngine | None = None,
 ) -> PackResult:
     """Build a verified archive in memory (output None: nothing is written).
 
     Chunks are cut by `budget` (the capacity plan) unless `chunk_tokens` is given
     or there is no budget, in which case they are equal spans of chunk_tokens.
     With a journal, finished chunks and snapshots of the optimiser are recorded
-    as they happen, and a journal left by an interrupted run is continued.
+    as they happen, and a journal left by an interrupted run is continued. An
+    engine (Ray) computes the chunks elsewhere; they are checked the same way.
     """
     t0 = time.perf_counter()
     s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before planning
@@ -368,12 +393,17 @@ def pack_documents(
         if (state := journal.state) is not None:
             emit(progress, event="resume", done=len(ledger.kept), step=state["step"])
     emit(progress, event="plan", chunks=len(plan.spans))
-    if predicted:
+    if engine is not None:
+        _on_engine(engine, lm, s, ledger, progress)
+    elif predicted:
         _predict_all(lm, s, ledger, progress)
     else:
-        jobs = (ledger.job(*x) for x in plan.spans)  # drawn lazily: a long input is not copied chunk by chunk
+        spans = plan.spans
+        if state is not None and "slots" not in state:  # marks of shards (another engine), not a snapshot
+            state, spans = None, [x for x in spans if not ledger.covers(*x)]
+        jobs = (ledger.job(*x) for x in spans)  # drawn lazily: a long input is not copied chunk by chunk
         cram(lm, jobs, s, progress, on_result=ledger.judge, resume=state, rebuild=lambda t: ledger.job(*t),
-             total=len(plan.spans), snapshot=journal.add_state if journal is not None else None,
+             total=len(spans), snapshot=journal.add_state if journal is not None else None,
              snapshot_every=checkpoint_every, trace=trace)
     body = assemble(plan, ledger)
     archive = Archive(header=build_header(lm, s, plan, ledger, body, size, budget), literals=body.literals,
@@ -392,6 +422,23 @@ def _predict_all(lm: LoadedModel, s: CramSettings, ledger: Ledger, progress: Pro
     mark = (lambda: journal.add_state({"step": 0})) if journal is not None else None
     predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans), on_batch=mark)
     keep_within_cap(ledger)
+
+
+def _on_engine(engine: RayEngine, lm: LoadedModel, s: CramSettings, ledger: Ledger,
+               progress: Progress | None) -> None:
+    """Hand the chunks the ledger does not cover to the engine; each shard that comes back is
+    journaled and then marked final (a resume keeps the records up to the last mark)."""
+    plan, journal = ledger.plan, ledger.journal
+    items = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if not ledger.covers(d, a, b)]
+
+    def on_shard(records) -> None:
+        ledger.take(records)
+        if journal is not None:
+            journal.add_state({"step": 0, "shard": True})
+
+    engine.run(lm, s, items, ledger.min_chunk_tokens, on_shard, progress)
+    if s.mode == "predict":
+        keep_within_cap(ledger)
 
 
 def keep_within_cap(ledger: Ledger) -> None:
@@ -452,6 +499,7 @@ def pack(
     resume: bool = False,
     checkpoint_every: float = 60.0,
     trace: Trace | None = None,
+    engine: RayEngine | None = None,
 ) -> PackResult:
     """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
 
@@ -474,10 +522,10 @@ def pack(
         lm = resolve_model(model, device)
         s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before calibrating
         plain = chunk_tokens is not None or s.mode == "predict"
-        budget = None if plain else capacity_budget(lm, s, fill, progress, warn)
+        budget = None if plain else capacity_budget(lm, s, fill, progress, warn, engine)
         try:
             r = pack_documents(docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal,
-                               checkpoint_every, trace)
+                               checkpoint_every, trace, engine)
         except VerificationError as e:
             if not journal.results:
                 raise
@@ -507,6 +555,7 @@ def capacity_budget(
     fill: float = DEFAULT_FILL,
     progress: Progress | None = None,
     warn: Callable[[str], None] | None = None,
+    engine: RayEngine | None = None,
 ) -> Budget | None:
     """The planning budget from this model's profile; calibrates (and stores) when there is none.
 
@@ -519,7 +568,7 @@ def capacity_budget(
         if warn:
             warn(f"no capacity profile for {lm.name} ({rep}); calibrating first (vecarc calibrate)")
         try:
-            entry = calibrate(lm, s, progress=progress)
+            entry = calibrate(lm, s, progress=progress, engine=engine)
         except VecarcError as e:
             raise VecarcError(f"{e}, so {lm.name} cannot be planned at these settings: pack with --chunk-tokens N "
                               f"(chunks that fail are kept losslessly), or calibrate on your own text first "

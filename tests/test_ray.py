@@ -1,0 +1,148 @@
+"""Packing on a Ray cluster (a local one of 2 CPUs) with the tiny model: the archive unpacks
+byte-identically and verifies strictly; a worker that dies is replaced and its shard retried;
+a driver killed mid-pack resumes from its journal without redoing a journaled shard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import FAST
+
+import vecarc
+from vecarc.errors import VecarcError
+from vecarc.tiny import TRAIN_TEXT
+
+ray = pytest.importorskip("ray")
+
+DOCS = {"fox.txt": TRAIN_TEXT[:1500].encode(), "notes/step.txt": TRAIN_TEXT[700:1900].encode(), "raw.bin": b"\xff" * 50}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("raycache")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"VECARC_CACHE": str(cache)}})
+    yield
+    ray.shutdown()
+
+
+def _inputs(d, docs=DOCS):
+    """The documents as files under d, named relative to d (the tests run there)."""
+    (d / "notes").mkdir(exist_ok=True)
+    for name, data in docs.items():
+        (d / name).write_bytes(data)
+    return list(docs)
+
+
+def _round_trip(archive, lm, tmp_path, docs=DOCS):
+    r = vecarc.verify(archive, model=lm, strict=True)
+    assert r.ok, r.problems
+    written = vecarc.unpack(archive, tmp_path / "out", model=lm)
+    assert {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in written} == docs
+
+
+def test_a_ray_pack_unpacks_byte_identically_and_matches_the_local_plan(cluster, trained_tiny, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    inputs = _inputs(tmp_path)
+    events = []
+    s = vecarc.CramSettings(margin=0.5)
+    r = vecarc.pack(inputs, "ray.vec", model=trained_tiny, settings=s, chunk_tokens=64, progress=events.append,
+                    engine=vecarc.RayEngine(workers=2, shard_chunks=2))
+    local = vecarc.pack(inputs, "local.vec", model=trained_tiny, settings=s, chunk_tokens=64)
+    assert [(c.doc, c.kind, c.tokens) for c in r.archive.chunks] == [(c.doc, c.kind, c.tokens)
+                                                                      for c in local.archive.chunks]
+    assert "predicted" in {c.kind for c in r.archive.chunks}
+    assert max(e["done"] for e in events if e["event"] == "predict") == r.archive.header.plan["chunks_planned"]
+    _round_trip(tmp_path / "ray.vec", trained_tiny, tmp_path)
+
+
+def test_vector_chunks_on_ray_split_and_verify(cluster, tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    docs = {"a.txt": b"The quick brown fox jumps.", "notes/b.txt": b"To be or not to be, that is the question."}
+    r = vecarc.pack(_inputs(tmp_path, docs), "v.vec", model=tiny, settings=FAST, chunk_tokens=4,
+                    min_chunk_tokens=1, engine=vecarc.RayEngine(workers=2, shard_chunks=2))
+    assert r.archive.header.vectors.count > 0
+    _round_trip(tmp_path / "v.vec", tiny, tmp_path, docs)
+
+
+def test_a_worker_that_dies_is_replaced_and_its_shard_retried(cluster, trained_tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "die-once"
+    marker.touch()
+    notes = []
+    vecarc.pack(_inputs(tmp_path), "f.vec", model=trained_tiny, chunk_tokens=64,
+                progress=lambda e: notes.append(e["message"]) if e["event"] == "note" else None,
+                engine=vecarc.RayEngine(workers=1, shard_chunks=2, fault_marker=str(marker)))
+    assert not marker.exists() and any("a worker died on shard 0" in n for n in notes)
+    _round_trip(tmp_path / "f.vec", trained_tiny, tmp_path)
+
+
+def test_a_shard_that_keeps_failing_fails_the_pack_cleanly(cluster, trained_tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "die-once"
+    marker.touch()
+    with pytest.raises(VecarcError, match="shard 0 lost its worker 1 times .*nothing written"):
+        vecarc.pack(_inputs(tmp_path), "x.vec", model=trained_tiny, chunk_tokens=64,
+                    engine=vecarc.RayEngine(workers=1, retries=0, fault_marker=str(marker)))
+    assert not (tmp_path / "x.vec").exists()
+
+
+def test_a_model_the_workers_cannot_load_is_one_line(cluster, trained_tiny, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    monkeypatch.chdir(tmp_path)
+    lm = replace(trained_tiny, source=f"path:{tmp_path / 'gone'}")
+    with pytest.raises(VecarcError, match="a worker failed on shard 0: VecarcError: cannot load model"):
+        vecarc.pack(_inputs(tmp_path), "x.vec", model=lm, chunk_tokens=64,
+                    engine=vecarc.RayEngine(workers=1))
+
+
+DRIVER = textwrap.dedent("""
+    import os, sys, ray, vecarc
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    shards = 0
+    def on(e):
+        global shards
+        if e["event"] == "predict":
+            shards += 1
+            if shards == 2:  # two shards journaled: the driver dies as a kill -9 would
+                os._exit(9)
+    lm = vecarc.load_model(sys.argv[1], "cpu")
+    vecarc.pack(sys.argv[2:], "k.vec", model=lm, chunk_tokens=16, progress=on,
+                engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+""")
+
+
+def test_a_killed_driver_resumes_without_redoing_journaled_shards(cluster, trained_tiny, trained_dir, tmp_path,
+                                                                  monkeypatch):
+    from vecarc.journal import count_records
+
+    monkeypatch.chdir(tmp_path)
+    inputs = _inputs(tmp_path)
+    p = subprocess.run([sys.executable, "-c", DRIVER, str(trained_dir), *inputs], cwd=tmp_path,
+                       capture_output=True, timeout=300)
+    assert p.returncode == 9, p.stderr.decode()[-2000:]
+    assert count_records(tmp_path / "k.vec.journal") == {"header": 1, "results": 6, "snapshots": 2}
+    events = []
+    r = vecarc.pack(inputs, "k.vec", model=trained_tiny, chunk_tokens=16, resume=True, progress=events.append,
+                    engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+    planned = r.archive.header.plan["chunks_planned"]
+    assert {e["total"] for e in events if e["event"] == "predict"} == {planned - 6}  # only what was not journaled
+    assert not (tmp_path / "k.vec.journal").exists()
+    _round_trip(tmp_path / "k.vec", trained_tiny, tmp_path)
+
+
+def test_the_cli_packs_on_ray_and_refuses_ray_flags_without_it(cluster, trained_dir, tmp_path, monkeypatch):
+    from conftest import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    inputs = _inputs(tmp_path)
+    code, out = run_cli("pack", *inputs, "-o", "c.vec", "--model", trained_dir, "--engine", "ray", "--workers", "1",
+                        "-q")
+    assert code == 0, out
+    code, out = run_cli("pack", *inputs, "-o", "d.vec", "--model", trained_dir, "--workers", "2")
+    assert code == 2 and "--address and --workers need --engine ray" in out

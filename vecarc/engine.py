@@ -1,0 +1,233 @@
+"""Where chunks are computed beyond this process: a fixed pool of Ray actors.
+
+The driver plans (a pure function of the inputs and settings) and hands out shards
+of planned chunks; each worker loads the model once, runs the same search or
+prediction and the same greedy check as a local pack, and sends back the chunks'
+fates as compact records (the journal's form: coordinates and corrections, never
+a batch's tensors). The driver journals each shard as it arrives, so a killed
+driver loses only the shards in flight, and assembles the archive in plan order.
+
+Ray Core actors rather than Ray Data: the plan is already made on the driver, the
+results must reach the journal one shard at a time in any order, and a pool of
+actors with `ray.wait` needs no read tasks that busy actors could starve.
+Nothing here imports Ray until a RayEngine runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import VecarcError
+from .models import LoadedModel, load_model
+from .plan import split_span
+from .search import CramSettings, Job, Progress, chunk_key, cram, emit
+
+Item = tuple[tuple[int, int, int], Sequence[int]]  # ((document, start, end), the span's tokens)
+Record = tuple[dict, dict]  # (meta, tensors), as the journal stores a chunk's fate
+
+
+def work_shard(lm: LoadedModel, s: CramSettings, min_chunk_tokens: int, items: Sequence[Item]) -> list[Record]:
+    """The fates of a shard's chunks, computed as a local pack computes them."""
+    from .packing import predicted_fate, vector_fate
+    from .predict import predict
+
+    out: list[Record] = []
+    if s.mode == "predict":
+        tokens = {tag: toks for tag, toks in items}
+
+        def on_predicted(tag, fixes) -> None:
+            outcome, info = predicted_fate(tokens[tag], fixes)
+            out.append(({"tag": list(tag), "outcome": outcome, "info": info}, {}))
+
+        predict(lm, items, s.margin, on_predicted)
+        return out
+
+    def on_crammed(j: Job, r) -> list[Job]:
+        outcome, info = vector_fate(j, r, min_chunk_tokens)
+        ten = {"v": r.vectors, **({"z": r.coords} if r.coords is not None else {})} if outcome == "vector" else {}
+        out.append(({"tag": list(j.tag), "outcome": outcome, "info": info}, ten))
+        if outcome != "split":
+            return []
+        d, a, b = j.tag
+        return [Job(j.tokens[x - a : y - a], chunk_key(d, x, y), (d, x, y)) for x, y in split_span(a, b)]
+
+    jobs = [Job(toks, chunk_key(*tag), tag) for tag, toks in items]
+    cram(lm, jobs, s, on_result=on_crammed, total=len(jobs))
+    return out
+
+
+class ShardWorker:
+    """One Ray actor: loads the model once, then computes shard after shard."""
+
+    def __init__(self, source: str, fingerprint: str, sink: int, settings: CramSettings, min_chunk_tokens: int,
+                 device: str, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.s, self.min_chunk_tokens, self.error = settings, min_chunk_tokens, None
+        try:  # an actor whose constructor raises dies without its reason: keep it for run() to raise
+            lm = load_model(source, device)
+            if lm.fingerprint != fingerprint:
+                raise VecarcError(f"the worker loaded {source} as {lm.fingerprint[:19]}…, not the driver's "
+                                  f"{fingerprint[:19]}…: every node needs the same model files")
+            self.lm = replace(lm, sink_id=sink)
+        except Exception as e:
+            self.error = e
+
+    def run(self, items: Sequence[Item], fault_marker: str | None = None) -> list[Record]:
+        self._ready(fault_marker)
+        return work_shard(self.lm, self.s, self.min_chunk_tokens, items)
+
+    def calibrate(self, windows: Sequence[tuple[str, list[int]]], first_tokens: int, tol: float,
+                  fault_marker: str | None = None) -> tuple[list, list]:
+        from .capacity import search_samples
+
+        self._ready(fault_marker)
+        return search_samples(self.lm, self.s, windows, first_tokens, tol)
+
+    def _ready(self, fault_marker: str | None) -> None:
+        if self.error is not None:
+            raise self.error
+        if fault_marker is not None and os.path.exists(fault_marker):  # tests: die once, as a lost node would
+            os.unlink(fault_marker)
+            os._exit(1)
+
+
+@dataclass
+class RayEngine:
+    """Pack or calibrate on a Ray cluster: `address` None starts a local one (or uses the one this
+    process has joined), "auto" joins the cluster of this node. workers 0: one per GPU, or on CPUs
+    one per core less one (Ray's own processes need a core). A shard whose worker dies is retried
+    on a fresh worker up to `retries` times; then the pack fails and writes nothing."""
+
+    address: str | None = None
+    workers: int = 0
+    shard_chunks: int = 0  # chunks per shard; 0: a full batch, or an equal share when that is fewer
+    retries: int = 2
+    fault_marker: str | None = None  # tests only: a worker that finds this file removes it and exits
+
+    def run(self, lm: LoadedModel, s: CramSettings, items: Sequence[Item], min_chunk_tokens: int,
+            on_shard: Callable[[list[Record]], None], progress: Progress | None = None) -> None:
+        """Compute every item; on_shard(records) receives each shard's records as it arrives."""
+        if not items:
+            return
+        pool = self._pool(lm, s, min_chunk_tokens)
+        # A greedy step reads every weight whatever the rows, so a shard is a full batch (64
+        # predicted chunks; four batches of vector chunks, to keep the slots busy), and a small
+        # input is one shard per worker.
+        full = 64 if s.mode == "predict" else 4 * s.batch_size
+        size = self.shard_chunks or max(1, min(full, math.ceil(len(items) / pool.size)))
+        shards = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        done = [0]
+
+        def back(k: int, records: list[Record]) -> None:
+            on_shard(records)
+            done[0] += len(shards[k])
+            emit(progress, event="predict" if s.mode == "predict" else "shard", done=done[0], total=len(items))
+
+        pool.drive(shards, lambda w, shard: w.run.remote(shard, self.fault_marker), back, progress)
+
+    def calibrate(self, lm: LoadedModel, s: CramSettings, windows: Sequence[tuple[str, list[int]]],
+                  first_tokens: int, tol: float, progress: Progress | None = None) -> tuple[list, list]:
+        """capacity.search_samples, one sample a shard; the results in the samples' order."""
+        pool = self._pool(lm, s, 1)
+        found: list = [None] * len(windows)
+        searches: list = [None] * len(windows)
+
+        def back(k: int, result: tuple[list, list]) -> None:
+            (found[k],), (searches[k],) = result
+            for t in found[k].tries:
+                emit(progress, event="calibrate", sample=k, source=found[k].source, tokens=t["tokens"],
+                     steps=t["steps"], ok=t["ok"], margin=None)
+
+        pool.drive([[w] for w in windows], lambda w, shard: w.calibrate.remote(shard, first_tokens, tol,
+                                                                                self.fault_marker), back, progress)
+        return found, searches
+
+    def _pool(self, lm: LoadedModel, s: CramSettings, min_chunk_tokens: int) -> _Pool:
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n = self.workers or (gpus or max(1, cpus - 1))
+        per = 1 if gpus else max(1, (cpus - 1) // n)  # threads (and CPUs reserved) per worker
+        actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=per, max_restarts=0,
+                           max_task_retries=0)(ShardWorker)
+        args = (lm.source, lm.fingerprint, lm.sink_id, s, min_chunk_tokens, "cuda" if gpus else "cpu", per)
+        return _Pool(ray, lambda: actor.remote(*args), n, self.retries)
+
+
+@dataclass
+class _Pool:
+    """n workers kept busy until every shard is back; a worker that dies is replaced."""
+
+    ray: Any
+    start: Callable[[], Any]
+    size: int
+    retries: int
+
+    def drive(self, shards: Sequence[Any], submit: Callable[[Any, Any], Any], back: Callable[[int, Any], None],
+              progress: Progress | None) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        ray = self.ray
+        idle = [self.start() for _ in range(min(self.size, len(shards)))]
+        queue, failures = deque(range(len(shards))), [0] * len(shards)
+        running: dict = {}  # object ref -> (worker, shard index)
+        try:
+            while queue or running:
+                while idle and queue:
+                    k, w = queue.popleft(), idle.pop()
+                    running[submit(w, shards[k])] = (w, k)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                w, k = running.pop(ready[0])
+                try:
+                    result = ray.get(ready[0])
+                except RayTaskError as e:  # the worker's own error (a model it cannot load, a bug): no retry helps
+                    cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
+                    raise VecarcError(f"a worker failed on shard {k}: {_line(cause)}; nothing written") from None
+                except RayActorError as e:
+                    failures[k] += 1
+                    if failures[k] > self.retries:
+                        raise VecarcError(f"shard {k} lost its worker {failures[k]} times ({_line(e)}); nothing "
+                                          f"written (finished shards are in the journal: --resume)") from None
+                    ray.kill(w, no_restart=True)
+                    emit(progress, event="note", message=f"a worker died on shard {k}; retrying it on a new one")
+                    idle.append(self.start())
+                    queue.appendleft(k)
+                    continue
+                back(k, result)
+                idle.append(w)
+        finally:
+            for w in [w for w, _ in running.values()] + idle:
+                ray.kill(w, no_restart=True)
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise VecarcError("--engine ray needs Ray: pip install 'vecarc[ray]'") from None
+    return ray
+
+
+def engine_for(name: str, address: str | None = None, workers: int = 0) -> RayEngine | None:
+    """The engine a --engine value names: None for local (this process)."""
+    if name == "local":
+        if address is not None or workers:
+            raise VecarcError("--address and --workers need --engine ray")
+        return None
+    if name == "ray":
+        return RayEngine(address=address, workers=workers)
+    raise VecarcError(f"unknown engine {name!r}: use local or ray")
