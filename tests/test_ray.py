@@ -146,3 +146,26 @@ def test_the_cli_packs_on_ray_and_refuses_ray_flags_without_it(cluster, trained_
     assert code == 0, out
     code, out = run_cli("pack", *inputs, "-o", "d.vec", "--model", trained_dir, "--workers", "2")
     assert code == 2 and "--address and --workers need --engine ray" in out
+
+
+def test_calibration_on_ray_searches_each_sample_on_a_worker(cluster, trained_tiny):
+    from vecarc import capacity
+    from vecarc.tiny import TRAIN_TEXT as T
+
+    texts = [("easy", T[:700]), ("other", T[300:1000])]
+    events = []
+    entry = capacity.calibrate(trained_tiny, FAST, texts=texts, samples=2, first_tokens=4, sample_tokens=48,
+                               progress=events.append, engine=vecarc.RayEngine(workers=2))
+    assert entry["budget_nats"] > 0 and len(entry["samples"]) == 2
+    assert all(smp["tries"] for smp in entry["samples"]) and any(smp["gain"] > 0 for smp in entry["samples"])
+    assert {e["sample"] for e in events if e["event"] == "calibrate"} == {0, 1}
+
+
+def test_a_local_pack_never_imports_ray(tiny_dir, tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"The quick brown fox.")
+    code = ("import sys, vecarc; from vecarc.cli import main; "
+            "vecarc.pack(['a.txt'], 'a.vec', model=vecarc.load_model(sys.argv[1], 'cpu'), chunk_tokens=8); "
+            "print('ray' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr[-2000:]

@@ -34,16 +34,19 @@ from .capacity import DEFAULT_FILL
 from .engine import engine_for
 from .errors import VecarcError
 from .format import read_archive
+from .format.index import is_index, read_index
 from .journal import journal_path
 from .plan import MIN_CHUNK_TOKENS
 from .predict import PREDICT_TOKENS
 from .search import MODES, SEARCH_DTYPES, VECTOR_DTYPES, CramSettings
+from .volumes import DEFAULT_VOLUME_SIZE
 
 # Ctrl-C inside a backward pass makes autograd warn with the forward call's traceback: noise, not news.
 warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning)
 
-err = Console(stderr=True)
-out = Console()
+# Lines are never wrapped to a width: piped, a path or a name must stay on its line.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 model_opt = click.option("--model", default=None, metavar="NAME_OR_PATH",
                          help="Hub id[@rev], local folder or .gguf (default: embedded SmolLM2-135M).")
@@ -51,6 +54,19 @@ device_opt = click.option("--device", default="auto", type=click.Choice(["auto",
 quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
 verbose_opt = click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
 seed_opt = click.option("--seed", default=0, show_default=True, type=int)
+
+
+def _byte_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units else ""
+    try:
+        n = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a size such as 64M or 1G") from None
+    if not 0 <= n < 1 << 50:
+        raise click.BadParameter(f"{text!r} is out of range")
+    return int(n * units[unit])
 
 
 def engine_options(fn):
@@ -228,14 +244,18 @@ def main() -> None:
 @click.option("--resume", is_flag=True, help="Continue the interrupted pack whose work is in OUTPUT.journal.")
 @click.option("--checkpoint-every", default=60.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
               help="How often the optimiser's state goes to the journal (work lost on a kill is at most this).")
+@click.option("--volume-size", default=str(DEFAULT_VOLUME_SIZE >> 20) + "M", show_default=True, metavar="SIZE",
+              callback=lambda ctx, p, v: _byte_size(v),
+              help="Inputs larger than this become volumes OUTPUT.0001, ... of about this many input bytes and an "
+                   "index at OUTPUT, so memory follows the volume (K, M, G suffixes; 0: one archive).")
 @engine_options
 @click.option("--json", "as_json", is_flag=True, help="Print the archive summary as JSON.")
 @quiet_opt
 @verbose_opt
 @handled
 def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens,
-         fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, engine, address,
-         workers, as_json, quiet, verbose):
+         fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, volume_size, engine,
+         address, workers, as_json, quiet, verbose):
     """Pack text files into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
@@ -251,12 +271,23 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
             r = api.pack(list(inputs), output, model=model, device=device, settings=settings,
                          chunk_tokens=chunk_tokens, min_chunk_tokens=min_chunk_tokens, force=force, progress=on,
                          fill=fill, warn=_warner(quiet),
-                         resume=resume, checkpoint_every=checkpoint_every, engine=where)
+                         resume=resume, checkpoint_every=checkpoint_every, engine=where, volume_size=volume_size)
     except KeyboardInterrupt:
         j = journal_path(target)
         kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""
         err.print(f"vecarc: interrupted; no archive written{kept}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(130)
+    if r.index is not None:
+        original = sum(d.size for d in r.index.documents)
+        if as_json:
+            click.echo(json.dumps({"index": str(r.output), "volumes": [v.file for v in r.index.volumes],
+                                   "original_bytes": original, "archive_bytes": r.archive_bytes,
+                                   "seconds": r.seconds, "retries": r.retries}, indent=2))
+        elif not quiet:
+            err.print(f"{r.output}: {_size(original)} -> {_size(r.archive_bytes)} (ratio "
+                      f"{original / r.archive_bytes:.3f}) in {_count(len(r.index.volumes), 'volume')} "
+                      f"({r.output}.0001 ...), {r.retries} retries, {r.seconds:.1f} s", highlight=False, markup=False)
+        return
     s = api.summary(r.archive)
     if as_json:
         click.echo(json.dumps({**s, "seconds": r.seconds, "retries": r.retries, "output": str(r.output)}, indent=2))
@@ -306,13 +337,19 @@ def unpack(archive, outdir, force, model, device, quiet, verbose):
 @handled
 def verify(archive, model, device, strict, as_json, quiet, verbose):
     """Decode everything in memory and check it; exit 1 if anything differs."""
-    a = read_archive(archive)
-    with progress_bar(quiet or as_json) as on:
-        r = api.verify(a, model=model, device=device, progress=on, strict=strict)
+    if is_index(archive):  # volumes: each one verified in turn
+        with progress_bar(quiet or as_json) as on:
+            r = api.verify(archive, model=model, device=device, progress=on, strict=strict)
+        docs, chunks, margin = len(read_index(archive).documents), None, None
+    else:
+        a = read_archive(archive)
+        with progress_bar(quiet or as_json) as on:
+            r = api.verify(a, model=model, device=device, progress=on, strict=strict)
+        docs, chunks, margin = len(a.documents), len(a.chunks), api.required_margin(a)
     if as_json:
-        click.echo(json.dumps({"ok": r.ok, "problems": r.problems, "documents": len(a.documents),
+        click.echo(json.dumps({"ok": r.ok, "problems": r.problems, "documents": docs,
                                "min_decode_margin": None if r.min_margin == float("inf") else r.min_margin,
-                               **({"required_margin": api.required_margin(a),
+                               **({"required_margin": margin,
                                    "conditions": [c.as_dict() for c in r.stress]} if strict else {})}))
     elif not quiet:
         if r.stress:
@@ -320,12 +357,13 @@ def verify(archive, model, device, strict, as_json, quiet, verbose):
                        [[c.name, str(c.chunks), str(c.flips), f"{c.min_margin:.4f}", f"{c.max_drift:.2e}",
                          "yes" if c.binding else "report"] if c.skipped is None else
                         [c.name, "", "", "", "", f"skipped: {c.skipped}"] for c in r.stress],
-                       title=f"decoding under other conditions (recorded margin {api.required_margin(a):g})")
+                       title="decoding under other conditions"
+                             + (f" (recorded margin {margin:g})" if margin is not None else ""))
         for p in r.problems:
             err.print(f"FAILED {p}", markup=False, highlight=False)
         if r.ok:
-            err.print(f"{archive}: OK ({_count(len(a.documents), 'document')}, {_count(len(a.chunks), 'chunk')})",
-                      markup=False, highlight=False)
+            what = _count(docs, "document") + (f", {_count(chunks, 'chunk')}" if chunks is not None else "")
+            err.print(f"{archive}: OK ({what})", markup=False, highlight=False)
     sys.exit(0 if r.ok else 1)
 
 
@@ -336,6 +374,8 @@ def verify(archive, model, device, strict, as_json, quiet, verbose):
 @handled
 def info(archive, as_json, verbose):
     """Show header, model, documents and chunks, without loading the model."""
+    if is_index(archive):
+        return _info_index(archive, as_json)
     a = read_archive(archive, load_vectors=False)
     s = api.summary(a)
     if as_json:
@@ -379,6 +419,25 @@ def info(archive, as_json, verbose):
          "literal zstd" if doc["encoding"] == "bytes" else _stored_as(doc),
          str(doc["chunks"]), str(doc["tokens"]), doc["sha256"][:16]] for doc in s["documents"]],
         title=_count(len(s["documents"]), "document"))
+
+
+def _info_index(path: str, as_json: bool) -> None:
+    from .volumes import index_summary
+
+    s = index_summary(Path(path))
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    ratio = f"  ratio {s['original_bytes'] / s['archive_bytes']:.3f}" if s["archive_bytes"] else ""
+    show_table(out, None, [["index", f"{path}  {_count(len(s['volumes']), 'volume')}"],
+                           ["stored", f"{_size(s['archive_bytes'])} (index and volumes)"],
+                           ["original", f"{_size(s['original_bytes'])}{ratio}"]])
+    show_table(out, ["volume", "bytes", "original", "documents", "chunks"],
+               [[v["file"], f"{v['bytes']:,}", f"{v['original_bytes']:,}", str(v["documents"]), str(v["chunks"])]
+                for v in s["volumes"]], title=_count(len(s["volumes"]), "volume"))
+    show_table(out, ["document", "bytes", "volumes", "sha256"],
+               [[d["name"], f"{d['size']:,}", ", ".join(d["parts"]), d["sha256"][:16]] for d in s["documents"]],
+               title=_count(len(s["documents"]), "document"))
 
 
 def _count(n: int, noun: str) -> str:

@@ -41,6 +41,7 @@ from .format import (
 )
 from .format import corrections as fixcodec
 from .format.corrections import Fix
+from .format.index import Index
 from .journal import Journal, identity
 from .models import LoadedModel, resolve_model
 from .plan import MIN_CHUNK_TOKENS, Budget, chunk_tokens_for, plan_by_budget, plan_chunks, split_span
@@ -48,17 +49,19 @@ from .predict import PREDICT_TOKENS, predict
 from .search import CramResult, CramSettings, Job, Progress, Trace, chunk_key, cram, emit, wants_compile
 from .text import tokenize_exact
 from .unpacking import decode_archive, required_margin
+from .volumes import DEFAULT_VOLUME_SIZE
 
 
 @dataclass
 class PackResult:
     output: Path | None
-    archive: Archive  # as a reader sees it
+    archive: Archive | None  # as a reader sees it; None for a pack cut into volumes (see index)
     archive_bytes: int
     seconds: float
     retries: int = 0
     steps: list[int] = field(default_factory=list)  # optimisation steps per vector chunk, in settling order
     data: bytes = b""  # the checked file bytes
+    index: Index | None = None  # a pack cut into volumes: the index written at output
 
 
 # ---------------------------------------------------------------- inputs
@@ -82,8 +85,8 @@ def check_input(path: str | Path) -> Path:
     return p
 
 
-def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
-    """(name, bytes) per input; names that an archive could not hold are refused before any work."""
+def named_inputs(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """(path, stored name) per input; names that an archive could not hold are refused before any work."""
     checked = [check_input(path) for path in paths]
     names = [document_name(p) for p in checked]
     if len(set(names)) != len(names):
@@ -93,8 +96,13 @@ def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
         check_names(names)
     except VecarcError as e:
         raise VecarcError(f"cannot store these inputs: {str(e).removeprefix('corrupt archive: ')}") from None
+    return list(zip(checked, names))
+
+
+def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
+    """(name, bytes) per input, checked as named_inputs checks them."""
     docs: list[tuple[str, bytes]] = []
-    for p, name in zip(checked, names):
+    for p, name in named_inputs(paths):
         try:
             docs.append((name, p.read_bytes()))
         except OSError as e:
@@ -282,7 +290,7 @@ class Assembly:
         if s.fixes:
             self.fixes[len(self.chunks)] = s.fixes
         if not s.replayed:
-            self.decoded[len(self.chunks)] = list(toks)
+            self.decoded[len(self.chunks)] = toks  # the plan's slice (4 bytes a token), not a list
         self.chunks.append(s.record)
 
     def add_literal(self, d: int, toks: Sequence[int]) -> None:
@@ -500,6 +508,7 @@ def pack(
     checkpoint_every: float = 60.0,
     trace: Trace | None = None,
     engine: RayEngine | None = None,
+    volume_size: int = DEFAULT_VOLUME_SIZE,
 ) -> PackResult:
     """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
 
@@ -507,35 +516,74 @@ def pack(
     first, and stored, when there is none) unless chunk_tokens fixes their size.
     Work in progress is kept in OUTPUT.journal; resume=True continues it after
     an interruption, and the journal is removed once the archive is written.
+    Inputs of more than volume_size bytes (0: no limit) become volumes OUTPUT.0001,
+    OUTPUT.0002, ... and an index at OUTPUT (vecarc.volumes), so that memory follows
+    the volume, not the corpus.
     """
     output = output_for(inputs, output)
     if output.exists() and not force:
         raise VecarcError(f"{output} exists (use -f to overwrite)")
     if any(Path(i).resolve() == output.resolve() for i in inputs):
         raise VecarcError(f"output {output} is also an input")
+    named = named_inputs(inputs)
+    sizes = [p.stat().st_size for p, _ in named]
+    if volume_size and sum(sizes) > volume_size:
+        return _pack_volumes([(p, n, z) for (p, n), z in zip(named, sizes)], output, volume_size, model, device,
+                             settings, fill, progress, warn, resume, force,
+                             dict(chunk_tokens=chunk_tokens, min_chunk_tokens=min_chunk_tokens, progress=progress,
+                                  checkpoint_every=checkpoint_every, trace=trace, engine=engine))
     docs = read_inputs(inputs)
     journal = Journal.open(output, resume, force)
     if resume and not journal.existed and warn:
         warn(f"no journal {journal.path}; starting from the beginning")
     t0 = time.perf_counter()
     try:
-        lm = resolve_model(model, device)
-        s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before calibrating
-        plain = chunk_tokens is not None or s.mode == "predict"
-        budget = None if plain else capacity_budget(lm, s, fill, progress, warn, engine)
-        try:
-            r = pack_documents(docs, lm, s, chunk_tokens, min_chunk_tokens, progress, budget, journal,
-                               checkpoint_every, trace, engine)
-        except VerificationError as e:
-            if not journal.results:
-                raise
-            raise VerificationError(f"{e}: the journal {journal.path} holds work that does not decode "
-                                    f"(damaged, or another pack's); pack again with -f to start over") from None
+        lm, s, budget = _prepare(model, device, settings, chunk_tokens, fill, progress, warn, engine)
+        r = _pack_journaled(docs, lm, s, budget, journal, chunk_tokens=chunk_tokens, min_chunk_tokens=min_chunk_tokens,
+                            progress=progress, checkpoint_every=checkpoint_every, trace=trace, engine=engine)
         write_atomic(output, r.data, force=force)
         journal.remove()
     finally:
         journal.close()
     return replace(r, output=output, seconds=time.perf_counter() - t0)
+
+
+def _prepare(model, device, settings, chunk_tokens, fill, progress, warn, engine):
+    """The model, the resolved settings, and the capacity budget (vectors mode with a plan) of a pack."""
+    lm = resolve_model(model, device)
+    s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())  # checks --rank before calibrating
+    plain = chunk_tokens is not None or s.mode == "predict"
+    return lm, s, None if plain else capacity_budget(lm, s, fill, progress, warn, engine)
+
+
+def _pack_journaled(docs, lm, s, budget, journal: Journal, **kw) -> PackResult:
+    try:
+        return pack_documents(docs, lm, s, budget=budget, journal=journal, **kw)
+    except VerificationError as e:
+        if not journal.results:
+            raise
+        raise VerificationError(f"{e}: the journal {journal.path} holds work that does not decode "
+                                f"(damaged, or another pack's); pack again with -f to start over") from None
+
+
+def _pack_volumes(inputs, output: Path, volume_size: int, model, device, settings, fill, progress, warn, resume,
+                  force, kw: dict) -> PackResult:
+    """Volumes of about volume_size input bytes, each packed and checked like one archive, and an index."""
+    from .volumes import pack_volumes
+
+    t0 = time.perf_counter()
+    lm, s, budget = _prepare(model, device, settings, kw["chunk_tokens"], fill, progress, warn, kw["engine"])
+    stats = {"retries": 0, "steps": []}
+
+    def one(docs, journal: Journal) -> bytes:
+        r = _pack_journaled(docs, lm, s, budget, journal, **kw)
+        stats["retries"] += r.retries
+        stats["steps"] += r.steps
+        return r.data
+
+    index = pack_volumes(inputs, output, volume_size, one, resume=resume, force=force, progress=progress)
+    total = output.stat().st_size + sum(v.size for v in index.volumes)
+    return PackResult(output, None, total, time.perf_counter() - t0, stats["retries"], stats["steps"], index=index)
 
 
 def output_for(inputs: Sequence[str | Path], output: str | Path | None = None) -> Path:

@@ -20,6 +20,7 @@ from .errors import VecarcError, VerificationError
 from .fingerprint import scheme_of
 from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash
 from .format.container import write_temp
+from .format.index import is_index
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model
 from .search import Progress
 from .text import detokenize
@@ -164,8 +165,13 @@ def verify(
     count, attention kernel, batch shape; a bf16 model is reported, not
     required). See vecarc.robust.
     """
+    if not isinstance(archive, Archive) and is_index(archive):
+        return _verify_index(Path(archive), model, device, progress, strict)
     a = archive if isinstance(archive, Archive) else read_archive(archive)
-    lm = model_for(a, model, device)
+    return _verify_one(a, model_for(a, model, device), progress, strict)
+
+
+def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool) -> DecodeResult:
     r = decode_archive(a, lm, progress)
     if strict and r.ok and r.margins:
         from .robust import combine, stress
@@ -182,6 +188,24 @@ def verify(
             if rep.binding and rep.flips:
                 r.problems.append(f"under {rep.name}, {rep.flips} of {rep.chunks} chunks decode to other tokens")
     return r
+
+
+def _verify_index(path: Path, model, device: str, progress: Progress | None, strict: bool) -> DecodeResult:
+    """Every volume verified in turn (one model load); documents are not kept, margins are the smallest."""
+    from .volumes import verify_index
+
+    lm: list[LoadedModel] = []
+    smallest: list[float] = []
+
+    def check(a: Archive):
+        lm[:] = lm or [model_for(a, model, device)]
+        r = _verify_one(a, model_for(a, lm[0]), progress, strict)
+        smallest.append(r.min_margin)
+        return r.problems, r.stress
+
+    _, problems, stress = verify_index(path, check, progress)
+    margins = {0: min(smallest)} if smallest and min(smallest) < float("inf") else {}
+    return DecodeResult([], problems, margins=margins, stress=stress)
 
 
 def required_margin(a: Archive) -> float:
@@ -223,16 +247,33 @@ def unpack(
     progress: Progress | None = None,
 ) -> list[Path]:
     """Decode and check every document, then write them under output_dir."""
-    a = archive if isinstance(archive, Archive) else read_archive(archive)
     outdir = Path(output_dir)
     if outdir.exists() and not outdir.is_dir():
         raise VecarcError(f"{outdir} exists and is not a folder")
+    if not isinstance(archive, Archive) and is_index(archive):
+        return _unpack_index(Path(archive), outdir, model, device, force, progress)
+    a = archive if isinstance(archive, Archive) else read_archive(archive)
     targets = [_target(outdir, d.name, force) for d in a.documents]
     result = decode_archive(a, model_for(a, model, device), progress)
     if not result.ok:
         raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
     _write_all(targets, result.documents)
     return targets
+
+
+def _unpack_index(path: Path, outdir: Path, model, device: str, force: bool, progress: Progress | None) -> list[Path]:
+    from .volumes import unpack_index
+
+    lm: list[LoadedModel] = []
+
+    def decode(a: Archive) -> list[bytes]:
+        lm[:] = lm or [model_for(a, model, device)]
+        r = decode_archive(a, model_for(a, lm[0]), progress)
+        if not r.ok:
+            raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
+        return r.documents
+
+    return unpack_index(path, lambda names: [_target(outdir, n, force) for n in names], decode, progress)
 
 
 def _write_all(targets: Sequence[Path], documents: Sequence[bytes]) -> None:
