@@ -21,9 +21,12 @@ from .format import read_archive, write_atomic
 from .format.container import write_temp
 from .format.index import Index, IndexDocument, Part, Volume, read_index
 from .journal import Journal
+from .models import sha256_file
 from .search import Progress, emit
 
-DEFAULT_VOLUME_SIZE = 64 << 20  # input bytes per volume: a few hundred MiB of memory while packing one
+# Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
+# (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
+DEFAULT_VOLUME_SIZE = 32 << 20
 SEAM_SEARCH = 64 << 10  # how far back from a volume's end to look for a line end to cut at
 
 
@@ -97,14 +100,6 @@ def _read(piece: Piece) -> bytes:
     return data
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _finished(path: Path, docs: Sequence[tuple[str, bytes]]) -> bool:
     """Whether a volume left by an interrupted pack holds exactly these documents (and reads as an archive)."""
     if not path.is_file():
@@ -146,7 +141,7 @@ def pack_volumes(inputs: Sequence[tuple[Path, str, int]], output: Path, volume_s
                 journal.remove()
             finally:
                 journal.close()
-        volumes.append(Volume(path.name, path.stat().st_size, _sha256(path)))
+        volumes.append(Volume(path.name, path.stat().st_size, sha256_file(path)))
     index = Index(volumes, _documents(inputs, plans, {n: h.hexdigest() for n, h in hashes.items()}))
     write_atomic(output, index.to_bytes(), force=True)
     return index
@@ -170,7 +165,7 @@ def open_volume(index_path: Path, index: Index, k: int, load_vectors: bool = Tru
     path = index_path.with_name(v.file)
     if not path.is_file():
         raise VecarcError(f"volume {v.file} of {index_path.name} is missing")
-    if path.stat().st_size != v.size or _sha256(path) != v.sha256:
+    if path.stat().st_size != v.size or sha256_file(path) != v.sha256:
         raise VecarcError(f"volume {v.file} is not the one {index_path.name} names (size or SHA-256 differs)")
     a = read_archive(path, load_vectors=load_vectors)
     want = sorted(d.name for d in index.documents if any(p.volume == k for p in d.parts))
