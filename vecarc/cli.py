@@ -316,7 +316,7 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
 @verbose_opt
 @handled
 def unpack(archive, outdir, force, model, device, quiet, verbose):
-    """Decode an archive, check every hash, then write the documents."""
+    """Decode an archive (or a volume index), check every hash, then write the documents."""
     with progress_bar(quiet) as on:
         paths = api.unpack(archive, outdir, model=model, device=device, force=force, progress=on)
     if not quiet:
@@ -336,7 +336,7 @@ def unpack(archive, outdir, force, model, device, quiet, verbose):
 @verbose_opt
 @handled
 def verify(archive, model, device, strict, as_json, quiet, verbose):
-    """Decode everything in memory and check it; exit 1 if anything differs."""
+    """Decode everything in memory (a volume index: volume by volume) and check it; exit 1 if anything differs."""
     if is_index(archive):  # volumes: each one verified in turn
         with progress_bar(quiet or as_json) as on:
             r = api.verify(archive, model=model, device=device, progress=on, strict=strict)
@@ -373,7 +373,7 @@ def verify(archive, model, device, strict, as_json, quiet, verbose):
 @verbose_opt
 @handled
 def info(archive, as_json, verbose):
-    """Show header, model, documents and chunks, without loading the model."""
+    """Show header, model, documents and chunks (of an index: its volumes), without loading the model."""
     if is_index(archive):
         return _info_index(archive, as_json)
     a = read_archive(archive, load_vectors=False)
