@@ -104,17 +104,24 @@ def test_a_model_the_workers_cannot_load_is_one_line(cluster, trained_tiny, tmp_
 DRIVER = textwrap.dedent("""
     import os, sys, ray, vecarc
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    shards = 0
+    mode, shards = sys.argv[2], 0
     def on(e):
         global shards
-        if e["event"] == "predict":
+        if e["event"] in ("predict", "shard"):
             shards += 1
             if shards == 2:  # two shards journaled: the driver dies as a kill -9 would
                 os._exit(9)
     lm = vecarc.load_model(sys.argv[1], "cpu")
-    vecarc.pack(sys.argv[2:], "k.vec", model=lm, chunk_tokens=16, progress=on,
+    s = vecarc.CramSettings(mode=mode, margin=0.05, max_steps=150, patience=50, batch_size=64)
+    vecarc.pack(sys.argv[3:], "k.vec", model=lm, settings=s, chunk_tokens=16, min_chunk_tokens=8, progress=on,
                 engine=vecarc.RayEngine(workers=1, shard_chunks=3))
 """)
+
+
+def _killed_driver(trained_dir, tmp_path, mode: str, inputs) -> None:
+    p = subprocess.run([sys.executable, "-c", DRIVER, str(trained_dir), mode, *inputs], cwd=tmp_path,
+                       capture_output=True, timeout=300)
+    assert p.returncode == 9, p.stderr.decode()[-2000:]
 
 
 def test_a_killed_driver_resumes_without_redoing_journaled_shards(cluster, trained_tiny, trained_dir, tmp_path,
@@ -123,17 +130,30 @@ def test_a_killed_driver_resumes_without_redoing_journaled_shards(cluster, train
 
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
-    p = subprocess.run([sys.executable, "-c", DRIVER, str(trained_dir), *inputs], cwd=tmp_path,
-                       capture_output=True, timeout=300)
-    assert p.returncode == 9, p.stderr.decode()[-2000:]
+    _killed_driver(trained_dir, tmp_path, "predict", inputs)
     assert count_records(tmp_path / "k.vec.journal") == {"header": 1, "results": 6, "snapshots": 2}
     events = []
-    r = vecarc.pack(inputs, "k.vec", model=trained_tiny, chunk_tokens=16, resume=True, progress=events.append,
-                    engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+    s = vecarc.CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
+    r = vecarc.pack(inputs, "k.vec", model=trained_tiny, settings=s, chunk_tokens=16, min_chunk_tokens=8,
+                    resume=True, progress=events.append, engine=vecarc.RayEngine(workers=1, shard_chunks=3))
     planned = r.archive.header.plan["chunks_planned"]
     assert {e["total"] for e in events if e["event"] == "predict"} == {planned - 6}  # only what was not journaled
     assert not (tmp_path / "k.vec.journal").exists()
     _round_trip(tmp_path / "k.vec", trained_tiny, tmp_path)
+
+
+def test_vector_chunks_journaled_on_ray_resume_in_this_process(cluster, trained_tiny, trained_dir, tmp_path,
+                                                               monkeypatch):
+    # Marks of shards, not an optimiser snapshot: a local resume crams what the records do not cover.
+    monkeypatch.chdir(tmp_path)
+    docs = {"a.txt": TRAIN_TEXT[:400].encode(), "notes/b.txt": TRAIN_TEXT[500:800].encode()}
+    inputs = _inputs(tmp_path, docs)
+    _killed_driver(trained_dir, tmp_path, "vectors", inputs)
+    s = vecarc.CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64)
+    r = vecarc.pack(inputs, "k.vec", model=trained_tiny, settings=s, chunk_tokens=16, min_chunk_tokens=8,
+                    resume=True)
+    assert r.archive.header.vectors.count > 0
+    _round_trip(tmp_path / "k.vec", trained_tiny, tmp_path, docs)
 
 
 def test_the_cli_packs_on_ray_and_refuses_ray_flags_without_it(cluster, trained_dir, tmp_path, monkeypatch):
