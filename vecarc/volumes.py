@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import VecarcError, VerificationError
-from .format import read_archive, write_atomic
+from .format import parse_archive, read_archive, write_atomic
 from .format.container import write_temp
 from .format.index import Index, IndexDocument, Part, Volume, read_index
 from .journal import Journal
@@ -141,7 +141,9 @@ def pack_volumes(inputs: Sequence[tuple[Path, str, int]], output: Path, volume_s
                 journal.remove()
             finally:
                 journal.close()
-        volumes.append(Volume(path.name, path.stat().st_size, sha256_file(path)))
+            volumes.append(Volume(path.name, len(data), hashlib.sha256(data).hexdigest()))
+        else:
+            volumes.append(Volume(path.name, path.stat().st_size, sha256_file(path)))
     index = Index(volumes, _documents(inputs, plans, {n: h.hexdigest() for n, h in hashes.items()}))
     write_atomic(output, index.to_bytes(), force=True)
     return index
@@ -165,9 +167,12 @@ def open_volume(index_path: Path, index: Index, k: int, load_vectors: bool = Tru
     path = index_path.with_name(v.file)
     if not path.is_file():
         raise VecarcError(f"volume {v.file} of {index_path.name} is missing")
-    if path.stat().st_size != v.size or sha256_file(path) != v.sha256:
+    if path.stat().st_size != v.size:
         raise VecarcError(f"volume {v.file} is not the one {index_path.name} names (size or SHA-256 differs)")
-    a = read_archive(path, load_vectors=load_vectors)
+    data = path.read_bytes()  # read once: hashed here, parsed (and its own checksum checked) below
+    if hashlib.sha256(data).hexdigest() != v.sha256:
+        raise VecarcError(f"volume {v.file} is not the one {index_path.name} names (size or SHA-256 differs)")
+    a = parse_archive(data, load_vectors=load_vectors)
     want = sorted(d.name for d in index.documents if any(p.volume == k for p in d.parts))
     if sorted(d.name for d in a.documents) != want:
         raise VecarcError(f"volume {v.file} does not hold the documents {index_path.name} names")
@@ -212,7 +217,7 @@ def unpack_index(path: Path, targets: Callable[[Sequence[str]], list[Path]],
 
 
 def verify_index(path: Path, check: Callable[[object], tuple[list[str], list]],
-                 progress: Progress | None = None) -> tuple[Index, list[str], list]:
+                 progress: Progress | None = None) -> tuple[list[str], list]:
     """check(archive) -> (problems, stress reports) per volume; the problems name their volume."""
     from .robust import combine
 
@@ -229,7 +234,7 @@ def verify_index(path: Path, check: Callable[[object], tuple[list[str], list]],
         if stress:
             reports.append(stress)
         emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} checked")
-    return index, problems, combine(reports) if reports else []
+    return problems, combine(reports) if reports else []
 
 
 def index_summary(path: Path) -> dict:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VecarcError
-from .header import _HEX, check_names
+from .header import _hex, _int, check_names
 
 MAGIC = b"\x89VEI\r\n\x1a\n"
 VERSION = 1
@@ -100,14 +100,6 @@ def read_index(path: str | Path) -> Index:
     return _parse(raw)
 
 
-def _int(x, lo: int, hi: int) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
-
-
-def _sha(x) -> bool:
-    return isinstance(x, str) and len(x) == 64 and _HEX.fullmatch(x) is not None
-
-
 def _parse(raw) -> Index:
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -119,7 +111,7 @@ def _parse(raw) -> Index:
     volumes = []
     for v in vols:
         need(isinstance(v, dict) and isinstance(v.get("file"), str) and _int(v.get("size"), 1, 1 << 62)
-             and _sha(v.get("sha256")), "bad volume entry")
+             and _hex(v.get("sha256"), 64), "bad volume entry")
         f = v["file"]
         need(f not in ("", ".", "..") and "/" not in f and "\\" not in f and "\0" not in f
              and len(f.encode()) <= 255, f"volume file name {f[:40]!r} is not a plain name")
@@ -128,7 +120,7 @@ def _parse(raw) -> Index:
     documents, used = [], set()
     for d in docs:
         need(isinstance(d, dict) and isinstance(d.get("name"), str) and _int(d.get("size"), 0, 1 << 62)
-             and _sha(d.get("sha256")) and isinstance(d.get("parts"), list) and d["parts"], "bad document entry")
+             and _hex(d.get("sha256"), 64) and isinstance(d.get("parts"), list) and d["parts"], "bad document entry")
         parts, last = [], -1
         for q in d["parts"]:
             need(isinstance(q, list) and len(q) == 2 and _int(q[0], 0, len(volumes) - 1)
