@@ -337,14 +337,12 @@ def unpack(archive, outdir, force, model, device, quiet, verbose):
 @handled
 def verify(archive, model, device, strict, as_json, quiet, verbose):
     """Decode everything in memory (a volume index: volume by volume) and check it; exit 1 if anything differs."""
-    if is_index(archive):  # volumes: each one verified in turn
-        with progress_bar(quiet or as_json) as on:
-            r = api.verify(archive, model=model, device=device, progress=on, strict=strict)
+    a = None if is_index(archive) else read_archive(archive)  # an index: each volume verified in turn
+    with progress_bar(quiet or as_json) as on:
+        r = api.verify(archive if a is None else a, model=model, device=device, progress=on, strict=strict)
+    if a is None:
         docs, chunks, margin = len(read_index(archive).documents), None, None
     else:
-        a = read_archive(archive)
-        with progress_bar(quiet or as_json) as on:
-            r = api.verify(a, model=model, device=device, progress=on, strict=strict)
         docs, chunks, margin = len(a.documents), len(a.chunks), api.required_margin(a)
     if as_json:
         click.echo(json.dumps({"ok": r.ok, "problems": r.problems, "documents": docs,

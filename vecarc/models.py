@@ -31,7 +31,7 @@ DEFAULT_SOURCE = f"default:{DEFAULT_PACKAGE_PIN}/{DEFAULT_GGUF}"
 
 # The default model's sink, a recorded choice: SmolLM2's document separator in pre-training
 # (its tokenizer adds nothing before a text and names the chat marker <|im_start|> as BOS,
-# which cost 0.5-1.8 % more correction bits on the tuning slices, docs/benchmarks.md).
+# which cost 0.3-1.8 % more correction bits on the tuning slices, docs/benchmarks.md).
 DEFAULT_SINK = "<|endoftext|>"
 
 

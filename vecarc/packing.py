@@ -249,6 +249,10 @@ class Ledger:
         for meta, ten in records:
             self.settle(tuple(meta["tag"]), meta["outcome"], ten.get("v"), meta["info"], ten.get("z"))
 
+    def todo(self) -> list[tuple[int, int, int]]:
+        """The planned spans settled chunks do not cover yet (all of them, before a resume)."""
+        return [x for x in self.plan.spans if not self.covers(*x)]
+
     def covers(self, d: int, a: int, b: int) -> bool:
         """Whether settled chunks (the span's own, or its halves') cover tokens a..b of document d."""
         while a < b:
@@ -408,7 +412,7 @@ def pack_documents(
     else:
         spans = plan.spans
         if state is not None and "slots" not in state:  # marks of shards (another engine), not a snapshot
-            state, spans = None, [x for x in spans if not ledger.covers(*x)]
+            state, spans = None, ledger.todo()
         jobs = (ledger.job(*x) for x in spans)  # drawn lazily: a long input is not copied chunk by chunk
         cram(lm, jobs, s, progress, on_result=ledger.judge, resume=state, rebuild=lambda t: ledger.job(*t),
              total=len(spans), snapshot=journal.add_state if journal is not None else None,
@@ -426,7 +430,7 @@ def _predict_all(lm: LoadedModel, s: CramSettings, ledger: Ledger, progress: Pro
     """Predict every chunk the ledger does not hold yet; each batch is final once journaled
     (a journal keeps the results up to its last snapshot, and these need no optimiser state)."""
     plan, journal = ledger.plan, ledger.journal
-    todo = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if (d, a) not in ledger.kept]
+    todo = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in ledger.todo()]
     mark = (lambda: journal.add_state({"step": 0})) if journal is not None else None
     predict(lm, todo, s.margin, ledger.judge_predicted, progress, total=len(plan.spans), on_batch=mark)
     keep_within_cap(ledger)
@@ -437,7 +441,7 @@ def _on_engine(engine: RayEngine, lm: LoadedModel, s: CramSettings, ledger: Ledg
     """Hand the chunks the ledger does not cover to the engine; each shard that comes back is
     journaled and then marked final (a resume keeps the records up to the last mark)."""
     plan, journal = ledger.plan, ledger.journal
-    items = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in plan.spans if not ledger.covers(d, a, b)]
+    items = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in ledger.todo()]
 
     def on_shard(records) -> None:
         ledger.take(records)

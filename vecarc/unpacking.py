@@ -194,18 +194,30 @@ def _verify_index(path: Path, model, device: str, progress: Progress | None, str
     """Every volume verified in turn (one model load); documents are not kept, margins are the smallest."""
     from .volumes import verify_index
 
-    lm: list[LoadedModel] = []
+    model_of = _volume_models(model, device)
     smallest: list[float] = []
 
     def check(a: Archive):
-        lm[:] = lm or [model_for(a, model, device)]
-        r = _verify_one(a, model_for(a, lm[0]), progress, strict)
+        r = _verify_one(a, model_of(a), progress, strict)
         smallest.append(r.min_margin)
         return r.problems, r.stress
 
-    _, problems, stress = verify_index(path, check, progress)
+    problems, stress = verify_index(path, check, progress)
     margins = {0: min(smallest)} if smallest and min(smallest) < float("inf") else {}
     return DecodeResult([], problems, margins=margins, stress=stress)
+
+
+def _volume_models(model: str | LoadedModel | None, device: str):
+    """model_for each volume of an index, loading the model once (for the first volume)."""
+    loaded: LoadedModel | None = None
+
+    def model_of(a: Archive) -> LoadedModel:
+        nonlocal loaded
+        lm = model_for(a, loaded or model, device)
+        loaded = loaded or lm
+        return lm
+
+    return model_of
 
 
 def required_margin(a: Archive) -> float:
@@ -264,11 +276,10 @@ def unpack(
 def _unpack_index(path: Path, outdir: Path, model, device: str, force: bool, progress: Progress | None) -> list[Path]:
     from .volumes import unpack_index
 
-    lm: list[LoadedModel] = []
+    model_of = _volume_models(model, device)
 
     def decode(a: Archive) -> list[bytes]:
-        lm[:] = lm or [model_for(a, model, device)]
-        r = decode_archive(a, model_for(a, lm[0]), progress)
+        r = decode_archive(a, model_of(a), progress)
         if not r.ok:
             raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
         return r.documents
