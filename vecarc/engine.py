@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import VecarcError
+from .errors import VecarcError, first_line
 from .models import LoadedModel, load_model
 from .plan import split_span
 from .search import CramSettings, Job, Progress, chunk_key, cram, emit
@@ -210,8 +210,7 @@ class _Pool:
 
 
 def _line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _ray():

@@ -14,3 +14,9 @@ class VerificationError(VecarcError):
     """The archive decoded to something other than what was stored. Exit code 1."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line of text for the user: its message's first line, else its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

