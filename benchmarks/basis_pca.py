@@ -5,9 +5,10 @@
 The candidate: the top principal directions of the model's input embedding matrix, scaled
 to the random basis's column norm (sqrt(hidden / rank)), so z keeps the same size. It costs
 no training, and solved memory vectors live at the embeddings' scale (init 20x). Chunks come
-from the middle of jargon.txt and python-tutorial.rst (offset 50 %), not from the benchmark
-slices (offset 10 %). Every configuration crams the same chunks, batch 8; each chunk counts
-as solved only when its float32 greedy decode gives it back with the margin.
+from the middle of jargon.txt and python-tutorial.rst (the first 16 bytes per token from the
+line start after 50 %: the tuning slices in benchmarks/slices/, up to 16 KiB), not from the
+reported slices (offset 10 %). Every configuration crams the same chunks, batch 8; each
+chunk counts as solved only when its float32 greedy decode gives it back with the margin.
 
 This is an experiment, not the shipped path: it swaps the expansion function of
 vecarc.format.basis for the run (an archive written this way would not decode), because a
@@ -22,8 +23,8 @@ import time
 
 import torch
 
-from benchmarks.corpora import CORPORA
-from vecarc import CramSettings, load_model
+from benchmarks.corpora import corpus_window
+from vecarc import SearchSettings, load_model
 from vecarc.format import basis
 from vecarc.search import Job, cram
 
@@ -42,15 +43,13 @@ def embedding_basis(lm, rank: int) -> torch.Tensor:
 def chunks_from(lm, n: int, tokens: int) -> list[list[int]]:
     out = []
     for f in FILES:
-        data = (CORPORA / f).read_bytes()
-        start = data.index(b"\n", len(data) // 2) + 1
-        ids = lm.tokenizer(data[start : start + 16 * n * tokens].decode("utf-8", "ignore"),
-                           add_special_tokens=False)["input_ids"]
+        text = corpus_window(f, 16 * n * tokens, 0.5)  # from the first line start after 50 %
+        ids = lm.tokenizer(text.decode("utf-8", "ignore"), add_special_tokens=False)["input_ids"]
         out += [ids[i * tokens : (i + 1) * tokens] for i in range(n)]
     return out
 
 
-def run(lm, chunks, s: CramSettings) -> dict:
+def run(lm, chunks, s: SearchSettings) -> dict:
     t = time.perf_counter()
     res = cram(lm, [Job(c, i, i) for i, c in enumerate(chunks)], s)
     steps = [r.steps for _, r in res]
@@ -64,14 +63,14 @@ def main() -> None:
     ap.add_argument("--bases", default="random,pca")
     ap.add_argument("--chunks", type=int, default=6, help="per file")
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--set", nargs="*", default=[], help="CramSettings fields, KEY=VALUE")
+    ap.add_argument("--set", nargs="*", default=[], help="SearchSettings fields, KEY=VALUE")
     args = ap.parse_args()
     lm = load_model(None, "cpu")
     chunks = chunks_from(lm, args.chunks, args.tokens)
     random_expand = basis.expand
     print(f"{len(chunks)} chunks of {args.tokens} tokens from {', '.join(FILES)} (offset 50 %)", flush=True)
     for rank in map(int, args.ranks.split(",")):
-        s = CramSettings(batch_size=8, rank=rank, max_steps=400, patience=400).with_overrides(args.set)
+        s = SearchSettings(batch_size=8, rank=rank, max_steps=400, patience=400).with_overrides(args.set)
         learned = embedding_basis(lm, rank)
 
         def pca_expand(z, d, seed, w=learned):

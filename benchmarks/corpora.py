@@ -1,5 +1,5 @@
-"""Run `vecarc bench` on fixed slices of each corpus in ../shared/corpora and write
-docs/benchmarks-bench.json (every number) plus a markdown table on stdout.
+"""Run `vecarc bench` on fixed slices of each corpus and write docs/benchmarks-bench.json
+(every number) plus a markdown table on stdout.
 
     python -m benchmarks.corpora [--sizes 1024,4096,16384] [--pack-max 1024] [--out DIR]
 
@@ -7,6 +7,11 @@ A slice starts at the first line start after 10 % of the file and ends at the
 last line end within SIZE bytes, so every run compares the same bytes. Slices
 larger than --pack-max get the classic compressors and the model limit only:
 packing them with the default model on 2 CPU cores would take hours today.
+
+The slices come from benchmarks/slices/ (README there: the cutting rule, sources,
+licences), which holds every slice up to 64 KiB at offset 10 % and up to 16 KiB at
+30, 50 and 70 %. Only larger slices, and other offsets, need the whole corpora
+(jargon.txt, python-tutorial.rst, fortunes.txt) in ../shared/corpora or --corpora.
 """
 
 from __future__ import annotations
@@ -16,16 +21,57 @@ import json
 import time
 from pathlib import Path
 
-from vecarc import CramSettings, load_model
+from vecarc import PackConfig, load_model
 from vecarc.bench import bench_file, classic_rows, machine, model_limit
 
-CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"
+HERE = Path(__file__).resolve().parent
+CORPORA = HERE.parent.parent / "shared" / "corpora"  # the whole corpora, outside the repository
+SLICES = HERE / "slices"  # the vendored slices: benchmarks/slices/README.md
 FILES = ("jargon.txt", "python-tutorial.rst", "fortunes.txt")
+# offset -> how many bytes of the corpus its vendored slice was cut from (then cut after its last line)
+SLICE_BYTES = {0.1: 65536, 0.3: 16384, 0.5: 16384, 0.7: 16384}
 
 
-def fixed_slice(data: bytes, size: int) -> bytes:
-    start = data.index(b"\n", len(data) // 10) + 1
-    piece = data[start : start + size]
+def corpus_bytes(name: str, corpora: Path | str | None = None) -> bytes:
+    """The whole corpus file `name` from `corpora` (default CORPORA), or SystemExit saying where to put it."""
+    path = Path(corpora if corpora is not None else CORPORA) / name
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise SystemExit(f"{path} is missing: this needs the whole corpus {name}, not only the slices in "
+                         f"{SLICES}; place {name} (sources in {SLICES / 'README.md'}) in {path.parent}") from None
+
+
+def vendored_slice(name: str, offset: float) -> bytes | None:
+    """benchmarks/slices/NAME@PERCENT.txt: corpus_slice(name, SLICE_BYTES[offset], offset), or None."""
+    path = SLICES / f"{name}@{round(offset * 100)}.txt"
+    return path.read_bytes() if offset in SLICE_BYTES and path.is_file() else None
+
+
+def corpus_window(name: str, size: int, offset: float = 0.1, corpora: Path | str | None = None) -> bytes:
+    """`size` bytes of corpus `name` from its first line start after `offset` (a fraction of its length).
+
+    Read from the vendored slice when it holds them all, else from the whole corpus."""
+    vendored = vendored_slice(name, offset)
+    if vendored is not None and size <= len(vendored):
+        return vendored[:size]
+    data = corpus_bytes(name, corpora)
+    at = len(data) // 10 if offset == 0.1 else int(len(data) * offset)
+    start = data.index(b"\n", at) + 1
+    return data[start : start + size]
+
+
+def corpus_slice(name: str, size: int, offset: float = 0.1, corpora: Path | str | None = None) -> bytes:
+    """The fixed slice: corpus_window(name, size, offset) cut after its last line end.
+
+    Offset 0.1 gives the reported slices; 0.3, 0.5 and 0.7 the tuning ones. Every slice up to
+    SLICE_BYTES[offset] comes from benchmarks/slices/ (the vendored slice is that size's cut, and a
+    smaller size's cut is the cut of its first `size` bytes); others need the whole corpus."""
+    vendored = vendored_slice(name, offset)
+    if vendored is not None and size <= SLICE_BYTES[offset]:
+        piece = vendored[:size]
+    else:
+        piece = corpus_window(name, size, offset, corpora)
     return piece[: piece.rindex(b"\n") + 1]
 
 
@@ -34,21 +80,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="1024,4096,16384")
     ap.add_argument("--pack-max", type=int, default=1024)
     ap.add_argument("--out", default="build/bench")
-    ap.add_argument("--corpora", default=str(CORPORA))
+    ap.add_argument("--corpora", default=str(CORPORA),
+                    help="folder of the whole corpora, read only for slices larger than the vendored ones")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(None, "cpu")
     results = []
     for name in FILES:
-        data = (Path(args.corpora) / name).read_bytes()
         for size in map(int, args.sizes.split(",")):
-            piece = fixed_slice(data, size)
+            piece = corpus_slice(name, size, corpora=args.corpora)
             path = out / f"{name}.{size}"
             path.write_bytes(piece)
             t = time.perf_counter()
             if size <= args.pack_max:
-                res = bench_file(path, lm, archive=out / f"{path.name}.vec", settings=CramSettings())
+                res = bench_file(path, lm, archive=out / f"{path.name}.vec", config=PackConfig())
             else:
                 rows = classic_rows(piece, (3, 19))
                 lim = model_limit(lm, piece)

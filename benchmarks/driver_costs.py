@@ -6,6 +6,10 @@ Tokenizes --text-mib MiB of the corpora (as pack does: tokenize_exact, which als
 round trip) and times it; then encodes and parses the corrections of a predicted archive (by
 default the one benchmarks.ray_scale writes) a few times and reports corrections per second.
 Medians of --reps runs.
+
+Needs the whole corpora, not only the slices in benchmarks/slices/: jargon.txt,
+python-tutorial.rst and fortunes.txt (2.3 MB together; sources in
+benchmarks/slices/README.md) in ../shared/corpora beside the repository, or --corpora DIR.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import argparse
 import statistics
 import time
 
-from benchmarks.corpora import CORPORA, FILES
+from benchmarks.corpora import CORPORA, FILES, corpus_bytes
 from vecarc import load_model, read_archive
 from vecarc.format import corrections as codec
 from vecarc.text import tokenize_exact
@@ -25,9 +29,11 @@ def main() -> None:
     ap.add_argument("--archive", default="build/ray/jargon.65536.txt.local.vec")
     ap.add_argument("--text-mib", type=float, default=4)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--corpora", default=str(CORPORA),
+                    help=f"folder holding the whole {', '.join(FILES)} (default %(default)s)")
     args = ap.parse_args()
+    text = b"".join(corpus_bytes(f, args.corpora) for f in FILES)
     lm = load_model(None, "cpu")
-    text = b"".join((CORPORA / f).read_bytes() for f in FILES)
     size = int(args.text_mib * (1 << 20))
     data = (text * (size // len(text) + 1))[:size]
     data = data[: data.rindex(b"\n") + 1]

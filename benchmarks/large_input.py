@@ -4,7 +4,7 @@
                                      [--mode vectors|predict] [--engine local|ray]
 
 Builds the tiny Llama of vecarc/tiny.py (trained a few seconds on its
-repetitive text), makes inputs of N MiB from ../shared/corpora, and runs
+repetitive text), makes inputs of N MiB from the whole corpora, and runs
 `vecarc pack` on each as its own process; peak RSS is that process's
 ru_maxrss. A 1 KiB input gives the fixed cost (interpreter, torch, model).
 With --max-steps 1 no chunk converges, and with --min-chunk-tokens equal to
@@ -13,6 +13,10 @@ optimisation step: this measures the data path (reading, tokenizing, the job
 queue, the journal, the archive), not the memory of stored vectors. --mode predict
 packs predicted chunks as `vecarc pack` does by default (with their corrections);
 --engine ray runs the chunks on one Ray worker (the driver's RSS is reported).
+
+Needs the whole corpora, not only the slices in benchmarks/slices/: jargon.txt,
+python-tutorial.rst and fortunes.txt (2.3 MB together; sources in
+benchmarks/slices/README.md) in ../shared/corpora beside the repository, or --corpora DIR.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.corpora import CORPORA, FILES
+from benchmarks.corpora import CORPORA, FILES, corpus_bytes
 from vecarc.tiny import build_tiny_model
 
 
-def make_input(path: Path, size: int) -> None:
-    text = b"".join((CORPORA / f).read_bytes() for f in FILES)
+def make_input(path: Path, size: int, corpora: Path = CORPORA) -> None:
+    text = b"".join(corpus_bytes(f, corpora) for f in FILES)
     reps = size // len(text) + 1
     data = (text * reps)[:size]
     while True:  # cut on a character boundary
@@ -82,6 +86,8 @@ def main() -> None:
     ap.add_argument("--engine", default="local", choices=["local", "ray"])
     ap.add_argument("--volume-size", default="64M", help="pack's --volume-size (inputs above it become volumes)")
     ap.add_argument("--work", default="build/large")
+    ap.add_argument("--corpora", type=Path, default=CORPORA,
+                    help=f"folder holding the whole {', '.join(FILES)} (default %(default)s)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -94,7 +100,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for label, size in [("1 KiB", 1024)] + [(f"{m} MiB", int(float(m) * (1 << 20))) for m in args.sizes.split(",")]:
         src = work / f"input-{size}.txt"
-        make_input(src, size)
+        make_input(src, size, args.corpora)
         runs = [run_pack(src, model, args.max_steps, args.mode, args.engine, args.volume_size)
                 for _ in range(args.runs)]
         r = runs[0] | {"peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in runs),

@@ -9,8 +9,10 @@ rank-256 vectors); "predict" the predicted chunks with corrections. Every archiv
 verified by greedy decoding before it is written, unpacked (timed, model loaded) and
 checked with `verify --strict`.
 --offset 0.1 gives the reported slices (benchmarks/corpora.py); levers are tuned on
---offset 0.7. Run pinned (taskset -c 1 ... --threads 1): pack times compare only
-within one run on one machine.
+--offset 0.7. Slices up to 64 KiB at 0.1, and up to 16 KiB at 0.3, 0.5 and 0.7, come from
+benchmarks/slices/; others need the whole corpora in ../shared/corpora.
+Run pinned (taskset -c 1 ... --threads 1): pack times compare only within one run on one
+machine.
 """
 
 from __future__ import annotations
@@ -23,23 +25,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.corpora import CORPORA, FILES
-from vecarc import CramSettings, load_model, pack, summary, unpack, verify
+from benchmarks.corpora import FILES, corpus_slice
+from vecarc import PackConfig, load_model, pack, summary, unpack, verify
 from vecarc.bench import classic_rows, model_limit
-
-
-def slice_at(data: bytes, size: int, offset: float) -> bytes:
-    start = data.index(b"\n", int(len(data) * offset)) + 1
-    piece = data[start : start + size]
-    return piece[: piece.rindex(b"\n") + 1]
 
 
 def run(lm, path: Path, mode: str, reps: int) -> dict:
     times, r = [], None
     for _ in range(reps):
         t = time.perf_counter()
-        r = pack([path], path.with_name(f"{path.name}.{mode}.vec"), model=lm, settings=CramSettings(mode=mode),
-                 force=True)
+        r = pack([path], path.with_name(f"{path.name}.{mode}.vec"), PackConfig(mode=mode), model=lm, force=True)
         times.append(time.perf_counter() - t)
     s = summary(r.archive)
     t = time.perf_counter()
@@ -61,7 +56,7 @@ def main() -> None:
     ap.add_argument("--modes", default="vectors,predict")
     ap.add_argument("--sizes", default="4096")
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--offset", type=float, default=0.1)
+    ap.add_argument("--offset", type=float, default=0.1, help="0.1: the reported slices; 0.7: tuning")
     ap.add_argument("--out", default="build/modes")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--files", default=",".join(FILES))
@@ -73,9 +68,8 @@ def main() -> None:
     lm = load_model(None, "cpu")
     results = []
     for name in args.files.split(","):
-        data = (CORPORA / name).read_bytes()
         for size in map(int, args.sizes.split(",")):
-            piece = slice_at(data, size, args.offset)
+            piece = corpus_slice(name, size, args.offset)
             path = out / f"{name}.{size}"
             path.write_bytes(piece)
             row = {"input": path.name, "bytes": len(piece), "offset": args.offset,

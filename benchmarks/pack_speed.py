@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.corpora import CORPORA, fixed_slice
+from benchmarks.corpora import corpus_slice
 
 CONFIGS = {
     # What a research loop does: one chunk at a time, float32 everywhere, whole vectors,
@@ -52,15 +52,16 @@ def one(config: str, file: str, size: int, device: str) -> dict:
     import torch
 
     import vecarc
-    from vecarc import CramSettings, load_model
+    from vecarc import PackConfig, SearchSettings, load_model
 
-    settings, pack_kw = CONFIGS[config]
+    search, pack_kw = CONFIGS[config]
     lm = load_model(None, device)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"{Path(file).stem}.{size}.txt"
-        src.write_bytes(fixed_slice((CORPORA / file).read_bytes(), size))
+        src.write_bytes(corpus_slice(file, size))
         t = time.perf_counter()
-        res = vecarc.pack([src], Path(tmp) / "a.vec", model=lm, settings=CramSettings(**settings), **pack_kw)
+        cfg = PackConfig(mode="vectors", search=SearchSettings(**search), **pack_kw)
+        res = vecarc.pack([src], Path(tmp) / "a.vec", cfg, model=lm)
         pack_s = time.perf_counter() - t
         t = time.perf_counter()
         vecarc.unpack(Path(tmp) / "a.vec", Path(tmp) / "out", model=lm)

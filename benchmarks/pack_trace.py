@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import vecarc
-from benchmarks.corpora import CORPORA, fixed_slice
-from vecarc import CramSettings, load_model
+from benchmarks.corpora import corpus_slice
+from vecarc import PackConfig, load_model
 
 
 def main() -> None:
@@ -26,10 +26,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--file", default="python-tutorial.rst")
     ap.add_argument("--fill", type=float, default=0.9)
-    ap.add_argument("--set", nargs="*", default=[], help="CramSettings fields, KEY=VALUE")
+    ap.add_argument("--set", nargs="*", default=[], help="SearchSettings fields, or mode/margin, KEY=VALUE")
     ap.add_argument("--rows", action="store_true")
     args = ap.parse_args()
-    settings = CramSettings().with_overrides(args.set)
+    # mode and margin are the pack's; every other key is a search setting (search.KEY)
+    config = PackConfig(mode="vectors", fill=args.fill).with_overrides(
+        x if x.partition("=")[0] in ("mode", "margin") else f"search.{x}" for x in args.set)
     lm = load_model(None)
     groups, checks, rows = [], [], collections.defaultdict(list)
 
@@ -44,9 +46,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"slice.{args.size}.txt"
-        src.write_bytes(fixed_slice((CORPORA / args.file).read_bytes(), args.size))
+        src.write_bytes(corpus_slice(args.file, args.size))
         t = time.perf_counter()
-        res = vecarc.pack([src], Path(tmp) / "a.vec", model=lm, fill=args.fill, settings=settings, trace=trace)
+        res = vecarc.pack([src], Path(tmp) / "a.vec", config, model=lm, trace=trace)
         total = time.perf_counter() - t
     in_steps, in_checks = sum(g[-1] for g in groups), sum(c[-1] for c in checks)
     print(f"pack {total:.1f} s: steps {in_steps:.1f} s ({len(groups)} group steps, "

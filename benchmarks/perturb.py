@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from vecarc.api import model_for, verify
 from vecarc.format import read_archive
 from vecarc.robust import MARGIN_GRID, stress
+from vecarc.unpacking import model_for, verify
 
 
 def main() -> None:

@@ -17,19 +17,16 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.corpora import CORPORA, FILES, fixed_slice
-from vecarc import CramSettings, load_model
-from vecarc.api import (
-    capacity_budget,
-    pack_documents,
-    spread,
-    summary,
-    tokenize_exact,
-)
+from benchmarks.corpora import FILES, corpus_slice
+from vecarc import PackConfig, SearchSettings, load_model, pack_documents, summary
+from vecarc.capacity import capacity_budget
 from vecarc.entropy import token_nll
 from vecarc.plan import chunk_tokens_for, plan_by_budget, plan_chunks
+from vecarc.summary import spread
+from vecarc.text import tokenize_exact
 
 
 def show(xs):
@@ -45,18 +42,17 @@ def main() -> None:
     ap.add_argument("--out", default="build/bench/plans.json")
     args = ap.parse_args()
     lm = load_model(None, "cpu")
-    s = CramSettings(batch_size=16)
-    budget = capacity_budget(lm, s, args.fill, warn=print)
-    fixed = chunk_tokens_for(s.vectors)
+    cfg = PackConfig(mode="vectors", search=SearchSettings(batch_size=16), fill=args.fill)
+    budget = capacity_budget(lm, cfg.search, cfg.fill, warn=print)
+    fixed = chunk_tokens_for(cfg.search.vectors)
     print(f"model {lm.name} · budget {budget.nats:.1f} nats × fill {budget.fill} · max {budget.max_tokens} tokens · "
           f"fixed plan {fixed} tokens")
     rows = []
     print("| input | plan | tokens | chunks | tokens/vector min/median/max | planned nats/chunk min/median/max |")
     print("|---|---|---|---|---|---|")
     for f in args.files.split(","):
-        data = (CORPORA / f).read_bytes()
         for size in map(int, args.plan_sizes.split(",")):
-            ids = tokenize_exact(lm, fixed_slice(data, size))
+            ids = tokenize_exact(lm, corpus_slice(f, size))
             t = time.perf_counter()
             cap, nats = plan_by_budget([ids], budget, lambda w: token_nll(lm, w))
             plan_s = time.perf_counter() - t
@@ -76,12 +72,11 @@ def main() -> None:
               "min/median/max | archive bytes | pack s | tok/s |")
         print("|---|---|---|---|---|---|---|---|---|---|")
     for f in args.files.split(",") if args.pack_sizes else []:
-        data = (CORPORA / f).read_bytes()
         for size in map(int, args.pack_sizes.split(",")):
-            docs = [(f"{f}.{size}", fixed_slice(data, size))]
+            docs = [(f"{f}.{size}", corpus_slice(f, size))]
             for name in ("fixed", "capacity"):
                 t = time.perf_counter()
-                r = pack_documents(docs, lm, s, fixed if name == "fixed" else None,
+                r = pack_documents(docs, lm, replace(cfg, chunk_tokens=fixed if name == "fixed" else None),
                                    budget=budget if name == "capacity" else None)
                 raw, back, retries, steps = r.data, r.archive, r.retries, r.steps
                 secs = time.perf_counter() - t

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.corpora import CORPORA, fixed_slice
+from benchmarks.corpora import corpus_slice
 
 
 def one(config: str, src: str, mode: str) -> dict:
@@ -36,8 +36,7 @@ def one(config: str, src: str, mode: str) -> dict:
         engine = vecarc.RayEngine(workers=n)
     lm = vecarc.load_model(None, "cpu")
     t = time.perf_counter()
-    r = vecarc.pack([src], src + f".{config}.vec", model=lm, settings=vecarc.CramSettings(mode=mode), force=True,
-                    engine=engine)
+    r = vecarc.pack([src], src + f".{config}.vec", vecarc.PackConfig(mode=mode, engine=engine), model=lm, force=True)
     secs = time.perf_counter() - t
     tokens = sum(c.tokens or 0 for c in r.archive.chunks)
     return {"config": config, "seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs,
@@ -58,7 +57,7 @@ def main() -> None:
         print(json.dumps(one(args.one, str(src), args.mode)))
         return
     work.mkdir(parents=True, exist_ok=True)
-    src.write_bytes(fixed_slice((CORPORA / "jargon.txt").read_bytes(), args.size))
+    src.write_bytes(corpus_slice("jargon.txt", args.size))
     rows = []
     print("| engine | seconds | tokens/s | speed-up | archive bytes |")
     print("|---|---|---|---|---|")

@@ -18,29 +18,30 @@ import json
 import statistics as st
 from pathlib import Path
 
-from benchmarks.corpora import CORPORA, fixed_slice
+from benchmarks.corpora import corpus_slice
 
 SLICES = (("python-tutorial.rst", 23), ("jargon.txt", 9))
 
 
 def run(seeds: list[int], overrides: list[str], out: Path) -> None:
-    from vecarc import CramSettings, load_model
-    from vecarc.api import capacity_budget, tokenize_exact
+    from vecarc import SearchSettings, load_model
+    from vecarc.capacity import capacity_budget
     from vecarc.entropy import token_nll
     from vecarc.plan import plan_by_budget
     from vecarc.search import Job, chunk_key, cram
+    from vecarc.text import tokenize_exact
 
     lm = load_model(None, "cpu")
-    budget = capacity_budget(lm, CramSettings().resolved(lm.hidden_size, lm.fast_bf16()))
+    budget = capacity_budget(lm, SearchSettings().resolved(lm.hidden_size, lm.fast_bf16()))
     chunks = []
     for f, n in SLICES:
-        ids = tokenize_exact(lm, fixed_slice((CORPORA / f).read_bytes(), 4096))
+        ids = tokenize_exact(lm, corpus_slice(f, 4096))
         cuts, _ = plan_by_budget([ids], budget, lambda w: token_nll(lm, w))
         chunks += [(f"{f}:{i}", list(ids[a:b])) for i, (a, b) in enumerate(cuts[0][:n])]
     loss: dict[str, list[float]] = {}
     steps = {}
     for seed in seeds:
-        s = CramSettings(seed=seed, max_steps=600, patience=600).with_overrides(overrides)
+        s = SearchSettings(seed=seed, max_steps=600, patience=600).with_overrides(overrides)
 
         def trace(e: dict, seed: int = seed) -> None:  # every row's loss, as the search saw it
             for tag, _, _, _, _, row_loss in e.get("rows", []) if e["event"] == "group" else []:
@@ -96,7 +97,7 @@ def analyse(path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--set", action="append", default=[], help="a CramSettings field, e.g. beta2=0.99")
+    ap.add_argument("--set", action="append", default=[], help="a SearchSettings field, e.g. beta2=0.99")
     ap.add_argument("--out", default="build/bench/seeds.json")
     ap.add_argument("--analyse", metavar="JSON")
     args = ap.parse_args()

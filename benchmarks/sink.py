@@ -2,9 +2,10 @@
 
     python -m benchmarks.sink [--sinks 0,1,2] [--offsets 0.5,0.7]
 
-Two 512-token chunks from each offset of each corpus (tuning slices, not the reported
-ones at 10 %), corrections from one teacher-forced pass at margin 0.5, as pack finds them
-before its greedy check. Prints total corrections, their bits, and those in the first 16
+Two 512-token chunks from each offset of each corpus (the first 8 KiB from the line start
+after the offset: the tuning slices in benchmarks/slices/, not the reported ones at 10 %),
+corrections from one teacher-forced pass at margin 0.5, as pack finds them before its
+greedy check. Prints total corrections, their bits, and those in the first 16
 positions (where the sink matters most), per corpus and sink.
 """
 
@@ -13,9 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from benchmarks.corpora import CORPORA, FILES
+from benchmarks.corpora import FILES, corpus_window
 from vecarc import load_model
-from vecarc.predict import PREDICT_TOKENS, teacher_fixes
+from vecarc.chunks.predicted import teacher_fixes
+from vecarc.config import PREDICT_TOKENS
 
 
 def main() -> None:
@@ -26,11 +28,10 @@ def main() -> None:
     lm = load_model(None, "cpu")
     print("corpus\tsink\ttoken\tcorrections\tbits\tin first 16")
     for name in FILES:
-        data = (CORPORA / name).read_bytes()
         chunks = []
         for off in map(float, args.offsets.split(",")):
-            start = int(len(data) * off)
-            ids = lm.tokenizer(data[start : start + 8192].decode("utf-8", "ignore"), add_special_tokens=False)
+            text = corpus_window(name, 8192, off)  # 8 KiB from the first line start after the offset
+            ids = lm.tokenizer(text.decode("utf-8", "ignore"), add_special_tokens=False)
             ids = ids["input_ids"]
             chunks += [ids[i : i + PREDICT_TOKENS] for i in (0, PREDICT_TOKENS)]
         for sink in map(int, args.sinks.split(",")):

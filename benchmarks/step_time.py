@@ -11,6 +11,10 @@ interleaved, --rounds times, in one process.
 --decode times unpack's float32 greedy step instead (batch × sizes tokens), next to the
 matrix products alone of one step (every Linear weight once, at that batch): the part no
 decode loop can avoid, since each step reads all weights.
+
+The chunks are characters 20000-40000 of the whole python-tutorial.rst, which is not among
+the slices in benchmarks/slices/: it must be in ../shared/corpora beside the repository
+(source in benchmarks/slices/README.md). --decode needs no text.
 """
 
 from __future__ import annotations
@@ -22,11 +26,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.corpora import corpus_bytes
 from vecarc.decode import greedy_decode
 from vecarc.models import load_model
-from vecarc.search import CramSettings, Job, cram
-
-CORPUS = "../shared/corpora/python-tutorial.rst"
+from vecarc.search import Job, SearchSettings, cram
 
 
 def main() -> None:
@@ -40,10 +43,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--decode", action="store_true")
     args = ap.parse_args()
-    lm = load_model(args.model)
     if args.decode:
-        return decode_step(lm, args)
-    text = open(CORPUS, encoding="utf-8").read()[20000:40000]
+        return decode_step(load_model(args.model), args)
+    text = corpus_bytes("python-tutorial.rst").decode("utf-8")[20000:40000]
+    lm = load_model(args.model)
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     print(f"model {lm.name} · threads {torch.get_num_threads()} · torch {torch.__version__} · batch {args.batch} · "
           f"search {args.search_dtype}")
@@ -52,8 +55,8 @@ def main() -> None:
             for comp in args.compile.split(","):
                 chunks = [ids[i * n : (i + 1) * n] for i in range(args.batch)]
                 stamps = [time.perf_counter()]
-                s = CramSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch,
-                                 search_dtype=args.search_dtype, compile=comp)
+                s = SearchSettings(margin=1e9, max_steps=args.steps, patience=10**9, batch_size=args.batch,
+                                   search_dtype=args.search_dtype, compile=comp)
                 jobs = [Job(c, i) for i, c in enumerate(chunks)]
                 cram(lm, jobs, s, lambda e, st=stamps: st.append(time.perf_counter()))
                 per = [b - a for a, b in zip(stamps, stamps[1:])]

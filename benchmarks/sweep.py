@@ -13,14 +13,17 @@ from __future__ import annotations
 import sys
 import time
 
-from benchmarks.corpora import CORPORA, fixed_slice
+from benchmarks.corpora import corpus_slice
 from vecarc.models import load_model
-from vecarc.search import CramSettings, Job, cram
+from vecarc.search import Job, SearchSettings, cram
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        return
+    files = [corpus_slice(f, 4096).decode() for f in sys.argv[1].split(",")]
     lm = load_model(None, "cpu")
-    files = [fixed_slice((CORPORA / f).read_bytes(), 4096).decode() for f in sys.argv[1].split(",")]
     ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in files]
     for cfg in sys.argv[2:]:
         opts = {"tokens": 32, "chunks": 6}  # per file
@@ -28,7 +31,7 @@ def main() -> None:
             first, _, cfg = cfg.partition(",")
             opts[first.split("=")[0]] = int(first.split("=")[1])
         n, m = opts["tokens"], opts["chunks"]
-        s = CramSettings(batch_size=8, max_steps=400, patience=400).with_overrides(x for x in cfg.split(",") if x)
+        s = SearchSettings(batch_size=8, max_steps=400, patience=400).with_overrides(x for x in cfg.split(",") if x)
         t = time.time()
         res = []
         for f, doc in enumerate(ids):

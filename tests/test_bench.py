@@ -6,7 +6,7 @@ import json
 import lzma
 
 import zstandard
-from conftest import run_cli
+from helpers import run_cli
 
 TEXT = b"The quick brown fox jumps over the lazy dog. " * 3
 BENCH_FAST = ["--chunk-tokens", "2", "--reps", "1"]
@@ -17,11 +17,12 @@ run = run_cli
 
 def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     import vecarc.cli as cli
-    from vecarc.search import CramSettings
+    from vecarc import PackConfig, SearchSettings
 
     # The tiny random model needs a small margin to converge at all.
-    monkeypatch.setattr(cli, "CramSettings", lambda **kw: CramSettings(margin=0.05, max_steps=150, patience=50,
-                                                                       batch_size=64, **kw))
+    monkeypatch.setattr(cli, "SearchSettings", lambda **kw: SearchSettings(max_steps=150, patience=50, batch_size=64,
+                                                                           **kw))
+    monkeypatch.setattr(cli, "PackConfig", lambda **kw: PackConfig(margin=0.05, **kw))
     src = tmp_path / "t.txt"
     src.write_bytes(TEXT)
     out = tmp_path / "r.json"

@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
-from conftest import FAST, TRAIN_TEXT, run_cli
+from helpers import FAST, TRAIN_TEXT, run_cli
 
 import vecarc
-from vecarc import CramSettings, VecarcError, capacity
-from vecarc.api import capacity_budget, summary
+from vecarc import PackConfig, SearchSettings, VecarcError, capacity
+from vecarc.api import summary
+from vecarc.capacity import capacity_budget
 from vecarc.entropy import token_nll
 from vecarc.plan import Budget, cut_by_budget, plan_by_budget
 
 EASY = TRAIN_TEXT[:700]
+# FAST's search settings at FAST's margin (a pack's margin lives on its PackConfig).
+FAST_SEARCH = replace(FAST.search, margin=FAST.margin)
 
 
 def _hard() -> str:
@@ -54,9 +58,9 @@ def test_plan_follows_cross_entropy(trained_tiny):
 
 def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
     lm = trained_tiny
-    entry = capacity.calibrate(lm, FAST, texts=[("easy", EASY), ("hard", _hard())], samples=2, first_tokens=4,
+    entry = capacity.calibrate(lm, FAST_SEARCH, texts=[("easy", EASY), ("hard", _hard())], samples=2, first_tokens=4,
                                sample_tokens=48)
-    assert entry["representation"] == capacity.profile_key(FAST)
+    assert entry["representation"] == capacity.profile_key(FAST_SEARCH)
     assert entry["budget_nats"] > 0 and len(entry["samples"]) == 2
     for smp in entry["samples"]:
         assert smp["tries"], smp
@@ -71,7 +75,7 @@ def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
     src = tmp_path / "easy.txt"
     src.write_text(EASY[:300] + "\n" + _hard()[:200])
     warnings: list[str] = []
-    res = vecarc.pack([src], tmp_path / "a.vec", model=lm, settings=FAST, warn=warnings.append)
+    res = vecarc.pack([src], tmp_path / "a.vec", FAST, model=lm, warn=warnings.append)
     assert not warnings  # the stored profile was found: no recalibration
     plan = res.archive.header.plan
     assert plan["method"] == "capacity"
@@ -83,8 +87,8 @@ def test_calibrate_then_pack_uses_profile(trained_tiny, tmp_path):
 
 
 def test_profile_of_another_model_is_never_used(trained_tiny, tiny, monkeypatch):
-    entry = {"representation": capacity.profile_key(FAST), "budget_nats": 123.0, "tokens": {"min": 1, "median": 2,
-             "max": 3}}
+    entry = {"representation": capacity.profile_key(FAST_SEARCH), "budget_nats": 123.0,
+             "tokens": {"min": 1, "median": 2, "max": 3}}
     capacity.save_entry(trained_tiny, entry)
     # The same content under the other model's file name: its fingerprint inside does not match.
     src = capacity.profile_path(trained_tiny.fingerprint)
@@ -110,15 +114,15 @@ def test_corrupt_profile_warns_and_recalibrates(trained_tiny, content, monkeypat
         calls.append(1)
         return real(lm_, s, texts=[("easy", EASY)], samples=2, first_tokens=4, sample_tokens=32)
 
-    monkeypatch.setattr("vecarc.packing.calibrate", small)
+    monkeypatch.setattr("vecarc.capacity.calibrate", small)
     warnings: list[str] = []
-    budget = capacity_budget(lm, FAST, warn=warnings.append)
+    budget = capacity_budget(lm, FAST_SEARCH, warn=warnings.append)
     assert calls == [1]
     assert any("ignoring it" in w for w in warnings) and any("calibrating first" in w for w in warnings)
     assert budget.nats > 0
     data = json.loads(path.read_text())  # replaced by a valid profile
     assert data["model"]["fingerprint"] == lm.fingerprint
-    assert capacity.load_entry(lm, capacity.profile_key(FAST)) is not None
+    assert capacity.load_entry(lm, capacity.profile_key(FAST_SEARCH)) is not None
 
 
 def test_cli_calibrate_models_pack_info(tmp_path, trained_dir):
@@ -153,11 +157,12 @@ def test_a_failed_calibration_stops_the_pack_and_says_what_to_do(tiny, tmp_path)
     """A model that holds nothing at the calibration settings: one clear error, and --chunk-tokens still packs."""
     src = tmp_path / "t.txt"
     src.write_bytes(b"Hello there.")
-    s = CramSettings(mode="vectors", margin=1e9, max_steps=5, patience=5, batch_size=64)
+    s = PackConfig(mode="vectors", margin=1e9, search=SearchSettings(max_steps=5, patience=5, batch_size=64),
+                   min_chunk_tokens=1)
     with pytest.raises(VecarcError, match="calibration failed.*pack with --chunk-tokens N .*--text FILE"):
-        vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1)
+        vecarc.pack([src], tmp_path / "t.vec", s, model=tiny)
     assert not (tmp_path / "t.vec").exists() and not (tmp_path / "t.vec.journal").exists()
-    res = vecarc.pack([src], tmp_path / "t.vec", model=tiny, settings=s, min_chunk_tokens=1, chunk_tokens=4)
+    res = vecarc.pack([src], tmp_path / "t.vec", replace(s, chunk_tokens=4), model=tiny)
     assert res.archive.header.plan["method"] == "fixed"
     vecarc.unpack(tmp_path / "t.vec", tmp_path / "out", model=tiny)
     assert (tmp_path / "out" / "t.txt").read_bytes() == b"Hello there."

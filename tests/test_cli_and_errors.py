@@ -6,7 +6,7 @@ import json
 import struct
 
 import pytest
-from conftest import resealed, run_cli
+from helpers import resealed, run_cli
 
 import vecarc
 from vecarc import VecarcError, read_archive
@@ -151,7 +151,7 @@ def test_other_model_is_refused_naming_both(tmp_path, packed, other_tiny_dir, ti
 
 
 def test_missing_model_says_what_to_install(tmp_path, packed):
-    from vecarc.api import install_hint
+    from vecarc.unpacking import install_hint
 
     a = read_archive(packed)
     a.header.model.source = f"path:{tmp_path / 'gone'}"
@@ -200,15 +200,23 @@ def test_sigint_during_pack_leaves_no_archive(tmp_path, tiny_dir):
     import sys
     import time
 
+    from vecarc.journal import count_records
+
     src = tmp_path / "long.txt"
     src.write_text("All work and no play makes Jack a dull boy. " * 400)
     cmd = [sys.executable, "-m", "vecarc.cli", "pack", str(src), "--model", str(tiny_dir), "--mode", "vectors",
-           "--margin", "1e9",
-           "--max-steps", "100000", "--chunk-tokens", "8", "-q"]
+           "--margin", "1e9", "--max-steps", "100000", "--chunk-tokens", "8", "--checkpoint-every", "0",
+           "--compile", "off", "-q"]
     # A runner started in the background may ignore SIGINT, and children inherit that: restore it.
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(10)  # past start-up, inside the optimisation loop
+    journal = tmp_path / "long.txt.vec.journal"
+    t0 = time.monotonic()
+    while not (journal.exists() and count_records(journal)["snapshots"]):  # inside the optimisation loop
+        if p.poll() is not None or time.monotonic() - t0 > 300:
+            p.kill()
+            pytest.fail(f"pack never reached its first snapshot: {p.communicate()[1][-2000:]!r}")
+        time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     try:
         _, err = p.communicate(timeout=60)  # drains stderr: a full pipe must not block the child
@@ -219,16 +227,14 @@ def test_sigint_during_pack_leaves_no_archive(tmp_path, tiny_dir):
     rc = p.returncode
     assert rc == 130, err[-2000:]
     assert "interrupted; no archive written" in err and "Traceback" not in err
-    # No archive and no temporary file; the journal (if cramming had begun) keeps the work for --resume.
-    assert set(x.name for x in tmp_path.iterdir()) <= {"long.txt", "long.txt.vec.journal"}
-    if (tmp_path / "long.txt.vec.journal").exists():
-        assert "--resume" in err
+    # No archive and no temporary file; the journal keeps the work for --resume.
+    assert set(x.name for x in tmp_path.iterdir()) == {"long.txt", "long.txt.vec.journal"}
+    assert "--resume" in err
 
 
 def test_fingerprint_memo_follows_the_files(tmp_path, monkeypatch):
-    from conftest import build_tiny_model
-
     from vecarc.models import load_model
+    from vecarc.tiny import build_tiny_model
 
     monkeypatch.setenv("VECARC_CACHE", str(tmp_path / "cache"))
     folder = build_tiny_model(tmp_path / "m")
@@ -264,9 +270,9 @@ def test_literal_blocks_must_not_alias(tmp_path, tiny):
     """Two chunks pointing at one block would each be copied: blocks are disjoint and in order."""
     for name in ("a.txt", "b.txt"):
         (tmp_path / name).write_text(f"{name} holds a sentence the search is not allowed to solve.")
-    hopeless = vecarc.CramSettings(mode="vectors", margin=1e9, max_steps=1, batch_size=8)
-    vecarc.pack([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "l.vec", model=tiny, settings=hopeless,
-                chunk_tokens=8)
+    hopeless = vecarc.PackConfig(mode="vectors", margin=1e9, search=vecarc.SearchSettings(max_steps=1, batch_size=8),
+                                 chunk_tokens=8)
+    vecarc.pack([tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "l.vec", hopeless, model=tiny)
     good = (tmp_path / "l.vec").read_bytes()
     blocks = [c for c in parse_archive(good).chunks if c.is_literal]
     assert len(blocks) == 2

@@ -3,11 +3,12 @@ pack, verify --strict and unpack must give the bytes back on each."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 
 import vecarc
 from vecarc.format import read_archive
@@ -52,7 +53,7 @@ def test_each_family_round_trips_strictly(tmp_path, family):
     lm = vecarc.load_model(str(_build(tmp_path / family, family)), device="cpu")
     src = tmp_path / "s.txt"
     src.write_bytes(TEXT)
-    vecarc.pack([src], tmp_path / "s.vec", model=lm, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    vecarc.pack([src], tmp_path / "s.vec", replace(FAST, chunk_tokens=2, min_chunk_tokens=1), model=lm)
     r = vecarc.verify(tmp_path / "s.vec", model=lm, strict=True)
     assert r.ok, r.problems
     written = vecarc.unpack(tmp_path / "s.vec", tmp_path / "out", model=lm)
@@ -63,9 +64,9 @@ def test_each_family_round_trips_strictly(tmp_path, family):
 def test_each_family_decodes_predicted_chunks_with_their_corrections(tmp_path, family):
     # Untrained, these models would keep the text as a literal (its corrections cost more): drive the
     # predicted path directly, through each family's own KV cache.
+    from vecarc.chunks.predicted import checked_fixes, teacher_fixes
     from vecarc.decode import greedy_decode
     from vecarc.format.corrections import full_bits
-    from vecarc.predict import checked_fixes, teacher_fixes
     from vecarc.text import tokenize_exact
 
     lm = vecarc.load_model(str(_build(tmp_path / family, family)), device="cpu")
@@ -89,7 +90,7 @@ def test_each_tokenizer_shape_round_trips_strictly(tmp_path, shape):
     assert lm.tokenizer.convert_ids_to_tokens(lm.sink_id) == SHAPES[shape]
     src = tmp_path / "s.txt"
     src.write_bytes(TEXT)
-    vecarc.pack([src], tmp_path / "s.vec", model=lm, settings=FAST, chunk_tokens=2, min_chunk_tokens=1)
+    vecarc.pack([src], tmp_path / "s.vec", replace(FAST, chunk_tokens=2, min_chunk_tokens=1), model=lm)
     a = read_archive(tmp_path / "s.vec")
     assert a.header.model.sink_token_id == lm.sink_id and {c.kind for c in a.chunks} == {"vector"}
     r = vecarc.verify(tmp_path / "s.vec", model=lm, strict=True)

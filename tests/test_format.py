@@ -65,7 +65,7 @@ def test_int4_padding_and_zero_scales_are_as_specified():
 
 
 def test_header_json_is_strict():
-    from vecarc.format.container import parse_json
+    from vecarc.format.strict import parse_json
 
     assert parse_json('{"a": [1, {"b": 2}]}') == {"a": [1, {"b": 2}]}
     with pytest.raises(ValueError, match="key 'a' appears twice"):

@@ -14,7 +14,7 @@ import os
 import tracemalloc
 
 import pytest
-from conftest import TRAIN_TEXT, reseal, resealed
+from helpers import TRAIN_TEXT, reseal, resealed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +22,7 @@ import vecarc
 from vecarc import VecarcError
 from vecarc.api import summary
 from vecarc.format import parse_archive
+from vecarc.inputs import read_inputs
 
 CASES = int(os.environ.get("VECARC_FUZZ_CASES", "300"))
 SLOW_CASES = max(10, CASES // 10)  # cases that may load the model and decode
@@ -36,7 +37,7 @@ def base(request, two_docs, tiny, trained_tiny, tmp_path_factory):
     d = tmp_path_factory.mktemp("pred")
     (d / "a.txt").write_text(TRAIN_TEXT[:200])
     (d / "b.bin").write_bytes(bytes(range(256)))
-    vecarc.pack([d / "a.txt", d / "b.bin"], d / "p.vec", model=trained_tiny, chunk_tokens=16)
+    vecarc.pack([d / "a.txt", d / "b.bin"], d / "p.vec", vecarc.PackConfig(chunk_tokens=16), model=trained_tiny)
     data = (d / "p.vec").read_bytes()
     kinds = {c.kind for c in parse_archive(data).chunks}
     assert {"predicted", "bytes"} <= kinds, kinds
@@ -254,7 +255,7 @@ def test_pack_refuses_inputs_whose_names_collide_elsewhere(tmp_path):
         (tmp_path / name).write_text(name)
     with pytest.raises(VecarcError, match="cannot store these inputs: document names 'Notes.txt' and 'notes.txt' "
                                           "differ only in case"):
-        vecarc.api.read_inputs([tmp_path / "Notes.txt", tmp_path / "notes.txt"])
+        read_inputs([tmp_path / "Notes.txt", tmp_path / "notes.txt"])
 
 
 def test_symlink_in_target_path_is_refused(good, tiny, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import resealed
+from helpers import resealed
 
 import vecarc
 from vecarc import VecarcError

@@ -6,16 +6,17 @@ import random
 
 import pytest
 import torch
-from conftest import TRAIN_TEXT, resealed
+from helpers import TRAIN_TEXT, resealed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vecarc
+from vecarc import PackConfig
+from vecarc.chunks.predicted import class_bits, teacher_fixes
 from vecarc.decode import greedy_decode
 from vecarc.errors import VecarcError
 from vecarc.format import corrections, parse_archive
 from vecarc.format import header as header_mod
-from vecarc.predict import class_bits, teacher_fixes
 from vecarc.text import tokenize_exact
 
 VOCAB = 49152
@@ -87,7 +88,7 @@ def predicted(trained_tiny, tmp_path_factory):
     (d / "a.txt").write_text(TRAIN_TEXT[:300] + " Something the model has never read: zq 42 xv.\n")
     (d / "b.bin").write_bytes(bytes(range(200)))
     out = d / "p.vec"
-    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, model=trained_tiny, chunk_tokens=40)
+    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, PackConfig(chunk_tokens=40), model=trained_tiny)
     return d, out, r
 
 
@@ -140,7 +141,7 @@ def test_reader_refuses_lies_about_the_corrections(predicted):
 
 
 def test_a_format_2_header_cannot_hold_predicted_chunks(predicted):
-    from conftest import reseal
+    from helpers import reseal
 
     from vecarc.format import MAGIC, PREFIX
 
@@ -157,7 +158,7 @@ def test_a_format_2_header_cannot_hold_predicted_chunks(predicted):
 @pytest.mark.parametrize("version, fingerprint", [(4, "sha256:" + "0" * 64), (3, "fp2:" + "0" * 64),
                                                   (4, "fp2:" + "0" * 63), (4, "fp2:" + "A" * 64)])
 def test_the_fingerprint_must_be_of_the_versions_scheme(predicted, version, fingerprint):
-    from conftest import reseal
+    from helpers import reseal
 
     from vecarc.format import MAGIC, PREFIX
 
@@ -177,7 +178,7 @@ def test_a_text_known_by_heart_stays_within_the_decoding_cap(trained_tiny, tmp_p
     src = tmp_path / "t.txt"
     src.write_text(TRAIN_TEXT[:400])
     out = tmp_path / "t.vec"
-    vecarc.pack([src], out, model=trained_tiny, chunk_tokens=20)
+    vecarc.pack([src], out, PackConfig(chunk_tokens=20), model=trained_tiny)
     a = vecarc.read_archive(out)
     greedy = sum(c.tokens for c in a.chunks if c.is_greedy)
     assert greedy <= header_mod.greedy_cap(a.header.corrections.section[1])
@@ -190,7 +191,7 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
 
     src = tmp_path / "a.txt"
     src.write_text((TRAIN_TEXT * 3)[:2400])
-    ref = vecarc.pack([src], tmp_path / "ref.vec", model=trained_tiny, chunk_tokens=8)
+    ref = vecarc.pack([src], tmp_path / "ref.vec", PackConfig(chunk_tokens=8), model=trained_tiny)
     assert ref.archive.header.plan["chunks_planned"] > 64  # more than one greedy batch
 
     def stop(e):
@@ -199,10 +200,10 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
 
     out = tmp_path / "a.vec"
     with pytest.raises(KeyboardInterrupt):
-        vecarc.pack([src], out, model=trained_tiny, chunk_tokens=8, progress=stop)
+        vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, progress=stop)
     assert not out.exists() and journal_path(out).exists()
     seen = []
-    vecarc.pack([src], out, model=trained_tiny, chunk_tokens=8, resume=True, progress=seen.append)
+    vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, resume=True, progress=seen.append)
     done = [e for e in seen if e.get("event") == "predict"]
     assert done[-1]["done"] == ref.archive.header.plan["chunks_planned"] - 64  # journaled chunks are not redone
     assert out.read_bytes() == (tmp_path / "ref.vec").read_bytes()

@@ -7,11 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
-from conftest import FAST
+from helpers import FAST
 
 import vecarc
+from vecarc import PackConfig, SearchSettings
 from vecarc.errors import VecarcError
 from vecarc.tiny import TRAIN_TEXT
 
@@ -49,10 +51,10 @@ def test_a_ray_pack_unpacks_byte_identically_and_matches_the_local_plan(cluster,
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
     events = []
-    s = vecarc.CramSettings(margin=0.5)
-    r = vecarc.pack(inputs, "ray.vec", model=trained_tiny, settings=s, chunk_tokens=64, progress=events.append,
-                    engine=vecarc.RayEngine(workers=2, shard_chunks=2))
-    local = vecarc.pack(inputs, "local.vec", model=trained_tiny, settings=s, chunk_tokens=64)
+    s = PackConfig(margin=0.5, chunk_tokens=64)
+    r = vecarc.pack(inputs, "ray.vec", replace(s, engine=vecarc.RayEngine(workers=2, shard_chunks=2)),
+                    model=trained_tiny, progress=events.append)
+    local = vecarc.pack(inputs, "local.vec", s, model=trained_tiny)
     assert [(c.doc, c.kind, c.tokens) for c in r.archive.chunks] == [(c.doc, c.kind, c.tokens)
                                                                       for c in local.archive.chunks]
     assert "predicted" in {c.kind for c in r.archive.chunks}
@@ -63,8 +65,9 @@ def test_a_ray_pack_unpacks_byte_identically_and_matches_the_local_plan(cluster,
 def test_vector_chunks_on_ray_split_and_verify(cluster, tiny, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     docs = {"a.txt": b"The quick brown fox jumps.", "notes/b.txt": b"To be or not to be, that is the question."}
-    r = vecarc.pack(_inputs(tmp_path, docs), "v.vec", model=tiny, settings=FAST, chunk_tokens=4,
-                    min_chunk_tokens=1, engine=vecarc.RayEngine(workers=2, shard_chunks=2))
+    r = vecarc.pack(_inputs(tmp_path, docs), "v.vec", replace(FAST, chunk_tokens=4, min_chunk_tokens=1,
+                                                               engine=vecarc.RayEngine(workers=2, shard_chunks=2)),
+                    model=tiny)
     assert r.archive.header.vectors.count > 0
     _round_trip(tmp_path / "v.vec", tiny, tmp_path, docs)
 
@@ -74,9 +77,10 @@ def test_a_worker_that_dies_is_replaced_and_its_shard_retried(cluster, trained_t
     marker = tmp_path / "die-once"
     marker.touch()
     notes = []
-    vecarc.pack(_inputs(tmp_path), "f.vec", model=trained_tiny, chunk_tokens=64,
-                progress=lambda e: notes.append(e["message"]) if e["event"] == "note" else None,
-                engine=vecarc.RayEngine(workers=1, shard_chunks=2, fault_marker=str(marker)))
+    vecarc.pack(_inputs(tmp_path), "f.vec",
+                PackConfig(chunk_tokens=64, engine=vecarc.RayEngine(workers=1, shard_chunks=2,
+                                                                    fault_marker=str(marker))),
+                model=trained_tiny, progress=lambda e: notes.append(e["message"]) if e["event"] == "note" else None)
     assert not marker.exists() and any("a worker died on shard 0" in n for n in notes)
     _round_trip(tmp_path / "f.vec", trained_tiny, tmp_path)
 
@@ -86,19 +90,46 @@ def test_a_shard_that_keeps_failing_fails_the_pack_cleanly(cluster, trained_tiny
     marker = tmp_path / "die-once"
     marker.touch()
     with pytest.raises(VecarcError, match="shard 0 lost its worker 1 times .*nothing written"):
-        vecarc.pack(_inputs(tmp_path), "x.vec", model=trained_tiny, chunk_tokens=64,
-                    engine=vecarc.RayEngine(workers=1, retries=0, fault_marker=str(marker)))
+        vecarc.pack(_inputs(tmp_path), "x.vec",
+                    PackConfig(chunk_tokens=64, engine=vecarc.RayEngine(workers=1, retries=0,
+                                                                        fault_marker=str(marker))),
+                    model=trained_tiny)
     assert not (tmp_path / "x.vec").exists()
 
 
 def test_a_model_the_workers_cannot_load_is_one_line(cluster, trained_tiny, tmp_path, monkeypatch):
-    from dataclasses import replace
-
     monkeypatch.chdir(tmp_path)
     lm = replace(trained_tiny, source=f"path:{tmp_path / 'gone'}")
     with pytest.raises(VecarcError, match="a worker failed on shard 0: VecarcError: cannot load model"):
-        vecarc.pack(_inputs(tmp_path), "x.vec", model=lm, chunk_tokens=64,
-                    engine=vecarc.RayEngine(workers=1))
+        vecarc.pack(_inputs(tmp_path), "x.vec", PackConfig(chunk_tokens=64, engine=vecarc.RayEngine(workers=1)),
+                    model=lm)
+
+
+def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_path, monkeypatch):
+    """A worker is another process, maybe another machine: its records are read as a journal's are
+    (typed, checked), and decoded again by the driver before anything is written. An engine whose
+    worker sends well-formed records with corrections taken away must not reach an archive."""
+    from vecarc.chunks import ChunkRecord
+    from vecarc.engine import work_shard
+    from vecarc.errors import VerificationError
+
+    sent = []
+
+    class Lying:  # the RayEngine.run contract, computed here, one record spoiled in transit
+        def run(self, lm, cfg, items, on_shard, progress=None):
+            records = work_shard(lm, replace(cfg, engine=None), items)
+            k = next(i for i, (meta, _) in enumerate(records) if meta["info"] and meta["info"].get("corrections"))
+            records[k] = ({**records[k][0], "info": {"corrections": []}}, records[k][1])
+            sent.append(k)
+            on_shard([ChunkRecord.from_journal(meta, tensors) for meta, tensors in records])
+
+    monkeypatch.chdir(tmp_path)
+    inputs = _inputs(tmp_path)
+    with pytest.raises(VerificationError, match="nothing written"):
+        vecarc.pack(inputs, "w.vec", PackConfig(chunk_tokens=64, engine=Lying()), model=trained_tiny)
+    assert sent and not (tmp_path / "w.vec").exists()
+    honest = vecarc.pack(inputs, "h.vec", PackConfig(chunk_tokens=64), model=trained_tiny)
+    assert "predicted" in {c.kind for c in honest.archive.chunks}  # the spoiled record was a predicted chunk's
 
 
 DRIVER = textwrap.dedent("""
@@ -112,9 +143,10 @@ DRIVER = textwrap.dedent("""
             if shards == 2:  # two shards journaled: the driver dies as a kill -9 would
                 os._exit(9)
     lm = vecarc.load_model(sys.argv[1], "cpu")
-    s = vecarc.CramSettings(mode=mode, margin=0.05, max_steps=150, patience=50, batch_size=64)
-    vecarc.pack(sys.argv[3:], "k.vec", model=lm, settings=s, chunk_tokens=16, min_chunk_tokens=8, progress=on,
-                engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+    s = vecarc.PackConfig(mode=mode, margin=0.05,
+                          search=vecarc.SearchSettings(max_steps=150, patience=50, batch_size=64),
+                          chunk_tokens=16, min_chunk_tokens=8, engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+    vecarc.pack(sys.argv[3:], "k.vec", s, model=lm, progress=on)
 """)
 
 
@@ -133,9 +165,9 @@ def test_a_killed_driver_resumes_without_redoing_journaled_shards(cluster, train
     _killed_driver(trained_dir, tmp_path, "predict", inputs)
     assert count_records(tmp_path / "k.vec.journal") == {"header": 1, "results": 6, "snapshots": 2}
     events = []
-    s = vecarc.CramSettings(margin=0.05, max_steps=150, patience=50, batch_size=64)
-    r = vecarc.pack(inputs, "k.vec", model=trained_tiny, settings=s, chunk_tokens=16, min_chunk_tokens=8,
-                    resume=True, progress=events.append, engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+    s = PackConfig(margin=0.05, search=SearchSettings(max_steps=150, patience=50, batch_size=64),
+                   chunk_tokens=16, min_chunk_tokens=8, engine=vecarc.RayEngine(workers=1, shard_chunks=3))
+    r = vecarc.pack(inputs, "k.vec", s, model=trained_tiny, resume=True, progress=events.append)
     planned = r.archive.header.plan["chunks_planned"]
     assert {e["total"] for e in events if e["event"] == "predict"} == {planned - 6}  # only what was not journaled
     assert not (tmp_path / "k.vec.journal").exists()
@@ -149,15 +181,15 @@ def test_vector_chunks_journaled_on_ray_resume_in_this_process(cluster, trained_
     docs = {"a.txt": TRAIN_TEXT[:400].encode(), "notes/b.txt": TRAIN_TEXT[500:800].encode()}
     inputs = _inputs(tmp_path, docs)
     _killed_driver(trained_dir, tmp_path, "vectors", inputs)
-    s = vecarc.CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64)
-    r = vecarc.pack(inputs, "k.vec", model=trained_tiny, settings=s, chunk_tokens=16, min_chunk_tokens=8,
-                    resume=True)
+    s = PackConfig(mode="vectors", margin=0.05, search=SearchSettings(max_steps=150, patience=50, batch_size=64),
+                   chunk_tokens=16, min_chunk_tokens=8)
+    r = vecarc.pack(inputs, "k.vec", s, model=trained_tiny, resume=True)
     assert r.archive.header.vectors.count > 0
     _round_trip(tmp_path / "k.vec", trained_tiny, tmp_path, docs)
 
 
 def test_the_cli_packs_on_ray_and_refuses_ray_flags_without_it(cluster, trained_dir, tmp_path, monkeypatch):
-    from conftest import run_cli
+    from helpers import run_cli
 
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
@@ -174,7 +206,8 @@ def test_calibration_on_ray_searches_each_sample_on_a_worker(cluster, trained_ti
 
     texts = [("easy", T[:700]), ("other", T[300:1000])]
     events = []
-    entry = capacity.calibrate(trained_tiny, FAST, texts=texts, samples=2, first_tokens=4, sample_tokens=48,
+    fast = replace(FAST.search, margin=FAST.margin)  # FAST's search at FAST's margin
+    entry = capacity.calibrate(trained_tiny, fast, texts=texts, samples=2, first_tokens=4, sample_tokens=48,
                                progress=events.append, engine=vecarc.RayEngine(workers=2))
     assert entry["budget_nats"] > 0 and len(entry["samples"]) == 2
     assert all(smp["tries"] for smp in entry["samples"]) and any(smp["gain"] > 0 for smp in entry["samples"])
@@ -184,7 +217,8 @@ def test_calibration_on_ray_searches_each_sample_on_a_worker(cluster, trained_ti
 def test_a_local_pack_never_imports_ray(tiny_dir, tmp_path):
     (tmp_path / "a.txt").write_bytes(b"The quick brown fox.")
     code = ("import sys, vecarc; from vecarc.cli import main; "
-            "vecarc.pack(['a.txt'], 'a.vec', model=vecarc.load_model(sys.argv[1], 'cpu'), chunk_tokens=8); "
+            "vecarc.pack(['a.txt'], 'a.vec', vecarc.PackConfig(chunk_tokens=8), "
+            "model=vecarc.load_model(sys.argv[1], 'cpu')); "
             "print('ray' in sys.modules)")
     p = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)

@@ -20,11 +20,12 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "hello.txt"
 def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
     lm = vecarc.load_model(None, device="cpu")
     assert lm.name == DEFAULT_NAME and lm.hidden_size == 576
-    found = capacity.load_entry(lm, capacity.profile_key(vecarc.CramSettings().resolved(lm.hidden_size)))
+    config = vecarc.PackConfig(mode="vectors")
+    found = capacity.load_entry(lm, capacity.profile_key(config.resolved(lm).search))
     assert found is not None, f"no built-in capacity profile matches the default model's fingerprint {lm.fingerprint}"
     out = tmp_path / "hello.vec"
     warnings: list[str] = []
-    res = vecarc.pack([EXAMPLE], out, model=lm, warn=warnings.append, settings=vecarc.CramSettings(mode="vectors"))
+    res = vecarc.pack([EXAMPLE], out, config, model=lm, warn=warnings.append)
     assert not warnings
     a = vecarc.read_archive(out)
     assert a.header.plan["method"] == "capacity"

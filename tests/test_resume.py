@@ -7,24 +7,24 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
-from conftest import TRAIN_TEXT
+from helpers import TRAIN_TEXT
 
-from vecarc import api
+from vecarc import PackConfig, SearchSettings, api
 from vecarc.errors import VecarcError, VerificationError
 from vecarc.journal import HEADER, VERSION, _record, count_records, journal_path
-from vecarc.search import CramSettings
 
 TEXT = TRAIN_TEXT[:700] + " zebra quantum fjord, then a sentence the model has never seen."
-SETTINGS = dict(mode="vectors", batch_size=4, max_steps=150)
+CONFIG = PackConfig(mode="vectors", search=SearchSettings(batch_size=4, max_steps=150), chunk_tokens=24)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, trained_tiny):
     d = tmp_path_factory.mktemp("ref")
     (d / "a.txt").write_text(TEXT)
-    r = api.pack([d / "a.txt"], d / "ref.vec", model=trained_tiny, settings=CramSettings(**SETTINGS), chunk_tokens=24)
+    r = api.pack([d / "a.txt"], d / "ref.vec", CONFIG, model=trained_tiny)
     assert r.retries > 0 and r.archive.header.vectors.count > 0  # splits and vectors both get resumed
     return (d / "ref.vec").read_bytes()
 
@@ -37,8 +37,9 @@ def _interrupt_at(step: int):
     return progress
 
 
-def _pack(src, out, model, **kw):
-    return api.pack([src], out, model=model, settings=CramSettings(**SETTINGS), chunk_tokens=24, **kw)
+def _pack(src, out, model, checkpoint_every=None, **kw):
+    cfg = CONFIG if checkpoint_every is None else replace(CONFIG, checkpoint_every=checkpoint_every)
+    return api.pack([src], out, cfg, model=model, **kw)
 
 
 @pytest.mark.parametrize("kill_step", [1, 10, 40])
@@ -138,10 +139,9 @@ def test_sigkill_at_three_points_then_resume_matches_uninterrupted(tmp_path, tra
 
     # 1: as soon as the process exists (during start-up: no journal yet, or only its header)
     p = subprocess.Popen(_cli(src, "-o", out, "--model", trained_dir), stderr=subprocess.DEVNULL, env=env)
-    time.sleep(0.5)
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=60)
-    assert not out.exists()
+    assert not out.exists() and (not j.exists() or count_records(j)["results"] == 0)
     # 2: after a few snapshots; 3: after more, on the resumed run
     _kill_when(_cli(src, "-o", out, "--model", trained_dir, "--resume"), lambda: snapshots() >= 3)
     first = snapshots()
@@ -178,6 +178,31 @@ def test_resume_decodes_journaled_chunks_again(tmp_path, trained_tiny):
         forged += _record(kind, meta, tensors)
     j.write_bytes(forged)
     with pytest.raises(VerificationError, match="holds work that does not decode"):
+        _pack(src, out, trained_tiny, resume=True, checkpoint_every=0)
+    assert not out.exists() and j.exists()
+
+
+@pytest.mark.parametrize("spoil, why", [
+    (lambda meta, tensors: (dict(meta, info={"margin": meta["info"]["margin"]}), tensors), "lacks its margin or steps"),
+    (lambda meta, tensors: (meta, {}), "lacks its vectors"),
+    (lambda meta, tensors: (dict(meta, outcome="guessed"), tensors), "unknown outcome 'guessed'"),
+])
+def test_a_malformed_journal_record_is_refused_as_such(tmp_path, trained_tiny, spoil, why):
+    """Journal records are read back as typed records: one of the wrong shape is named, not decoded."""
+    from vecarc.journal import RESULT, _record, _records
+
+    src, out = _interrupted(tmp_path, trained_tiny)
+    j = journal_path(out)
+    recs, _ = _records(j.read_bytes())
+    first = next(i for i, r in enumerate(recs) if r[0] == RESULT and r[1]["outcome"] == "vector")
+    forged = b""
+    for i, (kind, meta, tensors, _) in enumerate(recs):
+        if i == first:
+            meta, tensors = spoil(meta, tensors)
+        forged += _record(kind, meta, tensors)
+    j.write_bytes(forged)
+    with pytest.raises(VerificationError, match=rf"a journal record is malformed \(.*{why}.*\).*holds work that "
+                                                r"does not decode"):
         _pack(src, out, trained_tiny, resume=True, checkpoint_every=0)
     assert not out.exists() and j.exists()
 

@@ -7,27 +7,26 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TRAIN_TEXT
+from helpers import TRAIN_TEXT
 
-from vecarc import api, robust
+from vecarc import PackConfig, SearchSettings, api, robust, unpacking
 from vecarc.cli import main
 from vecarc.format import read_archive, serialize
-from vecarc.search import CramSettings
 
 
 @pytest.fixture(scope="module")
 def archive_path(tmp_path_factory, trained_tiny):
     d = tmp_path_factory.mktemp("strict")
     (d / "a.txt").write_text(TRAIN_TEXT[:400])
-    api.pack([d / "a.txt"], d / "a.vec", model=trained_tiny,
-             settings=CramSettings(mode="vectors", batch_size=8, max_steps=200),
-             chunk_tokens=24)
+    api.pack([d / "a.txt"], d / "a.vec",
+             PackConfig(mode="vectors", search=SearchSettings(batch_size=8, max_steps=200), chunk_tokens=24),
+             model=trained_tiny)
     return d / "a.vec"
 
 
 def test_pack_records_the_margin_and_every_chunk_decodes_above_it(archive_path, trained_tiny):
     a = read_archive(archive_path)
-    assert a.header.decode.margin == CramSettings.margin == api.required_margin(a)
+    assert a.header.decode.margin == PackConfig.margin == a.header.required_margin == unpacking.required_margin(a)
     r = api.verify(a, model=trained_tiny)
     assert r.ok and len(r.margins) == a.header.vectors.count > 0
     assert min(r.margins.values()) >= a.header.decode.margin

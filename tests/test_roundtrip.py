@@ -6,12 +6,14 @@ short chunks; what they check is that every path gives back identical bytes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from conftest import FAST
+from helpers import FAST
 
 import vecarc
-from vecarc import CramSettings, read_archive
+from vecarc import PackConfig, SearchSettings, read_archive
 from vecarc.api import summary
 
 TEXTS = {
@@ -34,7 +36,7 @@ def pack_and_unpack(tmp_path, tiny, files: dict[str, bytes], **kw):
     out = tmp_path / "a.vec"
     kw.setdefault("chunk_tokens", 2)
     kw.setdefault("min_chunk_tokens", 1)
-    res = vecarc.pack(paths, out, model=tiny, settings=kw.pop("settings", FAST), **kw)
+    res = vecarc.pack(paths, out, replace(kw.pop("config", FAST), **kw), model=tiny)
     dest = tmp_path / "out"
     written = vecarc.unpack(out, dest, model=tiny)
     assert sorted(p.name for p in written) == sorted(files)
@@ -66,8 +68,8 @@ def test_several_documents_and_non_utf8(tmp_path, tiny):
 
 
 def test_chunks_that_never_converge_become_literal(tmp_path, tiny):
-    hopeless = CramSettings(mode="vectors", margin=1e9, max_steps=2, batch_size=64)
-    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=hopeless,
+    hopeless = PackConfig(mode="vectors", margin=1e9, search=SearchSettings(max_steps=2, batch_size=64))
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, config=hopeless,
                              chunk_tokens=8, min_chunk_tokens=2)
     kinds = {c.kind for c in a.chunks}
     assert kinds == {"tokens"}
@@ -85,8 +87,9 @@ def test_long_text_is_tokenized_in_pieces_and_round_trips(tmp_path, tiny, monkey
     assert len(T._pieces(text.decode())) > 5
     ids = T.tokenize_exact(tiny, text)
     assert len(ids) > 500 and T.detokenize(tiny, ids) == text
-    hopeless = CramSettings(mode="vectors", margin=1e9, max_steps=1, batch_size=64)  # the data path only
-    _, a = pack_and_unpack(tmp_path, tiny, {"long.txt": text}, settings=hopeless, chunk_tokens=32,
+    # the data path only
+    hopeless = PackConfig(mode="vectors", margin=1e9, search=SearchSettings(max_steps=1, batch_size=64))
+    _, a = pack_and_unpack(tmp_path, tiny, {"long.txt": text}, config=hopeless, chunk_tokens=32,
                            min_chunk_tokens=16)
     assert sum(c.tokens for c in a.chunks) == len(ids)
 
@@ -95,8 +98,8 @@ def test_vectors_are_stored_in_the_dtype_they_were_verified_in(tmp_path, tiny):
     import torch
 
     for dt, tdt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        s = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=dt)
-        _, a = pack_and_unpack(tmp_path / dt, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
+        s = replace(FAST, search=SearchSettings(max_steps=150, patience=50, batch_size=64, vector_dtype=dt))
+        _, a = pack_and_unpack(tmp_path / dt, tiny, {"plain.txt": TEXTS["plain.txt"]}, config=s)
         assert a.vectors.dtype == tdt
         assert a.header.vectors.dtype == dt
 
@@ -107,8 +110,8 @@ def test_integer_vectors_round_trip_bit_identically(tmp_path, tiny, form):
 
     from vecarc.format import parse_archive, quant, serialize
 
-    s = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form)
-    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
+    s = replace(FAST, search=SearchSettings(max_steps=150, patience=50, batch_size=64, vector_dtype=form))
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, config=s)
     assert a.header.vectors.dtype == form and a.vectors is not None
     # What was verified is what is stored: the in-memory vectors equal those read back, bit for bit.
     assert torch.equal(res.archive.vectors, a.vectors)
@@ -135,8 +138,8 @@ def test_split_and_retry_still_round_trips(tmp_path, tiny):
 
 def test_same_seed_same_archive(tmp_path, tiny):
     (tmp_path / "t.txt").write_bytes(TEXTS["plain.txt"])
-    a = vecarc.pack([tmp_path / "t.txt"], tmp_path / "1.vec", model=tiny, settings=FAST, chunk_tokens=2)
-    b = vecarc.pack([tmp_path / "t.txt"], tmp_path / "2.vec", model=tiny, settings=FAST, chunk_tokens=2)
+    a = vecarc.pack([tmp_path / "t.txt"], tmp_path / "1.vec", replace(FAST, chunk_tokens=2), model=tiny)
+    b = vecarc.pack([tmp_path / "t.txt"], tmp_path / "2.vec", replace(FAST, chunk_tokens=2), model=tiny)
     assert a.archive_bytes == b.archive_bytes
     h1, h2 = read_archive(tmp_path / "1.vec").header, read_archive(tmp_path / "2.vec").header
     assert h1.chunks == h2.chunks
@@ -148,9 +151,9 @@ def test_low_rank_vectors_round_trip_and_store_only_coordinates(tmp_path, tiny, 
 
     from vecarc.format import basis, parse_archive, quant, serialize
 
-    s = CramSettings(mode="vectors", margin=0.05, max_steps=150, patience=50, batch_size=64, vector_dtype=form,
-                     rank=rank)
-    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, settings=s)
+    s = replace(FAST, search=SearchSettings(max_steps=150, patience=50, batch_size=64, vector_dtype=form,
+                                            rank=rank))
+    res, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]}, config=s)
     v = a.header.vectors.to_json()
     assert v["rank"] == rank and v["basis"] == {"kind": basis.KIND, "seed": 0}
     count, k, _ = a.vectors.shape
@@ -168,19 +171,19 @@ def test_rank_larger_than_the_model_is_refused(tmp_path, tiny):
 
     (tmp_path / "t.txt").write_bytes(TEXTS["plain.txt"])
     with pytest.raises(VecarcError, match="--rank 65 is larger than the model dimension 64"):
-        vecarc.pack([tmp_path / "t.txt"], tmp_path / "a.vec", model=tiny, settings=CramSettings(rank=65),
-                    chunk_tokens=2)
+        vecarc.pack([tmp_path / "t.txt"], tmp_path / "a.vec",
+                    PackConfig(search=SearchSettings(rank=65), chunk_tokens=2), model=tiny)
     assert not (tmp_path / "a.vec").exists()
 
 
 def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
     from vecarc.errors import VecarcError
 
-    assert CramSettings().resolved(64, fast_bf16=True).search_dtype == "bf16"
-    assert CramSettings().resolved(64, fast_bf16=False).search_dtype == "fp32"
-    assert CramSettings(search_dtype="fp32").resolved(64, fast_bf16=True).search_dtype == "fp32"
+    assert SearchSettings().resolved(64, fast_bf16=True).search_dtype == "bf16"
+    assert SearchSettings().resolved(64, fast_bf16=False).search_dtype == "fp32"
+    assert SearchSettings(search_dtype="fp32").resolved(64, fast_bf16=True).search_dtype == "fp32"
     with pytest.raises(VecarcError, match="unknown search dtype 'fp8'"):
-        CramSettings(search_dtype="fp8").resolved(64)
+        SearchSettings(search_dtype="fp8").resolved(64)
     _, a = pack_and_unpack(tmp_path, tiny, {"plain.txt": TEXTS["plain.txt"]})
     assert a.header.cram["search_dtype"] == ("bf16" if tiny.fast_bf16() else "fp32")
     # Compile is decided by the job alone (its chunk count and device) and recorded as decided.
@@ -188,10 +191,10 @@ def test_search_dtype_auto_follows_the_hardware_and_is_recorded(tmp_path, tiny):
     from vecarc.search import COMPILE_MIN_CHUNKS, wants_compile
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert wants_compile(CramSettings(), cpu, COMPILE_MIN_CHUNKS)
-    assert not wants_compile(CramSettings(), cpu, COMPILE_MIN_CHUNKS - 1)
-    assert not wants_compile(CramSettings(), gpu, 10**6)
-    assert wants_compile(CramSettings(compile="on"), cpu, 1)
-    assert not wants_compile(CramSettings(compile="off"), cpu, 10**6)
+    assert wants_compile(SearchSettings(), cpu, COMPILE_MIN_CHUNKS)
+    assert not wants_compile(SearchSettings(), cpu, COMPILE_MIN_CHUNKS - 1)
+    assert not wants_compile(SearchSettings(), gpu, 10**6)
+    assert wants_compile(SearchSettings(compile="on"), cpu, 1)
+    assert not wants_compile(SearchSettings(compile="off"), cpu, 10**6)
 
 

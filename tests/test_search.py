@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import TRAIN_TEXT
+from helpers import TRAIN_TEXT
 
-from vecarc import CramSettings
+from vecarc import SearchSettings
 
 
 def test_cram_draws_jobs_only_as_slots_free_up(tiny):
@@ -24,12 +24,12 @@ def test_cram_draws_jobs_only_as_slots_free_up(tiny):
         seen.append(len(drawn))
         return []
 
-    out = cram(tiny, jobs(), CramSettings(margin=1e9, max_steps=1, batch_size=4), on_result=on_result, total=40)
+    out = cram(tiny, jobs(), SearchSettings(margin=1e9, max_steps=1, batch_size=4), on_result=on_result, total=40)
     assert out == [] and len(seen) == 40  # handed over, not kept
     assert seen[0] <= 4  # the first result came before more than one batch was drawn
 
 
-SOLVE = CramSettings(mode="vectors", batch_size=8, max_steps=200)
+SOLVE = SearchSettings(batch_size=8, max_steps=200)
 
 
 def _spy_decode(monkeypatch, spoil_first: bool = False) -> list[int]:
@@ -125,7 +125,7 @@ def test_a_failing_torch_compile_costs_speed_not_the_pack(trained_tiny, monkeypa
     assert notes == ["torch.compile failed (RuntimeError: InvalidCxxCompiler: no working C++ compiler found); "
                      "going on without it"]
     with pytest.raises(VecarcError, match="unknown compile setting 'yes'"):
-        CramSettings(compile="yes").resolved(64)
+        SearchSettings(compile="yes").resolved(64)
 
 
 def test_compiled_search_gives_verified_chunks(trained_tiny, tmp_path, monkeypatch):
@@ -145,3 +145,25 @@ def test_rows_of_very_different_lengths_run_as_separate_groups():
     assert groups == [[1, 7, 9], [3, 4]]  # 5 x 105 padded costs more than a second pass
     assert by_length(rows, lengths, fixed=10_000) == [sorted(rows)]  # a costly pass: one padded batch
     assert by_length([], []) == []
+
+
+def test_a_compiler_failing_without_a_message_falls_back_to_eager(tiny, monkeypatch):
+    """An exception whose message is empty still becomes a note, and the search goes on uncompiled."""
+    import torch
+
+    from vecarc.models import LoadedModel
+    from vecarc.search import Job, cram
+
+    class Broken:
+        dtype = torch.bfloat16
+
+        def __call__(self, **kw):
+            raise RuntimeError()
+
+    monkeypatch.setattr(LoadedModel, "compiled", lambda self, model: Broken())
+    notes = []
+    s = SearchSettings(margin=1e9, max_steps=2, batch_size=4, search_dtype="bf16", compile="on")
+    jobs = [Job([5, 6, 7, 8], i, i) for i in range(4)]
+    out = cram(tiny, jobs, s, progress=lambda e: notes.append(e.get("message")) if e["event"] == "note" else None)
+    assert len(out) == 4
+    assert notes == ["torch.compile failed (RuntimeError); going on without it"]

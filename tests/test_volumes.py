@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from dataclasses import replace
 
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 
 import vecarc
+from vecarc import PackConfig
 from vecarc.errors import VecarcError
 from vecarc.format.index import MAGIC, PREFIX, read_index
 from vecarc.tiny import TRAIN_TEXT
 from vecarc.volumes import plan_volumes
 
+VOLUMES = PackConfig(chunk_tokens=64, volume_size=700)  # predicted chunks, volumes of 700 input bytes
 DOCS = {"a.txt": TRAIN_TEXT[:1900].encode(), "b/c.txt": "naïve café — 🎉\n".encode() * 30, "d.txt": b""}
 
 
@@ -46,7 +50,7 @@ def test_volumes_are_cut_at_line_ends_and_character_starts(tmp_path):
 @pytest.fixture()
 def packed(tmp_path, monkeypatch, trained_tiny):
     monkeypatch.chdir(tmp_path)
-    r = vecarc.pack(_inputs(tmp_path), "v.vec", model=trained_tiny, chunk_tokens=64, volume_size=700)
+    r = vecarc.pack(_inputs(tmp_path), "v.vec", VOLUMES, model=trained_tiny)
     return tmp_path, r
 
 
@@ -73,7 +77,7 @@ def test_a_damaged_or_missing_volume_is_refused_before_writing(packed, trained_t
     second.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     with pytest.raises(VecarcError, match="volume v.vec.0002 is not the one v.vec names"):
         vecarc.unpack(d / "v.vec", d / "out", model=trained_tiny)
-    assert not (d / "out").exists() or not any((d / "out").rglob("*.txt"))
+    assert not (d / "out").exists()  # volume 1 was decoded and staged: its files and folders are gone
     second.unlink()
     code, out = run_cli("unpack", d / "v.vec", "-o", d / "out", "--model", trained_tiny.folder)
     assert code == 2 and "volume v.vec.0002 of v.vec is missing" in out
@@ -89,10 +93,113 @@ def test_a_resumed_pack_keeps_the_volumes_already_written(packed, trained_tiny):
     (d / "v.vec").unlink()
     (d / f"v.vec.{n:04d}").unlink()  # as if killed while packing the last volume
     with pytest.raises(VecarcError, match="v.vec.0001 exists"):
-        vecarc.pack(list(DOCS), "v.vec", model=trained_tiny, chunk_tokens=64, volume_size=700)
-    r2 = vecarc.pack(list(DOCS), "v.vec", model=trained_tiny, chunk_tokens=64, volume_size=700, resume=True)
+        vecarc.pack(list(DOCS), "v.vec", VOLUMES, model=trained_tiny)
+    r2 = vecarc.pack(list(DOCS), "v.vec", VOLUMES, model=trained_tiny, resume=True)
     assert r2.index == r.index
     assert {k: (d / f"v.vec.{k:04d}").stat().st_mtime_ns for k in range(1, n)} == kept
+
+
+def test_a_resumed_pack_in_another_mode_or_margin_packs_the_volumes_again(packed, trained_tiny):
+    """A volume left by a pack with other settings is not the one this pack would write: it is replaced."""
+    d, r = packed
+    n = len(r.index.volumes)
+    for other in (replace(VOLUMES, margin=0.25), replace(VOLUMES, mode="vectors", margin=0.05)):
+        (d / "v.vec").unlink()  # as if killed after the last volume, before the index
+        r2 = vecarc.pack(list(DOCS), "v.vec", other, model=trained_tiny, resume=True)
+        assert len(r2.index.volumes) == n
+        for k in range(n):
+            h = vecarc.read_archive(d / f"v.vec.{k + 1:04d}", load_vectors=False).header
+            assert (h.cram["mode"], h.required_margin) == (other.mode, other.margin)
+        assert vecarc.verify(d / "v.vec", model=trained_tiny).ok
+
+
+def test_a_resumed_pack_with_another_model_packs_the_volumes_again(packed, trained_tiny, other_tiny_dir):
+    d, r = packed
+    other = vecarc.load_model(str(other_tiny_dir), "cpu")
+    (d / "v.vec").unlink()
+    vecarc.pack(list(DOCS), "v.vec", VOLUMES, model=other, resume=True)
+    for k in range(len(r.index.volumes)):
+        h = vecarc.read_archive(d / f"v.vec.{k + 1:04d}", load_vectors=False).header
+        assert h.model.fingerprint == other.fingerprint != trained_tiny.fingerprint
+    assert vecarc.verify(d / "v.vec", model=other).ok
+
+
+@pytest.mark.parametrize("keep_mtime", [False, True], ids=["new-mtime", "same-mtime"])
+def test_an_input_rewritten_during_a_volume_pack_fails_it(tmp_path, monkeypatch, trained_tiny, keep_mtime):
+    """A part read after the file changed would make a document that never existed (tar: "file changed as
+    we read it"): the pack fails with one line and writes no index, whether or not the mtime moved."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    _inputs(tmp_path)
+    a = tmp_path / "a.txt"
+    before = a.stat()
+
+    def on(e: dict) -> None:
+        if e["event"] == "note" and e["message"].startswith("volume 1 of"):
+            a.write_bytes(a.read_bytes().upper())  # same size, other bytes
+            if keep_mtime:
+                os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    with pytest.raises(VecarcError, match="a.txt changed while it was packed"):
+        vecarc.pack(list(DOCS), "v.vec", VOLUMES, model=trained_tiny, progress=on)
+    assert not (tmp_path / "v.vec").exists()
+
+
+@pytest.mark.parametrize("victim", ["v.vec.0001", "v.vec.0002.journal", "v.vec.journal", "link", "temp"])
+def test_an_input_that_pack_would_write_is_refused(tmp_path, monkeypatch, trained_tiny, victim):
+    """Volumes, journals and temporaries of the output are never inputs: by path, or by inode (a hard link)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    names = _inputs(tmp_path)
+    if victim == "link":
+        (tmp_path / "notes").write_bytes(b"my notes\n")
+        os.link(tmp_path / "notes", tmp_path / "v.vec.0002")  # the user's file, under a volume's name too
+        path = "notes"
+    elif victim == "temp":
+        path = ".v.vec.1234.abcd.vecarc-tmp"
+        (tmp_path / path).write_bytes(b"my notes\n")
+    else:
+        path = victim
+        (tmp_path / path).write_bytes(b"my notes\n")
+    with pytest.raises(VecarcError, match=f"the input {re.escape(path)} is .*which this pack writes"):
+        vecarc.pack([*names, path], "v.vec", VOLUMES, model=trained_tiny, force=True)
+    assert (tmp_path / path).read_bytes() == b"my notes\n"
+    code, out = run_cli("pack", *names, path, "-o", "v.vec", "--volume-size", "700", "--chunk-tokens", "64", "-f",
+                        "--model", trained_tiny.folder)
+    assert code == 2 and "which this pack writes" in out and (tmp_path / path).read_bytes() == b"my notes\n"
+
+
+def test_the_journal_of_a_single_archive_is_not_an_input(tmp_path, monkeypatch, trained_tiny):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "one.vec.journal").write_bytes(b"my notes\n")
+    with pytest.raises(VecarcError, match="the input one.vec.journal is one.vec.journal, which this pack writes"):
+        vecarc.pack(["one.vec.journal"], "one.vec", model=trained_tiny, force=True)
+    assert (tmp_path / "one.vec.journal").read_bytes() == b"my notes\n"
+
+
+def _rewrite_index(path, change) -> None:
+    """The index at path with change(index) applied: well-formed, so only what verify compares can tell."""
+    index = read_index(path)
+    change(index)
+    path.write_bytes(index.to_bytes())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda ix: ix.documents[0].__setattr__("sha256", "0" * 64), "a.txt: its parts do not match its SHA-256"),
+    (lambda ix: (ix.documents[0].parts[0].__setattr__("size", ix.documents[0].parts[0].size - 1),
+                 ix.documents[0].parts[1].__setattr__("size", ix.documents[0].parts[1].size + 1)),
+     r"a.txt: volume v.vec.0001 holds \d+ bytes of it, the index says \d+"),
+])
+def test_verify_checks_the_index_documents_parts_and_hashes(packed, trained_tiny, change, message):
+    d, _ = packed
+    _rewrite_index(d / "v.vec", change)
+    r = vecarc.verify(d / "v.vec", model=trained_tiny)
+    assert not r.ok and any(re.search(message, p) for p in r.problems), r.problems
+    with pytest.raises(VecarcError, match=message):
+        vecarc.unpack(d / "v.vec", d / "out", model=trained_tiny)
+    assert not (d / "out").exists() or not any((d / "out").rglob("*.txt"))
 
 
 def _index(raw: dict) -> bytes:

@@ -6,17 +6,17 @@
     vecarc.unpack("notes.vec", "out/")
 """
 
-__version__ = "0.1.0"
-
-from .api import pack, pack_documents, summary, unpack, verify  # noqa: E402
-from .capacity import calibrate  # noqa: E402
-from .engine import RayEngine  # noqa: E402
-from .errors import VecarcError, VerificationError  # noqa: E402
-from .format import Archive, read_archive  # noqa: E402
-from .models import LoadedModel, load_model  # noqa: E402
-from .search import CramSettings  # noqa: E402
+from .api import pack, pack_documents, summary, unpack, verify
+from .capacity import calibrate
+from .config import PackConfig
+from .engine import RayEngine
+from .errors import VecarcError, VerificationError
+from .format import Archive, read_archive
+from .models import LoadedModel, load_model
+from .search import SearchSettings
+from .version import __version__
 
 __all__ = [
-    "Archive", "CramSettings", "calibrate", "LoadedModel", "RayEngine", "VecarcError", "VerificationError",
-    "load_model", "pack", "pack_documents", "read_archive", "summary", "unpack", "verify",
+    "Archive", "LoadedModel", "PackConfig", "RayEngine", "SearchSettings", "VecarcError", "VerificationError",
+    "__version__", "calibrate", "load_model", "pack", "pack_documents", "read_archive", "summary", "unpack", "verify",
 ]

@@ -1,96 +1,179 @@
-"""The Python API: pack, unpack, verify, read, summarise. The CLI is a thin layer over this.
+"""The Python API: pack, unpack, verify, summary. The CLI is a thin layer over this.
 
-Packing lives in vecarc.packing, reading back in vecarc.unpacking, the tokenizer round
-trip in vecarc.text; this module gathers them and adds `summary` (what `info` shows).
+`pack` is the one orchestrator of a pack: it checks the inputs and the output, loads
+the model, resolves the config once, and packs one archive (vecarc.packing) or, for
+inputs larger than a volume, one archive per volume (vecarc.volumes plans them) and
+an index. Reading back lives in vecarc.unpacking, summaries in vecarc.summary.
 """
 
 from __future__ import annotations
 
-from .capacity import spread
-from .format import Archive, is_number
-from .packing import (
-    PackResult,
-    capacity_budget,
-    check_input,
-    checked_bytes,
-    document_name,
-    output_for,
-    pack,
-    pack_documents,
-    read_inputs,
-    software_versions,
-)
-from .text import detokenize, tokenize_exact
-from .unpacking import (
-    DecodeResult,
-    decode_archive,
-    install_hint,
-    model_for,
-    required_margin,
-    unpack,
-    verify,
-)
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
-__all__ = [
-    "Archive", "DecodeResult", "PackResult", "capacity_budget", "check_input", "checked_bytes", "decode_archive",
-    "detokenize", "document_name", "install_hint", "model_for", "output_for", "pack", "pack_documents",
-    "read_inputs", "required_margin", "software_versions", "spread", "summary", "tokenize_exact", "unpack", "verify",
-]
+from .capacity import capacity_budget
+from .config import PackConfig
+from .errors import VecarcError, VerificationError
+from .events import Progress, Trace, emit
+from .fingerprint import sha256_file
+from .format import write_atomic
+from .format.container import TMP_SUFFIX
+from .format.index import Index, Volume
+from .inputs import named_inputs, output_for, read_inputs
+from .journal import Journal, journal_path
+from .models import LoadedModel, resolve_model
+from .packing import PackResult, pack_documents
+from .plan import Budget
+from .summary import summary
+from .unpacking import unpack, verify
+from .volumes import Piece, VolumePlan, finished, index_documents, plan_volumes, read_piece, volume_path
+
+__all__ = ["PackResult", "pack", "pack_documents", "summary", "unpack", "verify"]
+
+Warn = Callable[[str], None]
 
 
-def summary(archive: Archive) -> dict:
-    """Everything `info` shows, computed from the header alone."""
-    h = archive.header
-    chunks = h.chunks
-    kinds = {k: sum(1 for c in chunks if c.kind == k) for k in ("vector", "predicted", "tokens", "bytes")}
-    vectors = [c for c in chunks if c.kind == "vector"]
-    # margin, planned_nats and plan are informational: the reader keeps only well-typed values.
-    margins = [c.margin for c in vectors if c.margin is not None]
-    planned = [c.planned_nats for c in vectors if c.planned_nats is not None]
-    vec_bytes = h.vectors.section[1]
-    fix_bytes = h.corrections.section[1] if h.corrections else 0
-    lit_bytes = sum(c.length for c in chunks if c.is_literal)
-    by_doc = [[chunks[i] for i in mine] for mine in h.chunks_by_document()]
-    docs = [{**doc.to_json(), "chunks": len(mine), "vector_chunks": sum(c.kind == "vector" for c in mine),
-             "predicted_chunks": sum(c.kind == "predicted" for c in mine),
-             "literal_chunks": sum(c.is_literal for c in mine), "tokens": sum(c.tokens for c in mine)}
-            for doc, mine in zip(h.documents, by_doc)]
-    total_in = sum(d.size for d in h.documents)
-    v = h.vectors
-    return {
-        "archive_bytes": archive.size,
-        "original_bytes": total_in,
-        "ratio": (total_in / archive.size) if archive.size else None,
-        "vector_bytes": vec_bytes,
-        "corrections_bytes": fix_bytes,
-        "literal_bytes": lit_bytes,
-        "overhead_bytes": archive.size - vec_bytes - fix_bytes - lit_bytes,
-        "format_version": h.version,
-        "model": h.model.to_json(),
-        "vectors": {"per_chunk": v.per_chunk, "dtype": v.dtype, "hidden_size": v.hidden_size, "count": v.count,
-                    "rank": v.rank},
-        "cram": h.cram,
-        "decode": h.decode.to_json() if h.decode else None,
-        "software": h.software,
-        "chunks": {"total": len(chunks), **kinds,
-                   "tokens_per_vector": spread([c.tokens for c in vectors]) if vectors else None,
-                   "planned_nats_per_vector": spread(planned) if planned else None,
-                   "literal_blocks": kinds["tokens"] + kinds["bytes"],
-                   "corrections": sum(c.corrections for c in chunks),
-                   "predicted_tokens": sum(c.tokens for c in chunks if c.kind == "predicted"),
-                   "min_margin": min(margins) if margins else None},
-        "plan": _plan(h.plan),
-        "documents": docs,
-    }
+def pack(inputs: Sequence[str | Path], output: str | Path | None = None, config: PackConfig | None = None, *,
+         model: str | LoadedModel | None = None, device: str = "auto", force: bool = False, resume: bool = False,
+         progress: Progress | None = None, warn: Warn | None = None, trace: Trace | None = None) -> PackResult:
+    """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
+
+    Work in progress is kept in OUTPUT.journal; resume=True continues it after an
+    interruption, and the journal is removed once the archive is written. Inputs of
+    more than config.volume_size bytes become volumes OUTPUT.0001, OUTPUT.0002, ... and
+    an index at OUTPUT, so that memory follows the volume, not the corpus.
+    """
+    cfg = (config or PackConfig()).checked()
+    output = output_for(inputs, output)
+    if output.exists() and not force:
+        raise VecarcError(f"{output} exists (use -f to overwrite)")
+    named = named_inputs(inputs)
+    sized = [(p, n, p.stat().st_size) for p, n in named]
+    plans = plan_volumes(sized, cfg.volume_size) if cfg.volume_size and sum(z for *_, z in sized) > cfg.volume_size \
+        else None
+    _refuse_clobbering([p for p, _ in named], written_by(output, len(plans) if plans else 0))
+    if plans is not None:
+        return _pack_volumes(sized, plans, output, cfg, model, device, force, resume, progress, warn, trace)
+    docs = read_inputs(inputs)
+    journal = Journal.open(output, resume, force)
+    if resume and not journal.existed and warn:
+        warn(f"no journal {journal.path}; starting from the beginning")
+    t0 = time.perf_counter()
+    try:
+        lm, cfg, budget = _prepare(model, device, cfg, progress, warn)
+        r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
+        write_atomic(output, r.data, force=force)
+        journal.remove()
+    finally:
+        journal.close()
+    return replace(r, output=output, seconds=time.perf_counter() - t0)
 
 
-def _plan(p: object) -> dict | None:
-    """The header's plan record if it has the shape `info` prints, else None."""
-    if not isinstance(p, dict) or p.get("method") not in ("capacity", "fixed"):
-        return None
-    need = ("budget_nats", "fill") if p["method"] == "capacity" else ("chunk_tokens",)
-    if not all(is_number(p.get(k)) for k in need + ("chunks_planned", "retries")):
-        return None
-    return p
+def _prepare(model: str | LoadedModel | None, device: str, cfg: PackConfig, progress: Progress | None,
+             warn: Warn | None) -> tuple[LoadedModel, PackConfig, Budget | None]:
+    """The model, the config resolved for it (once a pack), and the capacity plan's budget (if it plans)."""
+    lm = resolve_model(model, device)
+    cfg = cfg.resolved(lm)  # checks --rank before calibrating
+    budget = capacity_budget(lm, cfg.search, cfg.fill, progress, warn, cfg.engine) if cfg.planned else None
+    return lm, cfg, budget
 
 
+def _journaled(docs: list[tuple[str, bytes]], lm: LoadedModel, cfg: PackConfig, budget: Budget | None,
+               journal: Journal, progress: Progress | None, trace: Trace | None) -> PackResult:
+    try:
+        return pack_documents(docs, lm, cfg, budget=budget, journal=journal, progress=progress, trace=trace)
+    except VerificationError as e:
+        if not journal.results:
+            raise
+        raise VerificationError(f"{e}: the journal {journal.path} holds work that does not decode "
+                      f"(damaged, or another pack's); pack again with -f to start over") from None
+
+
+def written_by(output: Path, volumes: int = 0) -> list[Path]:
+    """Every path a pack to `output` writes or removes: the archive (or index), its volumes, their journals."""
+    paths = [output] + [volume_path(output, k) for k in range(volumes)]
+    return paths + [journal_path(p) for p in paths]
+
+
+def _refuse_clobbering(inputs: Sequence[Path], written: Sequence[Path]) -> None:
+    """No input may be a file this pack writes: by path, by inode (a hard link), or as one of its temporaries."""
+    by_path = {p.resolve(): p for p in written}
+    by_inode = {}
+    for p in written:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        by_inode[(st.st_dev, st.st_ino)] = p
+    for path in inputs:
+        st = path.stat()
+        hit = by_path.get(path.resolve()) or by_inode.get((st.st_dev, st.st_ino))
+        if hit is None and path.name.endswith(TMP_SUFFIX):
+            hit = next((w for w in written if path.name.startswith(f".{w.name}.")
+                        and path.parent.resolve() == w.parent.resolve()), None)
+        if hit is not None:
+            raise VecarcError(f"the input {path} is {hit}, which this pack writes; pack to another output")
+
+
+def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], output: Path, cfg: PackConfig,
+                  model, device: str, force: bool, resume: bool, progress: Progress | None, warn: Warn | None,
+                  trace: Trace | None) -> PackResult:
+    """Volumes of about volume_size input bytes, each packed, checked and written before the next is
+    read, then the index. With resume, a volume already written with its planned documents is kept.
+    An input that changes meanwhile fails the pack before the index is written (tar's "file changed
+    as we read it"): its parts would otherwise make a document that never existed."""
+    t0 = time.perf_counter()
+    stamps = {p: _stamp(p) for p, _, _ in inputs}
+    for k in range(len(plans)):
+        if volume_path(output, k).exists() and not (force or resume):
+            raise VecarcError(f"{volume_path(output, k)} exists (use -f to overwrite, or --resume)")
+    lm, cfg, budget = _prepare(model, device, cfg, progress, warn)
+    volumes, retries, steps = [], 0, []
+    hashes = {name: hashlib.sha256() for _, name, _ in inputs}  # of what was packed, part by part
+    for k, plan in enumerate(plans):
+        path = volume_path(output, k)
+        docs = [(p.name, _read_unchanged(p, stamps)) for p in plan.pieces]
+        for name, data in docs:
+            hashes[name].update(data)
+        emit(progress, event="note", message=f"volume {k + 1} of {len(plans)}: {path.name} "
+                                             f"({sum(len(b) for _, b in docs):,} bytes)")
+        if resume and finished(path, docs, lm.fingerprint, cfg.mode, cfg.margin):
+            data = path.read_bytes()
+        else:
+            journal = Journal.open(path, resume, force)
+            try:
+                r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
+                write_atomic(path, r.data, force=True)
+                journal.remove()
+            finally:
+                journal.close()
+            data, retries, steps = r.data, retries + r.retries, steps + r.steps
+        volumes.append(Volume(path.name, len(data), hashlib.sha256(data).hexdigest()))
+    sha = {n: h.hexdigest() for n, h in hashes.items()}
+    for path, name, _ in inputs:  # every part was read from the same file: it hashes whole as its parts did
+        if _stamp(path) != stamps[path] or sha256_file(path) != sha[name]:
+            raise _changed(path)
+    index = Index(volumes, index_documents(inputs, plans, sha))
+    write_atomic(output, index.to_bytes(), force=True)
+    total = output.stat().st_size + sum(v.size for v in index.volumes)
+    return PackResult(output, None, total, time.perf_counter() - t0, retries, steps, index=index)
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def _changed(path: Path) -> VecarcError:
+    return VecarcError(f"{path} changed while it was packed (file changed as we read it); no index written: "
+                       f"pack again once it is still")
+
+
+def _read_unchanged(piece: Piece, stamps: dict[Path, tuple]) -> bytes:
+    data = read_piece(piece)
+    if _stamp(piece.path) != stamps[piece.path]:
+        raise _changed(piece.path)
+    return data

@@ -24,11 +24,17 @@ import torch
 import zstandard
 
 from . import api
+from .config import PackConfig
 from .entropy import bits, text_nll, token_nll
 from .errors import VecarcError
 from .format import Archive, read_archive
+from .inputs import check_input
 from .models import LoadedModel
-from .search import VECTOR_DTYPES, CramSettings
+from .search import VECTOR_DTYPES, SearchSettings
+from .summary import summary
+from .text import tokenize_exact
+from .unpacking import decode_archive, model_for
+from .version import __version__
 
 Timer = Callable[[], object]
 
@@ -67,7 +73,7 @@ def classic_rows(data: bytes, zstd_levels: Sequence[int], reps: int = 5) -> list
 
 def model_limit(lm: LoadedModel, data: bytes) -> dict | None:
     """Bits an ideal coder driven by this model needs for `data` (None if not text)."""
-    ids = api.tokenize_exact(lm, data)
+    ids = tokenize_exact(lm, data)
     if ids is None:
         return None
     t = time.perf_counter()
@@ -101,8 +107,7 @@ def _archive_path(archive: str | Path | None, name: str, dtype: str, single: boo
 
 
 def vecarc_row(
-    path: Path, data: bytes, lm: LoadedModel, settings: CramSettings, archive_path: Path | None = None,
-    progress=None, **pack_kw,
+    path: Path, data: bytes, lm: LoadedModel, cfg: PackConfig, archive_path: Path | None = None, progress=None,
 ) -> tuple[dict, Archive, dict[int, list[int]]]:
     """Pack (or reuse a packed archive), time a decode, and take the archive apart."""
     reused = archive_path is not None and archive_path.exists()
@@ -111,21 +116,21 @@ def vecarc_row(
         doc = archive.documents[0] if len(archive.documents) == 1 else None
         if doc is None or doc.sha256 != hashlib.sha256(data).hexdigest():
             raise VecarcError(f"{archive_path} does not hold exactly {path}; delete it or pick another --archive")
-        api.model_for(archive, lm)
+        model_for(archive, lm)
         pack_s, retries = None, None
     else:
         with tempfile.TemporaryDirectory() as tmp:
             out = archive_path or Path(tmp) / "bench.vec"
-            r = api.pack([path], out, model=lm, settings=settings, force=True, progress=progress, volume_size=0,
-                         **pack_kw)  # one archive, whatever the size: that is what is measured
+            one = replace(cfg, volume_size=0)  # one archive, whatever the size: that is what is measured
+            r = api.pack([path], out, one, model=lm, force=True, progress=progress)
             archive, pack_s, retries = r.archive, r.seconds, r.retries
     t = time.perf_counter()
-    decoded = api.decode_archive(archive, lm, progress=progress)
+    decoded = decode_archive(archive, lm, progress=progress)
     unpack_s = time.perf_counter() - t
-    s = api.summary(archive)
+    s = summary(archive)
     steps = [c.steps for c in archive.chunks if c.kind == "vector" and c.steps is not None]
     row = _row(
-            "vecarc predicted" if settings.mode == "predict" else
+        "vecarc predicted" if cfg.predicted else
         f"vecarc {archive.header.vectors.dtype}" + (f" rank {r}" if (r := archive.header.vectors.rank) else ""),
         len(data), archive.size, pack_s, unpack_s,
         vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
@@ -144,8 +149,6 @@ def vecarc_row(
 def machine(lm: LoadedModel) -> dict:
     import tokenizers
     import transformers
-
-    from . import __version__
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -170,7 +173,7 @@ PREDICT_FORMS = ("predict", "default")  # predicted chunks: what pack does by de
 def parse_form(text: str) -> tuple[str, int | None]:
     """'int8' -> ('int8', 0); 'int4r64' -> ('int4', 64); 'vectors' -> the vectors mode's default form."""
     if text == "vectors":
-        return CramSettings.vector_dtype, None
+        return SearchSettings.vector_dtype, None
     m = re.fullmatch(rf"({'|'.join(VECTOR_DTYPES)})(?:r([1-9][0-9]{{0,4}}))?", text)
     if m is None:
         raise VecarcError(f"unknown vector representation {text!r}: one of {', '.join(VECTOR_DTYPES)}, "
@@ -184,11 +187,11 @@ def check_dtypes(dtypes: Sequence[str]) -> None:
             parse_form(dt)
 
 
-def _settings_for(base: CramSettings, form: str) -> CramSettings:
+def _config_for(base: PackConfig, form: str) -> PackConfig:
     if form in PREDICT_FORMS:
         return replace(base, mode="predict")
     dtype, rank = parse_form(form)
-    return replace(base, mode="vectors", vector_dtype=dtype, rank=rank)
+    return replace(base, mode="vectors", search=replace(base.search, vector_dtype=dtype, rank=rank))
 
 
 def bench_file(
@@ -197,29 +200,28 @@ def bench_file(
     *,
     zstd_levels: Sequence[int] = (3, 19),
     vector_dtypes: Sequence[str] = ("default",),
-    settings: CramSettings | None = None,
+    config: PackConfig | None = None,
     archive: str | Path | None = None,
     single: bool = True,
     reps: int = 5,
     progress=None,
-    **pack_kw,
 ) -> dict:
     """Every number `vecarc bench` reports for one input."""
-    path = api.check_input(path)
+    path = check_input(path)
     data = path.read_bytes()
     check_dtypes(vector_dtypes)
-    base = settings or CramSettings()
+    base = config or PackConfig()
     rows = classic_rows(data, zstd_levels, reps)
     limit = model_limit(lm, data)
     per_chunk: dict[str, list[dict]] = {}
     for dt in vector_dtypes:
-        s = _settings_for(base, dt)
+        cfg = _config_for(base, dt)
         apath = _archive_path(archive, str(path), dt, single and len(vector_dtypes) == 1)
-        row, a, toks = vecarc_row(path, data, lm, s, apath, progress, **pack_kw)
+        row, a, toks = vecarc_row(path, data, lm, cfg, apath, progress)
         gains = chunk_gains(lm, a, toks) if row["verify_ok"] and a.vectors is not None else []
         v = a.header.vectors
         # Bits actually stored per vector: the section as written (zstd-compressed for integer forms).
-        stored = None if s.mode == "predict" else round(v.section[1] * 8 / v.count) if v.count else v.row_bytes * 8
+        stored = None if cfg.predicted else round(v.section[1] * 8 / v.count) if v.count else v.row_bytes * 8
         g = [c["gain_bits"] for c in gains]
         row["bits_stored_per_vector"] = stored
         row["gain_bits_per_vector_median"] = statistics.median(g) if g else None

@@ -17,36 +17,35 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .engine import RayEngine
+from .config import DEFAULT_FILL
 from .entropy import token_nll
 from .errors import VecarcError
+from .events import Progress
 from .fingerprint import LEGACY, SCHEME
 from .format import write_atomic
 from .models import LoadedModel, cache_dir
 from .plan import MIN_CHUNK_TOKENS, Budget
-from .search import CramResult, CramSettings, Job, Progress, chunk_key, cram
+from .search import CramResult, Job, SearchSettings, chunk_key, cram
+from .summary import spread
+
+if TYPE_CHECKING:
+    from .engine import RayEngine
 
 PROFILE_FORMAT = "vecarc-profile"
 PROFILE_VERSION = 1
 DEFAULT_SAMPLES = 8
 DEFAULT_PERCENTILE = 20.0
-DEFAULT_FILL = 0.9
 SAMPLE_TOKENS = 512  # longest prefix a sample offers; the search doubles up to it
 
 
-def spread(xs: Sequence[float]) -> dict:
-    """min, median and max: how the project reports a distribution."""
-    return {"min": min(xs), "median": statistics.median(xs), "max": max(xs)}
-
-
-def profile_key(s: CramSettings) -> str:
+def profile_key(s: SearchSettings) -> str:
     """Profile key: what changes how much a vector holds."""
     return f"k{s.vectors}-{s.vector_dtype}-m{s.margin:g}" + (f"-r{s.rank}" if s.rank else "")
 
@@ -102,7 +101,7 @@ def sample_windows(
     return out
 
 
-class _Search:
+class _Bisection:
     """Longest exactly-decoded prefix of one sample: double until a failure, then bisect."""
 
     def __init__(self, tokens: list[int], first: int, tol: float):
@@ -127,7 +126,7 @@ class _Search:
 
 def calibrate(
     lm: LoadedModel,
-    settings: CramSettings | None = None,
+    settings: SearchSettings | None = None,
     texts: Sequence[tuple[str, str]] | None = None,
     samples: int = DEFAULT_SAMPLES,
     first_tokens: int = 32,
@@ -143,7 +142,7 @@ def calibrate(
     verified by greedy decoding and immediately replaced by the sample's next length.
     An engine (Ray) searches the samples on its workers instead, one sample a shard.
     """
-    s = (settings or CramSettings()).resolved(lm.hidden_size, lm.fast_bf16())
+    s = (settings or SearchSettings()).resolved(lm.hidden_size, lm.fast_bf16())
     t0 = time.perf_counter()
     limit = lm.chunk_limit(s.vectors)
     windows = sample_windows(lm, texts or builtin_texts(), samples, min(sample_tokens, limit))
@@ -155,11 +154,11 @@ def calibrate(
     return _entry(s, found, percentile, time.perf_counter() - t0)
 
 
-def search_samples(lm: LoadedModel, s: CramSettings, windows: Sequence[tuple[str, list[int]]], first_tokens: int,
-                   tol: float, progress: Progress | None = None) -> tuple[list[Sample], list[_Search]]:
+def search_samples(lm: LoadedModel, s: SearchSettings, windows: Sequence[tuple[str, list[int]]], first_tokens: int,
+                   tol: float, progress: Progress | None = None) -> tuple[list[Sample], list[_Bisection]]:
     """Each window's longest exactly-decoded prefix, all windows in one continuous batch."""
     found = [Sample(source=src) for src, _ in windows]
-    searches = [_Search(w, first_tokens, tol) for _, w in windows]
+    searches = [_Bisection(w, first_tokens, tol) for _, w in windows]
 
     def job(i: int, n: int) -> Job:
         return Job(searches[i].tokens[:n], chunk_key(i, n, 7), (i, n))
@@ -178,7 +177,7 @@ def search_samples(lm: LoadedModel, s: CramSettings, windows: Sequence[tuple[str
     return found, searches
 
 
-def _measure_gains(lm: LoadedModel, found: Sequence[Sample], searches: Sequence[_Search]) -> None:
+def _measure_gains(lm: LoadedModel, found: Sequence[Sample], searches: Sequence[_Bisection]) -> None:
     """Fill in each solved sample's cross-entropy without and with its vectors."""
     solved = [(x, sr) for x, sr in zip(found, searches) if sr.best is not None]
     prefixes = [sr.tokens[: sr.lo] for _, sr in solved]
@@ -189,7 +188,7 @@ def _measure_gains(lm: LoadedModel, found: Sequence[Sample], searches: Sequence[
         sample.gain, sample.steps = sum(a) - sum(b), sr.best.steps
 
 
-def _entry(s: CramSettings, found: Sequence[Sample], percentile: float, seconds: float) -> dict:
+def _entry(s: SearchSettings, found: Sequence[Sample], percentile: float, seconds: float) -> dict:
     """The profile entry: the budget is a low percentile of the gains, so most chunks planned at it solve."""
     held = [x for x in found if x.tokens > 0]
     if not held:
@@ -226,7 +225,7 @@ def profile_path(fingerprint: str, folder: Path | None = None) -> Path:
     return (folder or profiles_dir()) / f"{fingerprint.split(':')[-1][:32]}.json"
 
 
-def _read(path: Path) -> dict:
+def _read_profile(path: Path) -> dict:
     """A profile file, or VecarcError saying why it is unusable."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -264,7 +263,7 @@ def _entry_in(path: Path, fingerprint: str, rep: str, warn: Callable[[str], None
     if not path.is_file():
         return None
     try:
-        data = _read(path)
+        data = _read_profile(path)
     except VecarcError as e:
         if warn:
             warn(f"{e}; ignoring it")
@@ -278,7 +277,7 @@ def save_entry(lm: LoadedModel, entry: dict) -> Path:
     """Add or replace one representation's entry in this model's profile (atomic)."""
     path = profile_path(lm.fingerprint)
     try:
-        data = _read(path) if path.is_file() else None
+        data = _read_profile(path) if path.is_file() else None
     except VecarcError:
         data = None  # a corrupt profile is replaced
     if data is None or data["model"].get("fingerprint") != lm.fingerprint:
@@ -298,7 +297,7 @@ def list_profiles(warn: Callable[[str], None] | None = None) -> list[dict]:
             continue
         for path in sorted(folder.glob("*.json")):
             try:
-                data = _read(path)
+                data = _read_profile(path)
             except VecarcError as e:
                 if warn:
                     warn(str(e))
@@ -314,10 +313,34 @@ def list_profiles(warn: Callable[[str], None] | None = None) -> list[dict]:
     return rows
 
 
-def budget_for(lm: LoadedModel, entry: dict, s: CramSettings, fill: float = DEFAULT_FILL) -> Budget:
+def budget_for(lm: LoadedModel, entry: dict, s: SearchSettings, fill: float = DEFAULT_FILL) -> Budget:
     """Planning budget from a profile entry. Chunks stay within twice the longest
     calibrated one: beyond that the budget says nothing."""
     if not 0 < fill <= 4:
         raise VecarcError(f"--fill must be in (0, 4], got {fill}")
     longest = min(lm.chunk_limit(s.vectors), 2 * entry["tokens"]["max"])
     return Budget(nats=float(entry["budget_nats"]), max_tokens=max(MIN_CHUNK_TOKENS, longest), fill=fill)
+
+
+def capacity_budget(lm: LoadedModel, s: SearchSettings, fill: float = DEFAULT_FILL, progress: Progress | None = None,
+                    warn: Callable[[str], None] | None = None, engine: RayEngine | None = None) -> Budget:
+    """The planning budget from this model's profile; calibrates (and stores) when there is none.
+
+    A model that cannot hold even the shortest calibration sample stops the pack with what to do
+    instead: packing on would spend every step and store everything as literals.
+    """
+    rep = profile_key(s)
+    found = load_entry(lm, rep, warn)
+    if found is None:
+        if warn:
+            warn(f"no capacity profile for {lm.name} ({rep}); calibrating first (vecarc calibrate)")
+        try:
+            entry = calibrate(lm, s, progress=progress, engine=engine)
+        except VecarcError as e:
+            raise VecarcError(f"{e}, so {lm.name} cannot be planned at these settings: pack with --chunk-tokens N "
+                              f"(chunks that fail are kept losslessly), or calibrate on your own text first "
+                              f"(vecarc calibrate --model ... --text FILE)") from None
+        save_entry(lm, entry)
+    else:
+        entry = found[0]
+    return budget_for(lm, entry, s, fill)

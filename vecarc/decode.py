@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from .format.corrections import Fix
-from .models import LoadedModel, length_batches
+from .forward import length_batches
+from .models import LoadedModel
 
 DECODE_CELLS = 1 << 15  # rows x tokens per greedy batch: 64 rows of 512, or 4 of 8,192 (the KV cache follows it)
 

@@ -22,54 +22,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import VecarcError, first_line
+from .capacity import search_samples
+from .chunks import MODES, ChunkRecord, Item
+from .config import PackConfig
+from .errors import VecarcError, describe
+from .events import Progress, emit
 from .models import LoadedModel, load_model
-from .plan import split_span
-from .search import CramSettings, Job, Progress, chunk_key, cram, emit
+from .search import SearchSettings
 
-Item = tuple[tuple[int, int, int], Sequence[int]]  # ((document, start, end), the span's tokens)
-Record = tuple[dict, dict]  # (meta, tensors), as the journal stores a chunk's fate
+Record = tuple[dict, dict]  # (meta, tensors): a ChunkRecord as the journal stores it
 
 
-def work_shard(lm: LoadedModel, s: CramSettings, min_chunk_tokens: int, items: Sequence[Item]) -> list[Record]:
-    """The fates of a shard's chunks, computed as a local pack computes them."""
-    from .packing import predicted_fate, vector_fate
-    from .predict import predict
-
+def work_shard(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item]) -> list[Record]:
+    """The fates of a shard's chunks, computed as a local pack computes them, in the journal's form."""
     out: list[Record] = []
-    if s.mode == "predict":
-        tokens = {tag: toks for tag, toks in items}
-
-        def on_predicted(tag, fixes) -> None:
-            outcome, info = predicted_fate(tokens[tag], fixes)
-            out.append(({"tag": list(tag), "outcome": outcome, "info": info}, {}))
-
-        predict(lm, items, s.margin, on_predicted)
-        return out
-
-    def on_crammed(j: Job, r) -> list[Job]:
-        outcome, info = vector_fate(j, r, min_chunk_tokens)
-        ten = {"v": r.vectors, **({"z": r.coords} if r.coords is not None else {})} if outcome == "vector" else {}
-        out.append(({"tag": list(j.tag), "outcome": outcome, "info": info}, ten))
-        if outcome != "split":
-            return []
-        d, a, b = j.tag
-        return [Job(j.tokens[x - a : y - a], chunk_key(d, x, y), (d, x, y)) for x, y in split_span(a, b)]
-
-    jobs = [Job(toks, chunk_key(*tag), tag) for tag, toks in items]
-    cram(lm, jobs, s, on_result=on_crammed, total=len(jobs))
+    MODES[cfg.mode].compute(lm, cfg, items, lambda rec: out.append(rec.to_journal()))
     return out
 
 
 class ShardWorker:
     """One Ray actor: loads the model once, then computes shard after shard."""
 
-    def __init__(self, source: str, fingerprint: str, sink: int, settings: CramSettings, min_chunk_tokens: int,
-                 device: str, threads: int):
+    def __init__(self, source: str, fingerprint: str, sink: int, cfg: PackConfig, device: str, threads: int):
         import torch
 
         torch.set_num_threads(threads)
-        self.s, self.min_chunk_tokens, self.error = settings, min_chunk_tokens, None
+        self.cfg, self.error = cfg, None
         try:  # an actor whose constructor raises dies without its reason: keep it for run() to raise
             lm = load_model(source, device)
             if lm.fingerprint != fingerprint:
@@ -81,14 +59,12 @@ class ShardWorker:
 
     def run(self, items: Sequence[Item], fault_marker: str | None = None) -> list[Record]:
         self._ready(fault_marker)
-        return work_shard(self.lm, self.s, self.min_chunk_tokens, items)
+        return work_shard(self.lm, self.cfg, items)
 
     def calibrate(self, windows: Sequence[tuple[str, list[int]]], first_tokens: int, tol: float,
                   fault_marker: str | None = None) -> tuple[list, list]:
-        from .capacity import search_samples
-
         self._ready(fault_marker)
-        return search_samples(self.lm, self.s, windows, first_tokens, tol)
+        return search_samples(self.lm, self.cfg.search, windows, first_tokens, tol)
 
     def _ready(self, fault_marker: str | None) -> None:
         if self.error is not None:
@@ -111,31 +87,32 @@ class RayEngine:
     retries: int = 2
     fault_marker: str | None = None  # tests only: a worker that finds this file removes it and exits
 
-    def run(self, lm: LoadedModel, s: CramSettings, items: Sequence[Item], min_chunk_tokens: int,
-            on_shard: Callable[[list[Record]], None], progress: Progress | None = None) -> None:
-        """Compute every item; on_shard(records) receives each shard's records as it arrives."""
+    def run(self, lm: LoadedModel, cfg: PackConfig, items: Sequence[Item],
+            on_shard: Callable[[list[ChunkRecord]], None], progress: Progress | None = None) -> None:
+        """Compute every item; on_shard(records) receives each shard's records as it arrives,
+        checked as a journal's are (a worker is another process, maybe another machine)."""
         if not items:
             return
-        pool = self._pool(lm, s, min_chunk_tokens)
+        pool = self._pool(lm, cfg)
         # A greedy step reads every weight whatever the rows, so a shard is a full batch (64
         # predicted chunks; four batches of vector chunks, to keep the slots busy), and a small
         # input is one shard per worker.
-        full = 64 if s.mode == "predict" else 4 * s.batch_size
+        full = 64 if cfg.predicted else 4 * cfg.search.batch_size
         size = self.shard_chunks or max(1, min(full, math.ceil(len(items) / pool.size)))
         shards = [list(items[i : i + size]) for i in range(0, len(items), size)]
         done = [0]
 
         def back(k: int, records: list[Record]) -> None:
-            on_shard(records)
+            on_shard([ChunkRecord.from_journal(meta, tensors) for meta, tensors in records])
             done[0] += len(shards[k])
-            emit(progress, event="predict" if s.mode == "predict" else "shard", done=done[0], total=len(items))
+            emit(progress, event="predict" if cfg.predicted else "shard", done=done[0], total=len(items))
 
         pool.drive(shards, lambda w, shard: w.run.remote(shard, self.fault_marker), back, progress)
 
-    def calibrate(self, lm: LoadedModel, s: CramSettings, windows: Sequence[tuple[str, list[int]]],
+    def calibrate(self, lm: LoadedModel, s: SearchSettings, windows: Sequence[tuple[str, list[int]]],
                   first_tokens: int, tol: float, progress: Progress | None = None) -> tuple[list, list]:
         """capacity.search_samples, one sample a shard; the results in the samples' order."""
-        pool = self._pool(lm, s, 1)
+        pool = self._pool(lm, PackConfig(mode="vectors", margin=s.margin, search=s, min_chunk_tokens=1))
         found: list = [None] * len(windows)
         searches: list = [None] * len(windows)
 
@@ -149,7 +126,7 @@ class RayEngine:
                                                                                 self.fault_marker), back, progress)
         return found, searches
 
-    def _pool(self, lm: LoadedModel, s: CramSettings, min_chunk_tokens: int) -> _Pool:
+    def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
         ray = _ray()
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
@@ -159,7 +136,7 @@ class RayEngine:
         per = 1 if gpus else max(1, (cpus - 1) // n)  # threads (and CPUs reserved) per worker
         actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=per, max_restarts=0,
                            max_task_retries=0)(ShardWorker)
-        args = (lm.source, lm.fingerprint, lm.sink_id, s, min_chunk_tokens, "cuda" if gpus else "cpu", per)
+        args = (lm.source, lm.fingerprint, lm.sink_id, replace(cfg, engine=None), "cuda" if gpus else "cpu", per)
         return _Pool(ray, lambda: actor.remote(*args), n, self.retries)
 
 
@@ -191,11 +168,11 @@ class _Pool:
                     result = ray.get(ready[0])
                 except RayTaskError as e:  # the worker's own error (a model it cannot load, a bug): no retry helps
                     cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
-                    raise VecarcError(f"a worker failed on shard {k}: {_line(cause)}; nothing written") from None
+                    raise VecarcError(f"a worker failed on shard {k}: {describe(cause)}; nothing written") from None
                 except RayActorError as e:
                     failures[k] += 1
                     if failures[k] > self.retries:
-                        raise VecarcError(f"shard {k} lost its worker {failures[k]} times ({_line(e)}); nothing "
+                        raise VecarcError(f"shard {k} lost its worker {failures[k]} times ({describe(e)}); nothing "
                                           f"written (finished shards are in the journal: --resume)") from None
                     ray.kill(w, no_restart=True)
                     emit(progress, event="note", message=f"a worker died on shard {k}; retrying it on a new one")
@@ -207,10 +184,6 @@ class _Pool:
         finally:
             for w in [w for w, _ in running.values()] + idle:
                 ray.kill(w, no_restart=True)
-
-
-def _line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__
 
 
 def _ray():

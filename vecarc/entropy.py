@@ -2,7 +2,7 @@
 the ideal coder that vecarc is compared against.
 
 Cross-entropy here is teacher-forced, in nats, through the same forward pass that
-cramming optimises (`chunk_forward`), so "with vectors" and "without" differ only
+cramming optimises (vecarc.forward), so "with vectors" and "without" differ only
 in the memory vectors.
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .forward import teacher_forced
 from .models import LoadedModel
-from .search import teacher_forced
 
 LN2 = math.log(2)
 

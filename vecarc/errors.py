@@ -20,3 +20,8 @@ def first_line(e: BaseException) -> str:
     """An exception as one line of text for the user: its message's first line, else its type's name."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def describe(e: BaseException) -> str:
+    """An exception as its type and first line ("RuntimeError: out of memory"), or its type alone."""
+    return f"{type(e).__name__}: {first_line(e)}" if str(e).strip() else type(e).__name__

@@ -14,6 +14,7 @@ import json
 import math
 import struct
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -147,3 +148,12 @@ def legacy_fingerprint(model: Any, tokenizer: Any) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(json.dumps(tokenizer_json(tokenizer), sort_keys=True).encode())
     return f"{LEGACY}:{h.hexdigest()}"
+
+
+def sha256_file(path: Path) -> str:
+    """A file's SHA-256, read in blocks: model files and volumes are large."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,14 +175,6 @@ def default_gguf_path() -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -211,7 +203,7 @@ def convert_gguf(gguf: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final = cache_dir() / "models" / sha256_file(gguf)[:32]
+    final = cache_dir() / "models" / fp.sha256_file(gguf)[:32]
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -310,24 +302,6 @@ def parse_spec(spec: str | None) -> tuple[str, str, str | None]:
         raise VecarcError(f"--model {spec!r} is neither a folder nor a .gguf file")
     repo, _, rev = spec.partition("@")
     return "hub", repo, rev or None
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, max_cells: int | None = None) -> Iterator[list[int]]:
-    """Indices of non-empty rows, shortest first, in batches: rows of like length pad least.
-
-    max_cells bounds rows x longest row, so a batch's memory (a KV cache, say) follows its
-    tokens, not its row count.
-    """
-    group: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
-        if not lengths[i]:
-            continue
-        if group and (len(group) == batch_size or (max_cells and (len(group) + 1) * lengths[i] > max_cells)):
-            yield group
-            group = []
-        group.append(i)
-    if group:
-        yield group
 
 
 @torch.no_grad()

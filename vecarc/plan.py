@@ -9,8 +9,15 @@ fixed plan (equal spans of N tokens) remains for `--chunk-tokens`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .entropy import token_nll
+from .events import Progress, emit
+from .format import Document, check_name
+from .models import LoadedModel
+from .text import tokenize_exact
 
 # The fixed plan's tokens per memory vector: 32 converged reliably on the default model
 # at the default settings, 64 mostly did not. The capacity plan needs no such number.
@@ -103,3 +110,39 @@ def plan_by_budget(
             token_nats[i] += nats[:n]
             cursor[i] += n
     return spans, token_nats
+
+
+@dataclass
+class Plan:
+    """Documents as the header records them, their tokens, and the chunks to compute."""
+
+    documents: list[Document] = field(default_factory=list)
+    tokens: dict[int, Sequence[int]] = field(default_factory=dict)  # document -> token ids (text documents)
+    literal: dict[int, bytes] = field(default_factory=dict)  # document -> bytes (no tokenizer round trip)
+    spans: list[tuple[int, int, int]] = field(default_factory=list)  # (document, start, end) in token offsets
+    nats: dict[int, list[float]] = field(default_factory=dict)  # document -> per-token nats (capacity plan)
+
+
+def plan_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, size: int, budget: Budget | None,
+                   progress: Progress | None = None) -> Plan:
+    """Tokenize each document once and cut it: by the budget (capacity plan), else in equal spans of `size`."""
+    plan = Plan()
+    for d, (name, data) in enumerate(docs):
+        check_name(name)
+        ids = tokenize_exact(lm, data)
+        plan.documents.append(Document(name, len(data), hashlib.sha256(data).hexdigest(),
+                                       "text" if ids is not None else "bytes"))
+        if ids is None:
+            plan.literal[d] = data
+            continue
+        plan.tokens[d] = ids
+        if budget is None:
+            plan.spans += [(d, a, b) for a, b in plan_chunks(len(ids), size)]
+    if budget is not None:
+        order = sorted(plan.tokens)
+        emit(progress, event="measure", documents=len(order))
+        cuts, measured = plan_by_budget([plan.tokens[d] for d in order], budget, lambda w: token_nll(lm, w))
+        for d, doc_spans, doc_nats in zip(order, cuts, measured):
+            plan.spans += [(d, a, b) for a, b in doc_spans]
+            plan.nats[d] = doc_nats
+    return plan

@@ -21,8 +21,8 @@ import torch
 from .decode import decode_many
 from .errors import first_line
 from .format.corrections import Fix
+from .forward import logit_margins, teacher_forced
 from .models import LoadedModel
-from .search import logit_margins, teacher_forced
 
 # Margins at which `stress` counts the chunks whose drift would reach them.
 MARGIN_GRID = (0.01, 0.03, 0.1, 0.3, 0.5, 1.0)

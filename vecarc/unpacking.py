@@ -7,23 +7,22 @@ SHA-256, and never writes outside the folder it was given.
 from __future__ import annotations
 
 import hashlib
-import os
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-import torch
-
+from .chunks import GREEDY, literal
 from .decode import decode_many
 from .errors import VecarcError, VerificationError
+from .events import Progress, emit
 from .fingerprint import scheme_of
-from .format import Archive, Document, check_name, decode_tokens, literal_bytes, read_archive, token_hash
-from .format.container import write_temp
-from .format.index import is_index
+from .format import Archive, Document, check_name, token_hash
 from .models import DEFAULT_PACKAGE_PIN, LoadedModel, load_model
-from .search import Progress
+from .robust import combine, stress
 from .text import detokenize
+from .volumes import Indexed, open_any
+from .writer import Staged
 
 
 @dataclass
@@ -76,29 +75,20 @@ def decode_archive(
 
 
 def greedy_jobs(archive: Archive, skip: set[int] = frozenset()) -> list[tuple[list[int], list, list | None]]:
-    """The chunks to decode greedily, as (indices, prefix vectors, corrections) per prefix length:
-    vector chunks with their rows, predicted chunks with an empty prefix and their corrections."""
-    chunks, out = archive.chunks, []
-    vec = [i for i, c in enumerate(chunks) if c.kind == "vector" and i not in skip]
-    if vec:
-        out.append((vec, [archive.row(chunks[i]) for i in vec], None))
-    pred = [i for i, c in enumerate(chunks) if c.kind == "predicted" and i not in skip]
-    if pred:
-        empty = torch.zeros(0, archive.header.model.hidden_size)
-        out.append((pred, [empty] * len(pred), [archive.fixes.get(i, []) for i in pred]))
-    return out
+    """The chunks to decode greedily, as (indices, prefix vectors, corrections) per kind (vecarc.chunks)."""
+    return [job for kind in GREEDY for job in kind.greedy_jobs(archive, skip)]
 
 
 def _document_bytes(archive: Archive, lm: LoadedModel, doc: Document, mine: Sequence[int], tokens: dict[int, list[int]],
                     problems: list[str]) -> bytes:
     """One document from its chunks; a chunk whose tokens miss their hash is reported in problems."""
     if doc.encoding == "bytes":
-        return literal_bytes(archive, mine[0])
+        return literal.document(archive, mine[0])
     ids = array("i")
     for i in mine:
         c = archive.chunks[i]
         if c.kind == "tokens":
-            tokens[i] = decode_tokens(archive.literals[i], c.tokens, archive.header.model.vocab_size)
+            tokens[i] = literal.tokens(archive, i)
         if token_hash(tokens[i]) != c.hash:
             problems.append(f"{doc.name}: chunk {i} ({c.kind}) decoded to other tokens")
         ids.extend(tokens[i])
@@ -150,14 +140,8 @@ def install_hint(source: str) -> str:
     return f"pass --model with the {'GGUF file' if kind == 'gguf' else 'model folder'} it was packed from ({where})"
 
 
-def verify(
-    archive: str | Path | Archive,
-    *,
-    model: str | LoadedModel | None = None,
-    device: str = "auto",
-    progress: Progress | None = None,
-    strict: bool = False,
-) -> DecodeResult:
+def verify(archive: str | Path | Archive | Indexed, *, model: str | LoadedModel | None = None, device: str = "auto",
+           progress: Progress | None = None, strict: bool = False) -> DecodeResult:
     """Decode everything in memory and compare with the stored hashes; writes nothing.
 
     strict: also demand the archive's recorded margin at every token, and the
@@ -165,18 +149,16 @@ def verify(
     count, attention kernel, batch shape; a bf16 model is reported, not
     required). See vecarc.robust.
     """
-    if not isinstance(archive, Archive) and is_index(archive):
-        return _verify_index(Path(archive), model, device, progress, strict)
-    a = archive if isinstance(archive, Archive) else read_archive(archive)
+    a = open_any(archive)
+    if isinstance(a, Indexed):
+        return _verify_index(a, model, device, progress, strict)
     return _verify_one(a, model_for(a, model, device), progress, strict)
 
 
 def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool) -> DecodeResult:
     r = decode_archive(a, lm, progress)
     if strict and r.ok and r.margins:
-        from .robust import combine, stress
-
-        need = required_margin(a)
+        need = a.header.required_margin
         low = sorted(i for i, m in r.margins.items() if m < need)
         if low:
             r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
@@ -190,24 +172,49 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
     return r
 
 
-def _verify_index(path: Path, model, device: str, progress: Progress | None, strict: bool) -> DecodeResult:
-    """Every volume verified in turn (one model load); documents are not kept, margins are the smallest."""
-    from .volumes import verify_index
-
+def _verify_index(ix: Indexed, model, device: str, progress: Progress | None, strict: bool) -> DecodeResult:
+    """Every volume verified in turn (one model load), and every document's parts as unpack checks them."""
     model_of = _volume_models(model, device)
-    smallest: list[float] = []
-
-    def check(a: Archive):
+    problems, reports, smallest = [], [], []
+    hashes = [hashlib.sha256() for _ in ix.index.documents]
+    for k, v in enumerate(ix.index.volumes):
+        try:
+            a = ix.volume(k)
+        except VecarcError as e:
+            problems.append(str(e))
+            hashes = None  # a part is missing: the documents' hashes cannot be checked
+            continue
         r = _verify_one(a, model_of(a), progress, strict)
+        problems += [f"{v.file}: {p}" for p in r.problems]
+        if r.ok and hashes is not None:
+            problems += _parts(ix, k, a, r.documents, hashes)
         smallest.append(r.min_margin)
-        return r.problems, r.stress
-
-    problems, stress = verify_index(path, check, progress)
+        if r.stress:
+            reports.append(r.stress)
+        emit(progress, event="note", message=f"volume {k + 1} of {len(ix.index.volumes)} checked")
+    if hashes is not None and not problems:
+        problems += [f"{d.name}: its parts do not match its SHA-256" for d, h in zip(ix.index.documents, hashes)
+                     if h.hexdigest() != d.sha256]
     margins = {0: min(smallest)} if smallest and min(smallest) < float("inf") else {}
-    return DecodeResult([], problems, margins=margins, stress=stress)
+    return DecodeResult([], problems, margins=margins, stress=combine(reports) if reports else [])
 
 
-def _volume_models(model: str | LoadedModel | None, device: str):
+def _parts(ix: Indexed, k: int, a: Archive, documents: Sequence[bytes | None], hashes: list) -> list[str]:
+    """Volume k's parts checked against the index (their sizes), and added to their documents' hashes."""
+    by_name = {d.name: i for i, d in enumerate(ix.index.documents)}
+    problems = []
+    for d, data in zip(a.documents, documents):
+        i = by_name[d.name]
+        part = next(p for p in ix.index.documents[i].parts if p.volume == k)
+        if data is None or len(data) != part.size:
+            problems.append(f"{d.name}: volume {ix.index.volumes[k].file} holds "
+                            f"{'?' if data is None else len(data)} bytes of it, the index says {part.size}")
+            continue
+        hashes[i].update(data)
+    return problems
+
+
+def _volume_models(model: str | LoadedModel | None, device: str) -> Callable[[Archive], LoadedModel]:
     """model_for each volume of an index, loading the model once (for the first volume)."""
     loaded: LoadedModel | None = None
 
@@ -249,57 +256,49 @@ def _target(outdir: Path, name: str, force: bool) -> Path:
     return target
 
 
-def unpack(
-    archive: str | Path | Archive,
-    output_dir: str | Path = ".",
-    *,
-    model: str | LoadedModel | None = None,
-    device: str = "auto",
-    force: bool = False,
-    progress: Progress | None = None,
-) -> list[Path]:
-    """Decode and check every document, then write them under output_dir."""
+def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", *,
+           model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
+           progress: Progress | None = None) -> list[Path]:
+    """Decode and check every document, then write them under output_dir (all or none)."""
     outdir = Path(output_dir)
     if outdir.exists() and not outdir.is_dir():
         raise VecarcError(f"{outdir} exists and is not a folder")
-    if not isinstance(archive, Archive) and is_index(archive):
-        return _unpack_index(Path(archive), outdir, model, device, force, progress)
-    a = archive if isinstance(archive, Archive) else read_archive(archive)
+    a = open_any(archive)
+    if isinstance(a, Indexed):
+        return _unpack_index(a, outdir, model, device, force, progress)
     targets = [_target(outdir, d.name, force) for d in a.documents]
     result = decode_archive(a, model_for(a, model, device), progress)
     if not result.ok:
         raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
-    _write_all(targets, result.documents)
+    with Staged() as out:
+        for t, data in zip(targets, result.documents):
+            out.append(t, data)
+        out.commit()
     return targets
 
 
-def _unpack_index(path: Path, outdir: Path, model, device: str, force: bool, progress: Progress | None) -> list[Path]:
-    from .volumes import unpack_index
-
+def _unpack_index(ix: Indexed, outdir: Path, model, device: str, force: bool,
+                  progress: Progress | None) -> list[Path]:
+    """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
     model_of = _volume_models(model, device)
-
-    def decode(a: Archive) -> list[bytes]:
-        r = decode_archive(a, model_of(a), progress)
-        if not r.ok:
-            raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
-        return r.documents
-
-    return unpack_index(path, lambda names: [_target(outdir, n, force) for n in names], decode, progress)
-
-
-def _write_all(targets: Sequence[Path], documents: Sequence[bytes]) -> None:
-    """Every document to a temporary file first, then all renamed into place: all or none under final names."""
-    temps: list[Path] = []
-    try:
-        for t, data in zip(targets, documents):
-            try:
-                t.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise VecarcError(f"cannot create the folder {t.parent}: {e.strerror}") from None
-            temps.append(write_temp(t, data))
-        for tmp, t in zip(temps, targets):
-            os.replace(tmp, t)
-    except BaseException:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-        raise
+    index = ix.index
+    final = [_target(outdir, d.name, force) for d in index.documents]
+    by_name = {d.name: i for i, d in enumerate(index.documents)}
+    hashes = [hashlib.sha256() for _ in final]
+    with Staged() as out:
+        for k in range(len(index.volumes)):
+            a = ix.volume(k)
+            r = decode_archive(a, model_of(a), progress)
+            if not r.ok:
+                raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
+            problems = _parts(ix, k, a, r.documents, hashes)
+            if problems:
+                raise VerificationError(f"{problems[0]}; nothing written")
+            for d, data in zip(a.documents, r.documents):
+                out.append(final[by_name[d.name]], data)
+            emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} decoded")
+        for d, h in zip(index.documents, hashes):
+            if h.hexdigest() != d.sha256:
+                raise VerificationError(f"{d.name}: its parts do not match its SHA-256; nothing written")
+        out.commit()
+    return final

@@ -11,22 +11,14 @@ before anything is renamed into place.
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import VecarcError, VerificationError
-from .format import parse_archive, read_archive, write_atomic
-from .format.container import write_temp
-from .format.index import Index, IndexDocument, Part, Volume, read_index
-from .journal import Journal
-from .models import sha256_file
-from .search import Progress, emit
+from .errors import VecarcError
+from .format import Archive, parse_archive, read_archive
+from .format.index import Index, IndexDocument, Part, is_index, read_index
 
-# Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
-# (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
-DEFAULT_VOLUME_SIZE = 32 << 20
 SEAM_SEARCH = 64 << 10  # how far back from a volume's end to look for a line end to cut at
 
 
@@ -91,7 +83,7 @@ def volume_path(output: Path, k: int) -> Path:
     return output.with_name(f"{output.name}.{k + 1:04d}")
 
 
-def _read(piece: Piece) -> bytes:
+def read_piece(piece: Piece) -> bytes:
     with open(piece.path, "rb") as f:
         f.seek(piece.offset)
         data = f.read(piece.size)
@@ -100,56 +92,22 @@ def _read(piece: Piece) -> bytes:
     return data
 
 
-def _finished(path: Path, docs: Sequence[tuple[str, bytes]]) -> bool:
-    """Whether a volume left by an interrupted pack holds exactly these documents (and reads as an archive)."""
+def finished(path: Path, docs: Sequence[tuple[str, bytes]], fingerprint: str, mode: str, margin: float) -> bool:
+    """Whether a volume left by an interrupted pack holds exactly these documents, packed with
+    this model in this mode at this margin (and reads as an archive): a resume keeps it."""
     if not path.is_file():
         return False
     try:
         a = read_archive(path, load_vectors=False)
     except VecarcError:
         return False
-    return [(d.name, d.size, d.sha256) for d in a.documents] == [
+    h = a.header
+    same = (h.model.fingerprint, h.cram.get("mode"), h.required_margin) == (fingerprint, mode, margin)
+    return same and [(d.name, d.size, d.sha256) for d in a.documents] == [
         (n, len(b), hashlib.sha256(b).hexdigest()) for n, b in docs]
 
 
-def pack_volumes(inputs: Sequence[tuple[Path, str, int]], output: Path, volume_size: int,
-                 pack_one: Callable[[list[tuple[str, bytes]], Journal], bytes], *, resume: bool, force: bool,
-                 progress: Progress | None = None) -> Index:
-    """Pack each volume with pack_one(documents, journal) -> checked archive bytes, write it, then the index.
-
-    Nothing but the index stays in memory: each volume is dropped once written. With resume,
-    a volume already written with exactly its planned documents is kept.
-    """
-    plans = plan_volumes(inputs, volume_size)
-    for k in range(len(plans)):
-        if volume_path(output, k).exists() and not (force or resume):
-            raise VecarcError(f"{volume_path(output, k)} exists (use -f to overwrite, or --resume)")
-    volumes: list[Volume] = []
-    hashes = {name: hashlib.sha256() for _, name, _ in inputs}  # of what was packed, part by part
-    for k, plan in enumerate(plans):
-        path = volume_path(output, k)
-        docs = [(p.name, _read(p)) for p in plan.pieces]
-        for name, data in docs:
-            hashes[name].update(data)
-        emit(progress, event="note", message=f"volume {k + 1} of {len(plans)}: {path.name} "
-                                             f"({sum(len(b) for _, b in docs):,} bytes)")
-        if not (resume and _finished(path, docs)):
-            journal = Journal.open(path, resume, force)
-            try:
-                data = pack_one(docs, journal)
-                write_atomic(path, data, force=True)
-                journal.remove()
-            finally:
-                journal.close()
-            volumes.append(Volume(path.name, len(data), hashlib.sha256(data).hexdigest()))
-        else:
-            volumes.append(Volume(path.name, path.stat().st_size, sha256_file(path)))
-    index = Index(volumes, _documents(inputs, plans, {n: h.hexdigest() for n, h in hashes.items()}))
-    write_atomic(output, index.to_bytes(), force=True)
-    return index
-
-
-def _documents(inputs: Sequence[tuple[Path, str, int]], plans: Sequence[VolumePlan],
+def index_documents(inputs: Sequence[tuple[Path, str, int]], plans: Sequence[VolumePlan],
                sha: dict[str, str]) -> list[IndexDocument]:
     parts: dict[str, list[Part]] = {}
     for k, plan in enumerate(plans):
@@ -179,78 +137,21 @@ def open_volume(index_path: Path, index: Index, k: int, load_vectors: bool = Tru
     return a
 
 
-def unpack_index(path: Path, targets: Callable[[Sequence[str]], list[Path]],
-                 decode: Callable[[object], list[bytes]], progress: Progress | None = None) -> list[Path]:
-    """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
-    index = read_index(path)
-    final = targets([d.name for d in index.documents])
-    by_name = {d.name: i for i, d in enumerate(index.documents)}
-    temps: list[Path | None] = [None] * len(final)
-    hashes = [hashlib.sha256() for _ in final]
-    try:
-        for k in range(len(index.volumes)):
-            a = open_volume(path, index, k)
-            for d, data in zip(a.documents, decode(a)):
-                i = by_name[d.name]
-                part = next(p for p in index.documents[i].parts if p.volume == k)
-                if len(data) != part.size:
-                    raise VerificationError(f"{d.name}: volume {index.volumes[k].file} holds {len(data)} bytes of "
-                                            f"it, the index says {part.size}; nothing written")
-                if temps[i] is None:
-                    final[i].parent.mkdir(parents=True, exist_ok=True)
-                    temps[i] = write_temp(final[i], b"")
-                with open(temps[i], "ab") as f:
-                    f.write(data)
-                hashes[i].update(data)
-            emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} decoded")
-        for d, h in zip(index.documents, hashes):
-            if h.hexdigest() != d.sha256:
-                raise VerificationError(f"{d.name}: its parts do not match its SHA-256; nothing written")
-        for tmp, t in zip(temps, final):
-            os.replace(tmp, t)
-    except BaseException:
-        for tmp in temps:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        raise
-    return final
+@dataclass
+class Indexed:
+    """A volume index opened for reading: its path (the volumes lie beside it) and its records."""
+
+    path: Path
+    index: Index
+
+    def volume(self, k: int, load_vectors: bool = True) -> Archive:
+        return open_volume(self.path, self.index, k, load_vectors)
 
 
-def verify_index(path: Path, check: Callable[[object], tuple[list[str], list]],
-                 progress: Progress | None = None) -> tuple[list[str], list]:
-    """check(archive) -> (problems, stress reports) per volume; the problems name their volume."""
-    from .robust import combine
-
-    index = read_index(path)
-    problems, reports = [], []
-    for k, v in enumerate(index.volumes):
-        try:
-            a = open_volume(path, index, k)
-        except VecarcError as e:
-            problems.append(str(e))
-            continue
-        found, stress = check(a)
-        problems += [f"{v.file}: {p}" for p in found]
-        if stress:
-            reports.append(stress)
-        emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} checked")
-    return problems, combine(reports) if reports else []
-
-
-def index_summary(path: Path) -> dict:
-    """What `info` shows for an index, from the index and the volumes' headers (no model)."""
-    from .api import summary
-
-    index = read_index(path)
-    vols = []
-    for k, v in enumerate(index.volumes):
-        s = summary(open_volume(path, index, k, load_vectors=False))
-        vols.append({"file": v.file, "bytes": v.size, "original_bytes": s["original_bytes"],
-                     "documents": len(s["documents"]), "chunks": s["chunks"]["total"],
-                     "vector_chunks": s["chunks"]["vector"], "tokens": sum(d["tokens"] for d in s["documents"])})
-    original = sum(d.size for d in index.documents)
-    stored = path.stat().st_size + sum(v.size for v in index.volumes)
-    return {"index": str(path), "volumes": vols, "original_bytes": original, "archive_bytes": stored,
-            "ratio": original / stored if stored else None,
-            "documents": [{"name": d.name, "size": d.size, "sha256": d.sha256,
-                           "parts": [index.volumes[p.volume].file for p in d.parts]} for d in index.documents]}
+def open_any(source: str | Path | Archive | Indexed, load_vectors: bool = True) -> Archive | Indexed:
+    """An archive, or a volume index: the one place that tells them apart (by the magic number)."""
+    if isinstance(source, (Archive, Indexed)):
+        return source
+    if is_index(source):
+        return Indexed(Path(source), read_index(source))
+    return read_archive(source, load_vectors=load_vectors)

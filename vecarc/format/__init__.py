@@ -1,8 +1,9 @@
 """The .vec file format (docs/format.md): typed header records, the container, and the vector forms.
 
-header: the records and their validation; container: reading (trusting nothing) and
-writing; corrections: what predicted chunks store; quant: how numbers are stored;
-basis: the fixed ±1 basis of low-rank vectors.
+header: the records and their validation; names: what a document may be called;
+container: reading (trusting nothing) and writing; strict: the JSON a reader accepts;
+corrections: what predicted chunks store; quant: how numbers are stored; basis: the fixed
+±1 basis of low-rank vectors; index: the volume index.
 """
 
 from .container import (
@@ -30,12 +31,11 @@ from .header import (
     Header,
     ModelRecord,
     VectorsRecord,
-    check_name,
-    check_names,
     greedy_cap,
     is_number,
     token_hash,
 )
+from .names import check_name, check_names
 
 __all__ = [
     "CHECKSUM_LEN", "HASH_CHARS", "MAGIC", "MAX_LITERAL_TOKENS", "PREFIX", "VERSION", "Archive", "Chunk",

@@ -19,10 +19,11 @@ from typing import Any
 
 import zstandard
 
-from ..errors import VecarcError
+from ..errors import VecarcError, first_line
 from . import basis, corrections, quant
 from .corrections import Fix
 from .header import VERSION, Chunk, CorrectionsRecord, Document, Header, bad
+from .strict import parse_json
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
 READS = (2, 3, 4)  # what this vecarc reads (it writes VERSION)
@@ -285,7 +286,7 @@ def read_archive(path: str | Path, load_vectors: bool = True) -> Archive:
         if path.is_dir():
             raise VecarcError(f"{path} is a directory, not an archive")
         with open(path, "rb") as f:
-            return _read(f, size, load_vectors)
+            return _parse_stream(f, size, load_vectors)
     except FileNotFoundError:
         raise VecarcError(f"no such file: {path}") from None
     except PermissionError:
@@ -297,10 +298,10 @@ def read_archive(path: str | Path, load_vectors: bool = True) -> Archive:
 def parse_archive(data: bytes, load_vectors: bool = True) -> Archive:
     import io
 
-    return _read(io.BytesIO(data), len(data), load_vectors)
+    return _parse_stream(io.BytesIO(data), len(data), load_vectors)
 
 
-def _read(f, size: int, load_vectors: bool) -> Archive:
+def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
     head = f.read(PREFIX.size)
     if not head or head[: len(MAGIC)] != MAGIC[: len(head)]:
         raise VecarcError("not a vecarc archive (bad magic number)")
@@ -337,7 +338,7 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
     except VecarcError as e:
         raise bad(f"header does not decode ({str(e).removeprefix('corrupt header: ')})") from None
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise bad(f"header does not decode ({str(e).splitlines()[0][:200]})") from None
+        raise bad(f"header does not decode ({first_line(e)[:200]})") from None
     body = memoryview(rest)[zlen:]
     archive = Archive(header=Header.from_json(header, body_len, version), size=size)
     for i, ch in enumerate(archive.chunks):
@@ -347,24 +348,6 @@ def _read(f, size: int, load_vectors: bool) -> Archive:
     if load_vectors:
         archive.stored = _load_stored(archive.header, body)
     return archive
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise ValueError(f"key {dup!r} appears twice in one object")
-    return out
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def parse_json(text: str) -> Any:
-    """Strict JSON, as the format requires: no repeated keys in an object, no NaN or Infinity."""
-    return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
 
 
 def _load_fixes(h: Header, body: memoryview) -> dict[int, list[Fix]]:

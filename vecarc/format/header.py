@@ -13,13 +13,13 @@ import hashlib
 import math
 import re
 import struct
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import VecarcError
 from . import basis, quant
+from .names import check_name, check_names
 
 VERSION = 4  # the format version this vecarc writes
 # Version 4 records the model fingerprint in scheme 2 (vecarc/fingerprint.py); 2 and 3 in scheme 1.
@@ -66,33 +66,6 @@ def _hex(x: Any, n: int) -> bool:
 
 def token_hash(tokens: Sequence[int]) -> str:
     return hashlib.sha256(struct.pack(f"<{len(tokens)}I", *tokens)).hexdigest()[:HASH_CHARS]
-
-
-MAX_NAME_BYTES, MAX_PART_BYTES = 4096, 255  # a path, and one component of it (NAME_MAX on common filesystems)
-
-
-def check_name(name: Any) -> str:
-    """Document names are relative, normalised, '/'-separated paths of printable characters."""
-    ok = isinstance(name, str) and 0 < len(name) and not any(_unprintable(ch) for ch in name)
-    if ok:
-        raw, parts = name.encode("utf-8"), name.split("/")
-        ok = len(raw) <= MAX_NAME_BYTES and all(len(p.encode("utf-8")) <= MAX_PART_BYTES for p in parts)
-        ok = ok and not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
-        ok = ok and not re.match(r"^[A-Za-z]:", name)
-    if not ok:
-        raise bad(f"unsafe document name {name!r}")
-    return name
-
-
-def _unprintable(ch: str) -> bool:
-    # Controls (a newline or ESC reaches the terminal), surrogates (no file name can hold one),
-    # line and paragraph separators.
-    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
-
-
-def name_key(name: str) -> str:
-    """Two names with one key would be one file on a case-insensitive or normalising filesystem."""
-    return unicodedata.normalize("NFC", name).casefold()
 
 
 @dataclass
@@ -406,25 +379,6 @@ def _documents(raw: list) -> list[Document]:
     docs = [Document.from_json(d) for d in raw]
     check_names([d.name for d in docs])
     return docs
-
-
-def check_names(names: Sequence[str]) -> None:
-    """Names that can all be written side by side: unique on any filesystem, none a folder of another."""
-    seen: set[str] = set()
-    keys: dict[str, str] = {}
-    for name in names:
-        check_name(name)
-        need(name not in seen, f"duplicate document name {name!r}")
-        key = name_key(name)
-        need(key not in keys, f"document names {keys.get(key)!r} and {name!r} differ only in case or "
-                              f"Unicode normalisation")
-        seen.add(name)
-        keys[key] = name
-    for key, name in keys.items():
-        parts = key.split("/")
-        for i in range(1, len(parts)):
-            folder = "/".join(parts[:i])
-            need(folder not in keys, f"document name {keys.get(folder)!r} is also a folder of {name!r}")
 
 
 def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, fixes: CorrectionsRecord | None,

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VecarcError
-from .header import _hex, _int, check_names
+from . import strict
+from .header import _hex, _int
+from .names import check_names
 
 MAGIC = b"\x89VEI\r\n\x1a\n"
 VERSION = 1
@@ -93,11 +95,7 @@ def read_index(path: str | Path) -> Index:
         raise VecarcError(f"cannot read {p}: {e.strerror}") from None
     if hashlib.sha256(head + rest[:n]).digest() != rest[n:]:
         raise bad("checksum mismatch")
-    try:
-        raw = json.loads(rest[:n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad("not UTF-8 JSON") from None
-    return _parse(raw)
+    return _parse(strict.loads(rest[:n], bad))
 
 
 def _parse(raw) -> Index:

@@ -25,20 +25,13 @@ from typing import Any
 import torch
 
 from ..decode import greedy_decode
+from ..errors import describe
+from ..events import Progress, Trace, emit
 from ..format import basis
 from ..format.quant import in_memory
 from ..models import LoadedModel
-from .settings import SEARCH_DTYPES, CramSettings, wants_compile
+from .settings import SEARCH_DTYPES, SearchSettings, wants_compile
 from .step import Adam, RowStep, by_length, group_step
-
-Progress = Callable[[dict], None]
-Trace = Callable[[dict], None]
-
-
-def emit(progress: Progress | None, **event: Any) -> None:
-    """Hand an event to the caller's progress callback, if there is one."""
-    if progress is not None:
-        progress(event)
 
 
 @dataclass
@@ -103,14 +96,14 @@ class Slot:
         self.t = 0
         self.best, self.best_t = float("inf"), 0
 
-    def stalled(self, s: CramSettings) -> bool:
+    def stalled(self, s: SearchSettings) -> bool:
         return self.t - self.best_t >= s.patience or self.t >= s.max_steps
 
 
 class Search:
     """The queues and rows of one cram call; `run` drives it to the end."""
 
-    def __init__(self, lm: LoadedModel, jobs: Iterable[Job], s: CramSettings, total: int,
+    def __init__(self, lm: LoadedModel, jobs: Iterable[Job], s: SearchSettings, total: int,
                  on_result: Callable[[Job, CramResult], Sequence[Job]] | None, progress: Progress | None,
                  trace: Trace | None):
         self.lm, self.s, self.total = lm, s, total
@@ -226,8 +219,8 @@ class Search:
                     if model is self.search or model is self.lm.model:
                         raise
                     self.fast = self.search
-                    emit(self.progress, event="note", message=f"torch.compile failed ({type(e).__name__}: "
-                                                              f"{str(e).splitlines()[0][:120]}); going on without it")
+                    emit(self.progress, event="note",
+                         message=f"torch.compile failed ({describe(e)[:160]}); going on without it")
                     stats.update(zip(group, self.run_group(self.search, part)))
         return [stats[r] for r in range(len(self.slots))]
 
@@ -324,7 +317,7 @@ def _tag(x: Any) -> Any:
 def cram(
     lm: LoadedModel,
     jobs: Iterable[Job],
-    s: CramSettings,
+    s: SearchSettings,
     progress: Progress | None = None,
     on_result: Callable[[Job, CramResult], Sequence[Job]] | None = None,
     snapshot: Callable[[dict], None] | None = None,

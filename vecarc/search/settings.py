@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from .. import overrides
 from ..errors import VecarcError
 from ..format.quant import FORMS
 
@@ -17,16 +17,16 @@ AUTO_RANK = 256
 AUTO_MIN_WIDTH = 512
 SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 COMPILE_MIN_CHUNKS = 128
-MODES = ("predict", "vectors")
 
 
-@dataclass
-class CramSettings:
-    """How chunks are stored, and how memory vectors are optimised. Measured choices: docs/benchmarks.md."""
+@dataclass(frozen=True)
+class SearchSettings:
+    """How memory vectors are found and stored. Measured choices: docs/benchmarks.md.
 
-    # "predict": the model decodes each chunk alone and the tokens it gets wrong are stored
-    # (vecarc.predict; the smaller archive on every model measured); "vectors": memory vectors.
-    mode: str = "predict"
+    A pack sets `margin` from its PackConfig (the margin the whole archive promises);
+    calibration keys its profiles by it.
+    """
+
     vectors: int = 1  # memory vectors per chunk
     lr: float = 0.5  # Adam step on whole vectors
     beta1: float = 0.9
@@ -55,7 +55,7 @@ class CramSettings:
     def record(self) -> dict:
         return {"optimizer": "adam", **asdict(self)}
 
-    def resolved(self, d: int, fast_bf16: bool = False) -> CramSettings:
+    def resolved(self, d: int, fast_bf16: bool = False) -> SearchSettings:
         """These settings with the rank and search dtype made concrete, and checked, for a
         model of width d on a device where bf16 is (or is not) fast.
 
@@ -65,8 +65,6 @@ class CramSettings:
         """
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
             raise VecarcError(f"the margin must be a finite number above 0, got {self.margin!r}")
-        if self.mode not in MODES:
-            raise VecarcError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
         if self.search_dtype == "auto":
             return replace(self, search_dtype="bf16" if fast_bf16 else "fp32").resolved(d)
         if self.compile not in ("auto", "on", "off"):
@@ -80,43 +78,16 @@ class CramSettings:
                               f"--rank must not be negative (0 stores whole vectors), got {self.rank}")
         return self
 
-    def with_overrides(self, items: Iterable[str]) -> CramSettings:
-        """These settings with KEY=VALUE strings applied, each value checked against the field's type.
-
-        Benchmarks and experiments take their overrides through here, so `rank=128` is an int,
-        `lr=1` a float and a misspelt key an error, never a silent new attribute.
-        """
-        kinds = {f.name: str(f.type) for f in fields(self)}
-        changes = {}
-        for item in items:
-            key, sep, text = item.partition("=")
-            if not sep or key not in kinds:
-                raise VecarcError(f"unknown setting {item!r}: KEY=VALUE with KEY one of {', '.join(kinds)}")
-            changes[key] = _parse(key, text, kinds[key])
-        return replace(self, **changes)
+    def with_overrides(self, items: Iterable[str]) -> SearchSettings:
+        """These settings with KEY=VALUE strings applied (vecarc.overrides)."""
+        return overrides.apply(self, items)
 
     @property
     def step_size(self) -> float:
         return self.rank_lr if self.rank else self.lr
 
 
-def wants_compile(s: CramSettings, device: torch.device, chunks: int) -> bool:
+def wants_compile(s: SearchSettings, device: torch.device, chunks: int) -> bool:
     """Whether the search runs compiled: decided by the job alone, so the same command
     makes the same archive however warm inductor's cache is."""
     return s.compile == "on" or (s.compile == "auto" and device.type == "cpu" and chunks >= COMPILE_MIN_CHUNKS)
-
-
-def _parse(key: str, text: str, kind: str) -> object:
-    if kind == "str":
-        return text
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = text
-    if value is None and "None" in kind:
-        return None
-    if kind.startswith("int") and type(value) is int:
-        return value
-    if kind == "float" and type(value) in (int, float):
-        return float(value)
-    raise VecarcError(f"setting {key} needs {kind.replace(' | None', ' or null')}, got {text!r}")

@@ -17,18 +17,25 @@ corrections than its own bytes would buy (docs/benchmarks.md, "Levers").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from .decode import DECODE_CELLS, greedy_margins
-from .format.corrections import Fix, full_bits, token_fix
-from .models import LoadedModel, length_batches
-from .search import logit_margins, teacher_forced
+from ..decode import DECODE_CELLS, greedy_margins
+from ..events import emit
+from ..format import Chunk, encode_tokens, greedy_cap, token_hash
+from ..format import corrections as codec
+from ..format.corrections import Fix, full_bits, token_fix
+from ..forward import length_batches, logit_margins, teacher_forced
+from ..models import LoadedModel
+from ..plan import Plan
+from .record import ChunkRecord, Hooks, Item, Settled, need
 
-# Chunk size: more context, fewer corrections (512 against 256: -3 %; 1,024: -2 % more, but half the
-# rows to decode side by side, so about twice the unpack time).
-PREDICT_TOKENS = 512
+if TYPE_CHECKING:
+    from ..config import PackConfig
+    from ..format import Archive
+
 MAX_ROUNDS = 8  # greedy checks per chunk; each adds at least one correction, real chunks need one
 
 
@@ -93,24 +100,70 @@ def checked_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], fixes: list[
     return out
 
 
-def predict(lm: LoadedModel, chunks: Iterable[tuple[object, Sequence[int]]], margin: float,
-            on_result: Callable[[object, list[Fix] | None], None],
-            progress: Callable[[dict], None] | None = None, total: int = 0,
-            on_batch: Callable[[], None] | None = None) -> None:
-    """Find and check the corrections of each (tag, tokens) chunk; on_result(tag, fixes or None).
+def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: Callable[[ChunkRecord], None],
+            hooks: Hooks | None = None) -> None:
+    """Find and check the corrections of each chunk; on_record receives each chunk's fate.
 
     Chunks are taken in batches of like length (the greedy check is one batch per group);
-    on_batch() follows each batch's results (pack marks them final in its journal there).
+    each batch's records are final once handed over (hooks.final marks them in the journal).
     """
-    items = list(chunks)
+    hooks = hooks or Hooks()
     done = 0
     for group in length_batches([len(t) for _, t in items], 64, DECODE_CELLS):
         toks = [items[i][1] for i in group]
-        got = checked_fixes(lm, toks, teacher_fixes(lm, toks, margin), margin)
-        for i, fixes in zip(group, got):
-            on_result(items[i][0], fixes)
-        if on_batch is not None:
-            on_batch()
+        got = checked_fixes(lm, toks, teacher_fixes(lm, toks, cfg.margin), cfg.margin)
+        for i, t, fixes in zip(group, toks, got):
+            on_record(fate(items[i][0], t, fixes))
+        if hooks.final is not None:
+            hooks.final({"step": 0})
         done += len(group)
-        if progress is not None:
-            progress({"event": "predict", "done": done, "total": total or len(items)})
+        emit(hooks.progress, event="predict", done=done, total=hooks.total or len(items))
+
+
+def fate(tag, tokens: Sequence[int], fixes: list[Fix] | None) -> ChunkRecord:
+    """Keep a predicted chunk unless it did not settle, or its corrections would cost more
+    than its tokens as a literal block (text the model does not know: code, tables, noise)."""
+    if fixes is not None and len(codec.encode([fixes])) < len(encode_tokens(list(tokens))):
+        return ChunkRecord(tag, "predicted", corrections=tuple(fixes))
+    return ChunkRecord(tag, "tokens")
+
+
+def settle(rec: ChunkRecord, plan: Plan, vocab_size: int, replayed: bool) -> Settled:
+    """The header entry of a predicted chunk; corrections a decoder could not follow are refused."""
+    d, a, b = rec.tag
+    fixes = list(rec.corrections or ())
+    top, last = full_bits(vocab_size), -1
+    for pos, bits, value in fixes:
+        need(last < pos < b - a and 1 <= bits <= top and value < 1 << bits,
+             "a correction is out of order or out of range")
+        last = pos
+    tokens = plan.tokens[d][a:b]
+    return Settled(Chunk(d, "predicted", b - a, token_hash(tokens), corrections=len(fixes)), fixes=fixes,
+                   replayed=replayed)
+
+
+def greedy_jobs(archive: Archive, skip: set[int]) -> list[tuple[list[int], list, list | None]]:
+    """The predicted chunks to decode: an empty prefix each, and their corrections."""
+    pred = [i for i, c in enumerate(archive.chunks) if c.kind == "predicted" and i not in skip]
+    if not pred:
+        return []
+    empty = torch.zeros(0, archive.header.model.hidden_size)
+    return [(pred, [empty] * len(pred), [archive.fixes.get(i, []) for i in pred])]
+
+
+def finish(kept: dict[tuple[int, int], Settled]) -> None:
+    """Make literal blocks of the most predictable predicted chunks while the archive would ask a
+    reader to decode more tokens than its corrections' bytes allow (format.greedy_cap): a text the
+    model knows almost by heart (zstd packs those well too)."""
+    pred = sorted((k for k, v in kept.items() if v.record.kind == "predicted"),
+                  key=lambda k: (kept[k].record.corrections / kept[k].record.tokens, k))
+    while pred:
+        fixes = [kept[k].fixes for k in sorted(pred) if kept[k].fixes]
+        stored = len(codec.encode(fixes)) if fixes else 0
+        over = sum(kept[k].record.tokens for k in pred) - greedy_cap(stored)
+        if over <= 0:
+            return
+        while over > 0 and pred:  # the estimate ignores the bytes each demotion takes away; the loop re-measures
+            k = pred.pop(0)
+            over -= kept[k].record.tokens
+            kept[k] = Settled(Chunk(k[0], "tokens", kept[k].record.tokens))

@@ -1,0 +1,40 @@
+"""docs/format.md's test vectors, read from the page: a stranger's decoder is checked against these bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import zstandard
+
+from vecarc.format import corrections, literal_bytes, parse_archive
+from vecarc.format.container import PREFIX, header_dict
+
+DOC = (Path(__file__).parent.parent / "docs" / "format.md").read_text(encoding="utf-8")
+
+
+def _block(title: str, lang: str) -> str:
+    """The first fenced block of `lang` after the heading `title`."""
+    after = DOC[DOC.index(f"### {title}"):]
+    return re.search(rf"```{lang}\n(.*?)```", after, re.S).group(1)
+
+
+def test_the_minimal_archive_decodes_without_a_model():
+    data = bytes.fromhex(_block("Test vector: a minimal archive", "hex"))
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:]
+    a = parse_archive(data)
+    assert [(d.name, d.size, d.encoding) for d in a.documents] == [("a.bin", 7, "bytes")]
+    assert literal_bytes(a, 0) == b"vecarc\n"
+    assert hashlib.sha256(b"vecarc\n").hexdigest() == a.documents[0].sha256
+    _, version, _, zlen, hlen, _, _ = PREFIX.unpack(data[: PREFIX.size])
+    text = zstandard.ZstdDecompressor(dict_data=header_dict(version)).decompress(
+        data[PREFIX.size : PREFIX.size + zlen], max_output_size=hlen)
+    assert text.decode() == _block("Test vector: a minimal archive", "json").strip()
+
+
+def test_the_corrections_stream_decodes_to_its_corrections():
+    data = bytes.fromhex(_block("Test vector: a corrections stream", "hex"))
+    want = [[(0, 3, 5), (4, 16, 1234)], [(2, 1, 1)]]
+    assert corrections.parse(data, [2, 1], [8, 4], 49152) == want
+    assert corrections.encode(want) == data

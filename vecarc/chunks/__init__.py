@@ -1,0 +1,17 @@
+"""The chunk kinds, one module each, and the table that says which does what.
+
+Each mode's module computes chunks on pack (`compute`, handing over ChunkRecords that
+the journal and the Ray engine carry as they are), makes a record its header entry
+(`settle`) and names what unpack decodes greedily (`greedy_jobs`). A new kind adds a
+module here, a row below, the format's kind table and its section of docs/format.md.
+"""
+
+from . import literal, predicted, vectors
+from .record import OUTCOMES, ChunkRecord, Hooks, Item, Settled, Tag
+
+MODES = {"predict": predicted, "vectors": vectors}  # how pack computes a mode's chunks
+SETTLE = {"vector": vectors.settle, "predicted": predicted.settle, "tokens": literal.settle}  # by outcome
+GREEDY = (vectors, predicted)  # the kinds the model decodes, in the order unpack decodes them
+
+__all__ = ["GREEDY", "MODES", "OUTCOMES", "SETTLE", "ChunkRecord", "Hooks", "Item", "Settled", "Tag", "literal",
+           "predicted", "vectors"]

@@ -1,0 +1,102 @@
+"""What a pack is asked to do: one typed record, checked once and resolved once per pack.
+
+The mode decides how chunks are stored; the search settings matter only to vector
+chunks; the rest (chunk sizes, the capacity plan's fill, checkpoints, volumes, the
+engine) is shared by every mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
+
+from . import overrides
+from .errors import VecarcError
+from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for
+from .search.settings import SearchSettings
+
+if TYPE_CHECKING:
+    from .engine import RayEngine
+    from .models import LoadedModel
+
+MODES = ("predict", "vectors")
+# Predicted chunks: more context, fewer corrections (512 against 256: -3 %; 1,024: -2 % more, but
+# half the rows to decode side by side, so about twice the unpack time).
+PREDICT_TOKENS = 512
+DEFAULT_FILL = 0.9  # the capacity plan cuts chunks to this fraction of the calibrated budget
+# Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
+# (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
+DEFAULT_VOLUME_SIZE = 32 << 20
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    # "predict": the model decodes each chunk alone and the tokens it gets wrong are stored
+    # (vecarc.chunks.predicted; the smaller archive on every model measured); "vectors": memory vectors.
+    mode: str = "predict"
+    margin: float = 0.5  # every choice the decoder makes leads by this much in the logits
+    search: SearchSettings = field(default_factory=SearchSettings)  # vector chunks only
+    chunk_tokens: int | None = None  # equal chunks of N tokens; None: the mode's default (vectors: capacity plan)
+    min_chunk_tokens: int = MIN_CHUNK_TOKENS  # a vector chunk that fails is split down to this, then kept literal
+    fill: float = DEFAULT_FILL
+    checkpoint_every: float = 60.0  # seconds between snapshots of the search in the journal
+    volume_size: int = DEFAULT_VOLUME_SIZE  # larger inputs become volumes and an index; 0: never
+    engine: RayEngine | None = None  # None: this process
+
+    @property
+    def predicted(self) -> bool:
+        return self.mode == "predict"
+
+    @property
+    def planned(self) -> bool:
+        """Whether chunks follow the capacity plan (vector chunks without a fixed size)."""
+        return not self.predicted and self.chunk_tokens is None
+
+    def checked(self) -> PackConfig:
+        if self.mode not in MODES:
+            raise VecarcError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
+        if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
+            raise VecarcError(f"the margin must be a finite number above 0, got {self.margin!r}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise VecarcError("chunk size must be at least one token")
+        if self.min_chunk_tokens < 1:
+            raise VecarcError("--min-chunk-tokens must be at least 1")
+        if not 0 < self.fill <= 4:
+            raise VecarcError(f"--fill must be in (0, 4], got {self.fill}")
+        if self.checkpoint_every < 0 or self.volume_size < 0:
+            raise VecarcError("--checkpoint-every and --volume-size must not be negative")
+        return self
+
+    def resolved(self, lm: LoadedModel) -> PackConfig:
+        """Checked, with the search made concrete for this model and device (rank, search dtype)."""
+        search = replace(self.search, margin=self.margin).resolved(lm.hidden_size, lm.fast_bf16())
+        return replace(self.checked(), search=search)
+
+    def chunk_size(self, lm: LoadedModel) -> int:
+        """Tokens per chunk of the fixed plan, within what the model's context allows."""
+        k = 0 if self.predicted else self.search.vectors
+        size = min(self.chunk_tokens or (PREDICT_TOKENS if self.predicted else chunk_tokens_for(k)), lm.chunk_limit(k))
+        if size < 1:
+            raise VecarcError("chunk size must be at least one token")
+        return size
+
+    def record(self, chunk_tokens: int) -> dict:
+        """The header's settings record ("cram"): what decides a predicted archive's chunks, or the
+        whole search for a vector archive. Informational; its keys and their order are format 4's."""
+        if self.predicted:
+            return {"mode": self.mode, "margin": self.margin, "chunk_tokens": chunk_tokens}
+        rec = self.search.record()
+        return {"optimizer": rec.pop("optimizer"), "mode": self.mode, **rec, "chunk_tokens": chunk_tokens,
+                "min_chunk_tokens": self.min_chunk_tokens}
+
+    def with_overrides(self, items: Iterable[str]) -> PackConfig:
+        """KEY=VALUE strings applied and checked against the fields' types (vecarc.overrides);
+        `search.KEY` reaches the search settings (bar its margin: set `margin`)."""
+        items = list(items)
+        search = [i.removeprefix("search.") for i in items if i.startswith("search.") and
+                  not i.startswith("search.margin=")]
+        mine = [i for i in items if not i.startswith("search.") or i.startswith("search.margin=")]
+        own = {f.name for f in fields(self)} - {"search", "engine"}
+        return replace(overrides.apply(self, mine, own), search=self.search.with_overrides(search)).checked()
