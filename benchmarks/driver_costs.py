@@ -47,15 +47,15 @@ def main() -> None:
           f"{len(data) / 1e6 / t_tok:.2f} MB/s")
     a = read_archive(args.archive)
     chunks = [i for i, c in enumerate(a.chunks) if c.kind == "predicted"]
-    fixes = [a.fixes.get(i, []) for i in chunks]
-    n = sum(map(len, fixes))
+    corrections = [a.corrections.get(i, []) for i in chunks]
+    n = sum(map(len, corrections))
     enc, dec = [], []
     for _ in range(args.reps):
         t = time.perf_counter()
-        blob = codec.encode(fixes)
+        blob = codec.encode(corrections)
         enc.append(time.perf_counter() - t)
         t = time.perf_counter()
-        codec.parse(blob, [len(f) for f in fixes], [a.chunks[i].tokens for i in chunks], lm.vocab_size)
+        codec.parse(blob, [len(f) for f in corrections], [a.chunks[i].tokens for i in chunks], lm.vocab_size)
         dec.append(time.perf_counter() - t)
     e, d = statistics.median(enc), statistics.median(dec)
     print(f"corrections: {n:,} in {len(blob):,} bytes; encode {n / e:,.0f}/s, parse {n / d:,.0f}/s")

@@ -16,7 +16,7 @@ import dataclasses
 
 from benchmarks.corpora import FILES, corpus_window
 from vecarc import load_model
-from vecarc.chunks.predicted import teacher_fixes
+from vecarc.chunks.predicted import teacher_corrections
 from vecarc.config import PREDICT_TOKENS
 
 
@@ -35,8 +35,8 @@ def main() -> None:
             ids = ids["input_ids"]
             chunks += [ids[i : i + PREDICT_TOKENS] for i in (0, PREDICT_TOKENS)]
         for sink in map(int, args.sinks.split(",")):
-            fixes = teacher_fixes(dataclasses.replace(lm, sink_id=sink), chunks, 0.5)
-            flat = [f for fs in fixes for f in fs]
+            corrections = teacher_corrections(dataclasses.replace(lm, sink_id=sink), chunks, 0.5)
+            flat = [f for fs in corrections for f in fs]
             early = sum(1 for p, _, _ in flat if p < 16)
             print(f"{name}\t{sink}\t{lm.tokenizer.convert_ids_to_tokens(sink)}\t{len(flat)}\t"
                   f"{sum(b for _, b, _ in flat)}\t{early}", flush=True)

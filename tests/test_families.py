@@ -64,17 +64,19 @@ def test_each_family_round_trips_strictly(tmp_path, family):
 def test_each_family_decodes_predicted_chunks_with_their_corrections(tmp_path, family):
     # Untrained, these models would keep the text as a literal (its corrections cost more): drive the
     # predicted path directly, through each family's own KV cache.
-    from vecarc.chunks.predicted import checked_fixes, teacher_fixes
+    from vecarc.chunks.predicted import checked_corrections, teacher_corrections
     from vecarc.decode import greedy_decode
     from vecarc.format.corrections import full_bits
     from vecarc.text import tokenize_exact
 
     lm = vecarc.load_model(str(_build(tmp_path / family, family)), device="cpu")
     ids = list(tokenize_exact(lm, TEXT))
-    fixes = checked_fixes(lm, [ids], teacher_fixes(lm, [ids], 0.5), 0.5)[0]
-    assert fixes is not None and any(b < full_bits(lm.vocab_size) for _, b, _ in fixes)  # some named by a few bits
+    corrections = checked_corrections(lm, [ids], teacher_corrections(lm, [ids], 0.5), 0.5)[0]
+    assert corrections is not None
+    assert any(b < full_bits(lm.vocab_size) for _, b, _ in corrections)  # some named by a few bits
     for rows in (1, 3):  # alone, and beside copies of itself
-        got, mins = greedy_decode(lm, torch.zeros(rows, 0, lm.hidden_size), [len(ids)] * rows, fixes=[fixes] * rows)
+        got, mins = greedy_decode(lm, torch.zeros(rows, 0, lm.hidden_size), [len(ids)] * rows,
+                                  corrections=[corrections] * rows)
         assert got == [ids] * rows and min(mins) >= 0.5
 
 

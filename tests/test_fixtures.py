@@ -30,7 +30,7 @@ def test_v3_archive_reads_without_the_model():
     a = vecarc.read_archive(V3)
     assert a.header.version == 3 and [d.name for d in a.documents] == list(V2_INPUTS)
     assert [c.kind for c in a.chunks] == ["predicted", "bytes"]
-    assert a.header.corrections.count == a.chunks[0].corrections == len(a.fixes[0]) == 15
+    assert a.header.corrections.count == a.chunks[0].corrections == len(a.corrections[0]) == 15
     assert vecarc.summary(a)["archive_bytes"] == V3.stat().st_size
 
 
@@ -39,7 +39,7 @@ def test_v4_archive_reads_without_the_model():
     assert a.header.version == 4 and [d.name for d in a.documents] == list(V2_INPUTS)
     assert a.header.model.fingerprint.startswith("fp2:")
     assert [c.kind for c in a.chunks] == ["predicted", "bytes"]
-    assert a.header.corrections.count == a.chunks[0].corrections == len(a.fixes[0]) == 15
+    assert a.header.corrections.count == a.chunks[0].corrections == len(a.corrections[0]) == 15
     assert vecarc.summary(a)["archive_bytes"] == V4.stat().st_size
 
 

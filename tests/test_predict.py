@@ -12,17 +12,18 @@ from hypothesis import strategies as st
 
 import vecarc
 from vecarc import PackConfig
-from vecarc.chunks.predicted import class_bits, teacher_fixes
+from vecarc.chunks.predicted import class_bits, teacher_corrections
 from vecarc.decode import greedy_decode
 from vecarc.errors import VecarcError
-from vecarc.format import corrections, parse_archive
+from vecarc.format import corrections as codec
 from vecarc.format import header as header_mod
+from vecarc.format import parse_archive
 from vecarc.text import tokenize_exact
 
 VOCAB = 49152
 
 
-def _random_fixes(rng: random.Random, chunks: int, length: int) -> list[list[corrections.Fix]]:
+def _random_corrections(rng: random.Random, chunks: int, length: int) -> list[list[codec.Correction]]:
     out = []
     for _ in range(chunks):
         pos = sorted(rng.sample(range(length), rng.randint(1, length // 2)))
@@ -33,17 +34,17 @@ def _random_fixes(rng: random.Random, chunks: int, length: int) -> list[list[cor
 def test_codec_round_trip():
     rng = random.Random(0)
     for _ in range(50):
-        fixes = _random_fixes(rng, rng.randint(1, 4), rng.randint(2, 600))
-        data = corrections.encode(fixes)
-        assert corrections.parse(data, [len(f) for f in fixes], [600] * len(fixes), VOCAB) == fixes
-    assert corrections.full_bits(VOCAB) == 16 and corrections.full_bits(1 << 16) == 16
-    assert corrections.full_bits((1 << 16) + 1) == 17
+        corrections = _random_corrections(rng, rng.randint(1, 4), rng.randint(2, 600))
+        data = codec.encode(corrections)
+        assert codec.parse(data, [len(f) for f in corrections], [600] * len(corrections), VOCAB) == corrections
+    assert codec.full_bits(VOCAB) == 16 and codec.full_bits(1 << 16) == 16
+    assert codec.full_bits((1 << 16) + 1) == 17
 
 
 def test_codec_is_smaller_than_token_ids_when_few_bits_do():
     rng = random.Random(1)
-    fixes = [[(p, b := rng.choice((1, 2, 3, 4, 6)), rng.randrange(1 << b)) for p in range(0, 1000, 2)]]
-    assert len(corrections.encode(fixes)) < len(fixes[0])  # ~7 bits each, where a token id takes 16
+    corrections = [[(p, b := rng.choice((1, 2, 3, 4, 6)), rng.randrange(1 << b)) for p in range(0, 1000, 2)]]
+    assert len(codec.encode(corrections)) < len(corrections[0])  # ~7 bits each, where a token id takes 16
 
 
 def _valid():
@@ -57,21 +58,21 @@ def _valid():
     (lambda d: d[:3], "bad start"),
 ])
 def test_codec_refuses_damaged_streams(damage, message):
-    data = corrections.encode(_valid())
+    data = codec.encode(_valid())
     with pytest.raises(ValueError, match=message):
-        corrections.parse(damage(data), [4], [10], VOCAB)
+        codec.parse(damage(data), [4], [10], VOCAB)
 
 
 def test_codec_refuses_what_no_writer_makes():
-    data = corrections.encode(_valid())
+    data = codec.encode(_valid())
     with pytest.raises(ValueError, match="past a chunk of 9 tokens"):
-        corrections.parse(data, [4], [9], VOCAB)
+        codec.parse(data, [4], [9], VOCAB)
     with pytest.raises(ValueError, match="ends in value 40000"):
-        corrections.parse(data, [4], [10], 40000)  # no token 40000 in a vocabulary of 40,000
+        codec.parse(data, [4], [10], 40000)  # no token 40000 in a vocabulary of 40,000
     with pytest.raises(ValueError, match="bit count outside 1..15"):
-        corrections.parse(data, [4], [10], 1 << 15)  # 16 bits name more tokens than 32,768
+        codec.parse(data, [4], [10], 1 << 15)  # 16 bits name more tokens than 32,768
     with pytest.raises(ValueError, match="left over|ends early"):
-        corrections.parse(data, [3], [10], VOCAB)  # a count that lies
+        codec.parse(data, [3], [10], VOCAB)  # a count that lies
 
 
 def test_class_bits_is_the_fewest_that_single_the_token_out():
@@ -97,8 +98,8 @@ def test_predicted_round_trip_on_the_tiny_model(trained_tiny, predicted):
     a = vecarc.read_archive(out)
     kinds = [c.kind for c in a.chunks]
     assert "predicted" in kinds and a.header.version == 4
-    fixes = [f for v in a.fixes.values() for f in v]
-    assert fixes and min(b for _, b, _ in fixes) < corrections.full_bits(trained_tiny.vocab_size)
+    corrections = [f for v in a.corrections.values() for f in v]
+    assert corrections and min(b for _, b, _ in corrections) < codec.full_bits(trained_tiny.vocab_size)
     v = vecarc.verify(out, model=trained_tiny, strict=True)
     assert v.ok, v.problems
     assert all(rep.flips == 0 for rep in v.stress if rep.skipped is None)
@@ -108,9 +109,9 @@ def test_predicted_round_trip_on_the_tiny_model(trained_tiny, predicted):
 
 def test_a_correction_names_the_best_token_of_its_class(trained_tiny):
     ids = list(tokenize_exact(trained_tiny, b"the cat sat on the mat"))
-    fixes = teacher_fixes(trained_tiny, [ids], margin=0.5)[0]
+    corrections = teacher_corrections(trained_tiny, [ids], margin=0.5)[0]
     empty = torch.zeros(1, 0, trained_tiny.hidden_size)
-    got, mins = greedy_decode(trained_tiny, empty, [len(ids)], fixes=[fixes])
+    got, mins = greedy_decode(trained_tiny, empty, [len(ids)], corrections=[corrections])
     assert got[0] == ids and mins[0] >= 0.5
     plain, _ = greedy_decode(trained_tiny, empty, [len(ids)])
     assert plain[0] != ids  # without them the model says something else
@@ -214,7 +215,7 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
 @given(data=st.binary(max_size=200), count=st.integers(0, 50), length=st.integers(1, 1 << 20))
 def test_random_sections_parse_or_raise_value_error(data, count, length):
     try:
-        got = corrections.parse(data, [count], [length], VOCAB)
+        got = codec.parse(data, [count], [length], VOCAB)
     except ValueError:
         return
     assert len(got[0]) == count and all(0 <= p < length and 0 <= v < VOCAB for p, _, v in got[0])

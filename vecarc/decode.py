@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .format.corrections import Fix
+from .format.corrections import Correction
 from .forward import length_batches
 from .models import LoadedModel
 
@@ -27,16 +27,16 @@ def _cache_arg(model) -> str:
 @torch.no_grad()
 def greedy_decode(
     lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None,
-    fixes: Sequence[Sequence[Fix]] | None = None,
+    corrections: Sequence[Sequence[Correction]] | None = None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode lengths[i] tokens from vectors[i] (shape (B, k, d); k = 0 for predicted chunks).
 
     Returns the tokens and, per row, the smallest margin between the chosen
-    token's logit and the runner-up (within its class where fixes[i] holds a
+    token's logit and the runner-up (within its class where corrections[i] holds a
     correction): how close decoding came to flipping.
     `model` (default lm.model) lets `verify --strict` decode on a variant.
     """
-    toks, marg = greedy_margins(lm, vectors, lengths, model, fixes)
+    toks, marg = greedy_margins(lm, vectors, lengths, model, corrections)
     rows = [toks[r, : lengths[r]].tolist() for r in range(len(lengths))]
     mins = [float(marg[r, : lengths[r]].min()) if lengths[r] else float("inf") for r in range(len(lengths))]
     return rows, mins
@@ -45,7 +45,7 @@ def greedy_decode(
 @torch.no_grad()
 def greedy_margins(
     lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None,
-    fixes: Sequence[Sequence[Fix]] | None = None,
+    corrections: Sequence[Sequence[Correction]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (B, n) and per-position margins: the winner's lead over the runner-up, among all
     tokens where the model chooses and within the class where a correction names one."""
@@ -55,7 +55,7 @@ def greedy_margins(
     maxn = max(lengths)
     bits = torch.zeros((B, maxn), dtype=torch.long)  # 0: the model chooses
     value = torch.zeros((B, maxn), dtype=torch.long)
-    for r, row in enumerate(fixes or ()):
+    for r, row in enumerate(corrections or ()):
         for pos, b, v in row:
             bits[r, pos], value[r, pos] = b, v
     corrected = bits.any(0).tolist()  # per step, on the host: no device sync inside the loop
@@ -95,11 +95,11 @@ def decode_many(
     progress=None,
     model=None,
     max_cells: int = DECODE_CELLS,
-    fixes: Sequence[Sequence[Fix]] | None = None,
+    corrections: Sequence[Sequence[Correction]] | None = None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode many chunks, grouping those of similar length into batches of at most max_cells row-tokens.
 
-    All vectors must have the same k (predicted chunks: (0, d) each); fixes[i] are chunk i's corrections.
+    All vectors must have the same k (predicted chunks: (0, d) each); corrections[i] are chunk i's corrections.
     """
     tokens: list[list[int]] = [[] for _ in lengths]
     margins: list[float] = [float("inf")] * len(lengths)
@@ -107,7 +107,7 @@ def decode_many(
     for group in length_batches(lengths, batch_size, max_cells):
         vec = torch.stack([vectors[i] for i in group])
         rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model,
-                                   [fixes[i] for i in group] if fixes is not None else None)
+                                   [corrections[i] for i in group] if corrections is not None else None)
         for i, r, m in zip(group, rows, mins):
             tokens[i], margins[i] = r, m
         done += len(group)

@@ -32,7 +32,7 @@ from .format import (
     serialize,
     token_hash,
 )
-from .format.corrections import Fix
+from .format.corrections import Correction
 from .format.index import Index
 from .journal import Journal, identity
 from .ledger import Ledger
@@ -85,7 +85,7 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
     _compute(lm, cfg, ledger, state, progress, trace)
     body = assemble(plan, ledger)
     header = build_header(lm, cfg, plan, ledger, body, size, budget if cfg.planned else None)
-    archive = Archive(header=header, literals=body.literals, fixes=body.fixes,
+    archive = Archive(header=header, literals=body.literals, corrections=body.corrections,
                       stored=torch.stack(body.coords if cfg.search.rank else body.rows) if body.rows else None)
     if body.rows:
         archive.vectors = torch.stack(body.rows)  # as the search verified them: checked against the reread
@@ -145,7 +145,7 @@ class Assembly:
     rows: list[torch.Tensor] = field(default_factory=list)
     coords: list[torch.Tensor] = field(default_factory=list)
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
-    fixes: dict[int, list[Fix]] = field(default_factory=dict)  # predicted chunk index -> its corrections
+    corrections: dict[int, list[Correction]] = field(default_factory=dict)  # predicted chunk index -> its corrections
     decoded: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> tokens this run's checks decoded
 
     def add(self, s: Settled, toks: Sequence[int]) -> None:
@@ -155,8 +155,8 @@ class Assembly:
             self.rows.append(s.vectors)
             if s.coords is not None:
                 self.coords.append(s.coords)
-        elif s.fixes:
-            self.fixes[len(self.chunks)] = s.fixes
+        elif s.corrections:
+            self.corrections[len(self.chunks)] = s.corrections
         if not s.replayed:
             self.decoded[len(self.chunks)] = toks  # the plan's slice (4 bytes a token), not a list
         self.chunks.append(s.record)

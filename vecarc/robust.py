@@ -20,7 +20,7 @@ import torch
 
 from .decode import decode_many
 from .errors import first_line
-from .format.corrections import Fix
+from .format.corrections import Correction
 from .forward import logit_margins, teacher_forced
 from .models import LoadedModel
 
@@ -106,14 +106,14 @@ def token_margins(
 
 def stress(
     lm: LoadedModel, vectors: Sequence[torch.Tensor], tokens: Sequence[list[int]],
-    which: Sequence[Condition] | None = None, progress=None, fixes: Sequence[Sequence[Fix]] | None = None,
+    which: Sequence[Condition] | None = None, progress=None, corrections: Sequence[Sequence[Correction]] | None = None,
 ) -> list[ConditionReport]:
     """Decode every chunk under each condition; count flips and measure margin drift.
 
-    All vectors share one k (predicted chunks: (0, d), with their corrections in fixes);
+    All vectors share one k (predicted chunks: (0, d), with their corrections in corrections);
     drift is measured where the model chooses, not where a correction supplies the token.
     """
-    base = _chosen(token_margins(lm, vectors, tokens), fixes)
+    base = _chosen(token_margins(lm, vectors, tokens), corrections)
     lengths = [len(t) for t in tokens]
     reports = []
     for c in which if which is not None else conditions(lm):
@@ -124,8 +124,9 @@ def stress(
             reports.append(ConditionReport(c.name, c.binding, 0, 0, float("inf"), 0.0, skipped=why))
             continue
         with _threads(c.threads):
-            got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model, fixes=fixes)
-            moved = _chosen(token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size)), fixes)
+            got, mins = decode_many(lm, list(vectors), lengths, batch_size=c.batch_size, model=model,
+                                    corrections=corrections)
+            moved = _chosen(token_margins(lm, vectors, tokens, model, batch_size=min(16, c.batch_size)), corrections)
         drift = [float((a - b).abs().max()) if len(a) else 0.0 for a, b in zip(base, moved)]
         flips = sum(g != t for g, t in zip(got, tokens))
         reports.append(ConditionReport(c.name, c.binding, len(tokens), flips, min(mins, default=float("inf")),
@@ -135,12 +136,12 @@ def stress(
     return reports
 
 
-def _chosen(margins: list[torch.Tensor], fixes: Sequence[Sequence[Fix]] | None) -> list[torch.Tensor]:
+def _chosen(margins: list[torch.Tensor], corrections: Sequence[Sequence[Correction]] | None) -> list[torch.Tensor]:
     """Margins with the corrected positions zeroed: no decoder reads the model's choice there."""
-    if fixes is None:
+    if corrections is None:
         return margins
     out = []
-    for m, row in zip(margins, fixes):
+    for m, row in zip(margins, corrections):
         m = m.clone()
         m[[f[0] for f in row]] = 0.0
         out.append(m)

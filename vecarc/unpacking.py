@@ -53,8 +53,9 @@ def decode_archive(
     """
     tokens: dict[int, list[int]] = dict(known or {})
     margins: dict[int, float] = {}
-    for todo, vecs, fixes in greedy_jobs(archive, set(tokens)):
-        got, mins = decode_many(lm, vecs, [archive.chunks[i].tokens for i in todo], progress=progress, fixes=fixes)
+    for todo, vecs, corrections in greedy_jobs(archive, set(tokens)):
+        got, mins = decode_many(lm, vecs, [archive.chunks[i].tokens for i in todo], progress=progress,
+                                corrections=corrections)
         tokens.update(zip(todo, got))
         margins.update(zip(todo, mins))
     out: list[bytes | None] = []
@@ -163,8 +164,8 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
         if low:
             r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
                               f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
-        parts = [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, fixes=fixes)
-                 for idx, vecs, fixes in greedy_jobs(a)]
+        parts = [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, corrections=corrections)
+                 for idx, vecs, corrections in greedy_jobs(a)]
         r.stress = combine(parts)
         for rep in r.stress:
             if rep.binding and rep.flips:

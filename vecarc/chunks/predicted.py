@@ -11,7 +11,7 @@ margin when packed: as safe across machines as a vector chunk's tokens.
 Why it is the default: on the default model ~60-70 % of English tokens need a
 correction and a correction costs ~11 bits once range-coded, so a 4 KiB text
 takes ~1 KB. A vector that makes 38 tokens exact costs 244 bytes, ~8 bytes per
-token it fixes; a small vector added to a predicted chunk removed fewer
+token it corrections; a small vector added to a predicted chunk removed fewer
 corrections than its own bytes would buy (docs/benchmarks.md, "Levers").
 """
 
@@ -26,7 +26,7 @@ from ..decode import DECODE_CELLS, greedy_margins
 from ..events import emit
 from ..format import Chunk, encode_tokens, greedy_cap, token_hash
 from ..format import corrections as codec
-from ..format.corrections import Fix, full_bits, token_fix
+from ..format.corrections import Correction, full_bits, token_correction
 from ..forward import length_batches, logit_margins, teacher_forced
 from ..models import LoadedModel
 from ..plan import Plan
@@ -54,11 +54,11 @@ def class_bits(logits: torch.Tensor, targets: torch.Tensor, margin: float, top: 
 
 
 @torch.no_grad()
-def teacher_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], margin: float) -> list[list[Fix]]:
+def teacher_corrections(lm: LoadedModel, chunks: Sequence[Sequence[int]], margin: float) -> list[list[Correction]]:
     """Corrections from one teacher-forced pass: every position whose token is not the model's
     choice by at least `margin`, each with the fewest bits that single the token out."""
     top = full_bits(lm.vocab_size)
-    out: list[list[Fix]] = [[] for _ in chunks]
+    out: list[list[Correction]] = [[] for _ in chunks]
     for group, logits, targets, _ in teacher_forced(lm, chunks, batch_size=4):
         margins = logit_margins(logits, targets)
         for r, i in enumerate(group):
@@ -70,18 +70,18 @@ def teacher_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], margin: floa
     return out
 
 
-def checked_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], fixes: list[list[Fix]],
-                  margin: float) -> list[list[Fix] | None]:
+def checked_corrections(lm: LoadedModel, chunks: Sequence[Sequence[int]], corrections: list[list[Correction]],
+                  margin: float) -> list[list[Correction] | None]:
     """The corrections, completed until real greedy decoding (the one unpack runs) gives every
     chunk back with `margin` at every position; None for a chunk that does not settle. A position
     the check finds short gets a correction of full bits (one token: nothing can outrank it)."""
-    out: list[list[Fix] | None] = [list(f) for f in fixes]
+    out: list[list[Correction] | None] = [list(f) for f in corrections]
     todo = list(range(len(chunks)))
     for _ in range(MAX_ROUNDS):
         if not todo:
             break
         empty = torch.zeros(len(todo), 0, lm.hidden_size)
-        toks, marg = greedy_margins(lm, empty, [len(chunks[i]) for i in todo], fixes=[out[i] for i in todo])
+        toks, marg = greedy_margins(lm, empty, [len(chunks[i]) for i in todo], corrections=[out[i] for i in todo])
         again = []
         for r, i in enumerate(todo):
             want = torch.tensor(list(chunks[i]))
@@ -91,7 +91,7 @@ def checked_fixes(lm: LoadedModel, chunks: Sequence[Sequence[int]], fixes: list[
             add = set((marg[r, :upto] < margin).nonzero()[:, 0].tolist()) | ({upto} if upto < n else set())
             if add:
                 have = {f[0]: f for f in out[i]}
-                have.update((p, token_fix(p, int(want[p]), lm.vocab_size)) for p in add)
+                have.update((p, token_correction(p, int(want[p]), lm.vocab_size)) for p in add)
                 out[i] = [have[p] for p in sorted(have)]
                 again.append(i)
         todo = again
@@ -111,35 +111,35 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
     done = 0
     for group in length_batches([len(t) for _, t in items], 64, DECODE_CELLS):
         toks = [items[i][1] for i in group]
-        got = checked_fixes(lm, toks, teacher_fixes(lm, toks, cfg.margin), cfg.margin)
-        for i, t, fixes in zip(group, toks, got):
-            on_record(fate(items[i][0], t, fixes))
+        got = checked_corrections(lm, toks, teacher_corrections(lm, toks, cfg.margin), cfg.margin)
+        for i, t, corrections in zip(group, toks, got):
+            on_record(fate(items[i][0], t, corrections))
         if hooks.final is not None:
             hooks.final({"step": 0})
         done += len(group)
         emit(hooks.progress, event="predict", done=done, total=hooks.total or len(items))
 
 
-def fate(tag, tokens: Sequence[int], fixes: list[Fix] | None) -> ChunkRecord:
+def fate(tag, tokens: Sequence[int], corrections: list[Correction] | None) -> ChunkRecord:
     """Keep a predicted chunk unless it did not settle, or its corrections would cost more
     than its tokens as a literal block (text the model does not know: code, tables, noise)."""
-    if fixes is not None and len(codec.encode([fixes])) < len(encode_tokens(list(tokens))):
-        return ChunkRecord(tag, "predicted", corrections=tuple(fixes))
+    if corrections is not None and len(codec.encode([corrections])) < len(encode_tokens(list(tokens))):
+        return ChunkRecord(tag, "predicted", corrections=tuple(corrections))
     return ChunkRecord(tag, "tokens")
 
 
 def settle(rec: ChunkRecord, plan: Plan, vocab_size: int, replayed: bool) -> Settled:
     """The header entry of a predicted chunk; corrections a decoder could not follow are refused."""
     d, a, b = rec.tag
-    fixes = list(rec.corrections or ())
+    corrections = list(rec.corrections or ())
     top, last = full_bits(vocab_size), -1
-    for pos, bits, value in fixes:
+    for pos, bits, value in corrections:
         need(last < pos < b - a and 1 <= bits <= top and value < 1 << bits,
              "a correction is out of order or out of range")
         last = pos
     tokens = plan.tokens[d][a:b]
-    return Settled(Chunk(d, "predicted", b - a, token_hash(tokens), corrections=len(fixes)), fixes=fixes,
-                   replayed=replayed)
+    entry = Chunk(d, "predicted", b - a, token_hash(tokens), corrections=len(corrections))
+    return Settled(entry, corrections=corrections, replayed=replayed)
 
 
 def greedy_jobs(archive: Archive, skip: set[int]) -> list[tuple[list[int], list, list | None]]:
@@ -148,7 +148,7 @@ def greedy_jobs(archive: Archive, skip: set[int]) -> list[tuple[list[int], list,
     if not pred:
         return []
     empty = torch.zeros(0, archive.header.model.hidden_size)
-    return [(pred, [empty] * len(pred), [archive.fixes.get(i, []) for i in pred])]
+    return [(pred, [empty] * len(pred), [archive.corrections.get(i, []) for i in pred])]
 
 
 def finish(kept: dict[tuple[int, int], Settled]) -> None:
@@ -158,8 +158,8 @@ def finish(kept: dict[tuple[int, int], Settled]) -> None:
     pred = sorted((k for k, v in kept.items() if v.record.kind == "predicted"),
                   key=lambda k: (kept[k].record.corrections / kept[k].record.tokens, k))
     while pred:
-        fixes = [kept[k].fixes for k in sorted(pred) if kept[k].fixes]
-        stored = len(codec.encode(fixes)) if fixes else 0
+        corrections = [kept[k].corrections for k in sorted(pred) if kept[k].corrections]
+        stored = len(codec.encode(corrections)) if corrections else 0
         over = sum(kept[k].record.tokens for k in pred) - greedy_cap(stored)
         if over <= 0:
             return

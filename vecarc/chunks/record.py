@@ -18,7 +18,7 @@ import torch
 from ..errors import VecarcError
 from ..events import Progress, Trace
 from ..format import Chunk
-from ..format.corrections import Fix
+from ..format.corrections import Correction
 
 Tag = tuple[int, int, int]  # (document, start, end) in token offsets
 OUTCOMES = ("vector", "predicted", "tokens", "split")  # split: a vector chunk that failed, computed again as halves
@@ -31,7 +31,7 @@ class ChunkRecord:
     margin: float | None = None  # vector: the greedy decode's smallest margin (rounded: header bytes)
     steps: int | None = None  # vector: optimisation steps
     search_steps: int | None = None  # vector: of those, on the search model (when fewer)
-    corrections: tuple[Fix, ...] | None = None  # predicted
+    corrections: tuple[Correction, ...] | None = None  # predicted
     vectors: torch.Tensor | None = None  # vector: (k, d) as decoded
     coords: torch.Tensor | None = None  # vector, low rank: (k, r) as stored
 
@@ -64,10 +64,10 @@ class ChunkRecord:
             return cls._vector(tag, info, tensors)
         if outcome == "predicted":
             need(isinstance(info, dict) and isinstance(info.get("corrections"), list), "corrections missing")
-            fixes = info["corrections"]
-            need(all(isinstance(f, list) and len(f) == 3 and all(_int(x) for x in f) for f in fixes),
+            corrections = info["corrections"]
+            need(all(isinstance(f, list) and len(f) == 3 and all(_int(x) for x in f) for f in corrections),
                  "a correction is not (position, bits, value)")
-            return cls(tag, outcome, corrections=tuple((f[0], f[1], f[2]) for f in fixes))
+            return cls(tag, outcome, corrections=tuple((f[0], f[1], f[2]) for f in corrections))
         return cls(tag, outcome)
 
     @classmethod
@@ -91,7 +91,7 @@ class Settled:
     record: Chunk
     vectors: torch.Tensor | None = None
     coords: torch.Tensor | None = None
-    fixes: list[Fix] | None = None  # predicted chunks
+    corrections: list[Correction] | None = None  # predicted chunks
     replayed: bool = False  # restored from a journal or a worker: decoded again before anything is written
 
 

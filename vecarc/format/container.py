@@ -21,7 +21,7 @@ import zstandard
 
 from ..errors import VecarcError, first_line
 from . import basis, corrections, quant
-from .corrections import Fix
+from .corrections import Correction
 from .header import VERSION, Chunk, CorrectionsRecord, Document, Header, bad
 from .strict import parse_json
 
@@ -55,7 +55,7 @@ class Archive:
     header: Header
     stored: Any = None  # torch.Tensor (count, k, width): the vectors section's numbers; None when empty / not loaded
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
-    fixes: dict[int, list[Fix]] = field(default_factory=dict)  # predicted chunk index -> its corrections
+    corrections: dict[int, list[Correction]] = field(default_factory=dict)  # predicted chunk index -> its corrections
     size: int = 0  # bytes on disk, when read from a file
     _vectors: Any = field(default=None, repr=False, compare=False)
 
@@ -191,8 +191,8 @@ def serialize(archive: Archive) -> bytes:
 
 def _corrections_section(archive: Archive, header: dict, body: bytearray) -> None:
     """Append the corrections of every predicted chunk, in chunk order, and fill in their record."""
-    per_chunk = [archive.fixes[i] for i, c in enumerate(archive.chunks) if c.corrections]
-    if any(len(archive.fixes.get(i, ())) != c.corrections for i, c in enumerate(archive.chunks)):
+    per_chunk = [archive.corrections[i] for i, c in enumerate(archive.chunks) if c.corrections]
+    if any(len(archive.corrections.get(i, ())) != c.corrections for i, c in enumerate(archive.chunks)):
         raise ValueError("chunk correction counts differ from their corrections")  # a bug in pack
     rec = CorrectionsRecord()
     if per_chunk:
@@ -344,13 +344,13 @@ def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
     for i, ch in enumerate(archive.chunks):
         if ch.is_literal:
             archive.literals[i] = bytes(body[ch.offset : ch.offset + ch.length])
-    archive.fixes = _load_fixes(archive.header, body)
+    archive.corrections = _load_corrections(archive.header, body)
     if load_vectors:
         archive.stored = _load_stored(archive.header, body)
     return archive
 
 
-def _load_fixes(h: Header, body: memoryview) -> dict[int, list[Fix]]:
+def _load_corrections(h: Header, body: memoryview) -> dict[int, list[Correction]]:
     c = h.corrections
     if c is None or not c.count:
         return {}

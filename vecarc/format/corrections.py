@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from . import rc
 
-Fix = tuple[int, int, int]  # (position in the chunk, bits, value)
+Correction = tuple[int, int, int]  # (position in the chunk, bits, value)
 MAX_GAP_BITS = 21  # positions are below MAX_CHUNK_TOKENS = 2**20, so gap + 1 < 2**21
 TREE_BITS = 5  # bit counts 1 .. 32 (full_bits is at most 24: vocab_size <= 2**24)
 
@@ -34,7 +34,7 @@ def full_bits(vocab_size: int) -> int:
     return max(1, (vocab_size - 1).bit_length())
 
 
-def token_fix(pos: int, token: int, vocab_size: int) -> Fix:
+def token_correction(pos: int, token: int, vocab_size: int) -> Correction:
     return (pos, full_bits(vocab_size), token)
 
 
@@ -46,12 +46,12 @@ class _Models:
         self.bits = [rc.ONE // 2] * (1 << TREE_BITS)
 
 
-def encode(per_chunk: Sequence[Sequence[Fix]]) -> bytes:
+def encode(per_chunk: Sequence[Sequence[Correction]]) -> bytes:
     """The section's bytes for the corrections of each chunk that has any, in chunk order."""
     enc, m = rc.Encoder(), _Models()
-    for fixes in per_chunk:
+    for corrections in per_chunk:
         last = -1
-        for pos, bits, value in fixes:
+        for pos, bits, value in corrections:
             if pos <= last or not 1 <= bits <= 1 << TREE_BITS or not 0 <= value < 1 << bits:
                 raise ValueError("corrections out of order or out of range")  # a bug in pack, not bad input
             n = pos - last  # gap + 1
@@ -70,7 +70,7 @@ def encode(per_chunk: Sequence[Sequence[Fix]]) -> bytes:
     return enc.finish()
 
 
-def parse(data: bytes, counts: Sequence[int], lengths: Sequence[int], vocab_size: int) -> list[list[Fix]]:
+def parse(data: bytes, counts: Sequence[int], lengths: Sequence[int], vocab_size: int) -> list[list[Correction]]:
     """Per chunk with counts[i] corrections in a chunk of lengths[i] tokens, its corrections.
 
     Raises ValueError on anything a writer could not have produced: a gap of 2**21 or more,
@@ -78,9 +78,9 @@ def parse(data: bytes, counts: Sequence[int], lengths: Sequence[int], vocab_size
     a stream that ends early or has bytes left over.
     """
     dec, m, top = rc.Decoder(data), _Models(), full_bits(vocab_size)
-    out: list[list[Fix]] = []
+    out: list[list[Correction]] = []
     for n_fixes, length in zip(counts, lengths):
-        last, fixes = -1, []
+        last, corrections = -1, []
         for _ in range(n_fixes):
             k = 0
             while dec.bit(m.gap, k):
@@ -99,7 +99,7 @@ def parse(data: bytes, counts: Sequence[int], lengths: Sequence[int], vocab_size
             value = dec.direct(bits)
             if value >= vocab_size:
                 raise ValueError(f"corrections section: no token id of the model's {vocab_size} ends in value {value}")
-            fixes.append((last, bits, value))
-        out.append(fixes)
+            corrections.append((last, bits, value))
+        out.append(corrections)
     dec.finish()
     return out

@@ -348,17 +348,17 @@ class Header:
             need(isinstance(h.get(key), typ), f"header field {key!r} missing or of the wrong type")
         model = ModelRecord.from_json(h["model"], version)
         vectors = VectorsRecord.from_json(h["vectors"], model.hidden_size, body_len)
-        fixes = None
+        corrections = None
         if version >= 3:
-            fixes = CorrectionsRecord.from_json(h.get("corrections"), body_len)
-            need(not fixes.count or fixes.section[0] == sum(vectors.section),
+            corrections = CorrectionsRecord.from_json(h.get("corrections"), body_len)
+            need(not corrections.count or corrections.section[0] == sum(vectors.section),
                  "the corrections section does not follow the vectors section")
         else:
             need("corrections" not in h, "format 2 has no corrections")
         docs = _documents(h["documents"])
-        chunks = _chunks(h["chunks"], docs, vectors, fixes, body_len)
+        chunks = _chunks(h["chunks"], docs, vectors, corrections, body_len)
         return cls(model, vectors, docs, chunks, h["cram"], h.get("plan"), DecodeRecord.from_json(h.get("decode")),
-                   h.get("software") if isinstance(h.get("software"), dict) else None, fixes, version)
+                   h.get("software") if isinstance(h.get("software"), dict) else None, corrections, version)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"format": "vecarc"}
@@ -381,19 +381,19 @@ def _documents(raw: list) -> list[Document]:
     return docs
 
 
-def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, fixes: CorrectionsRecord | None,
+def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: CorrectionsRecord | None,
             body_len: int) -> list[Chunk]:
     """Chunks in document order, each of a kind its document allows; vector chunks get their rows."""
     out, rows, last_doc = [], 0, 0
     bytes_chunks = [0] * len(docs)
-    vec_end = lit_end = max(sum(v.section), sum(fixes.section) if fixes else 0)
+    vec_end = lit_end = max(sum(v.section), sum(corrections.section) if corrections else 0)
     for ch in raw:
         need(isinstance(ch, dict), "chunk entry is not an object")
         need(_int(ch.get("doc"), last_doc, len(docs) - 1), "chunks out of document order")
         last_doc, enc = ch["doc"], docs[ch["doc"]].encoding
         kind = ch.get("kind")
         if kind == "predicted":
-            need(fixes is not None, "format 2 has no predicted chunks")
+            need(corrections is not None, "format 2 has no predicted chunks")
         if kind in ("vector", "tokens", "predicted"):
             need(enc == "text", f"{kind} chunk in a bytes document")
         elif kind == "bytes":
@@ -411,14 +411,14 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, fixes: Correc
             bytes_chunks[c.doc] += 1
         out.append(c)
     need(rows == v.count, f"{v.count} vectors but {rows} vector chunks")
-    if fixes is not None:
+    if corrections is not None:
         held = sum(c.corrections for c in out)
-        need(held == fixes.count, f"chunks hold {held} corrections, the section {fixes.count}")
+        need(held == corrections.count, f"chunks hold {held} corrections, the section {corrections.count}")
     tokens = sum(c.tokens for c in out)
     need(tokens <= TOKEN_ALLOWANCE + TOKENS_PER_BYTE * body_len,
          f"{tokens} tokens declared in a body of {body_len} bytes")
     greedy = sum(c.tokens for c in out if c.is_greedy)  # each one a greedy decoding step
-    stored = v.section[1] + (fixes.section[1] if fixes else 0)
+    stored = v.section[1] + (corrections.section[1] if corrections else 0)
     need(greedy <= greedy_cap(stored),
          f"{greedy} tokens to decode declared for {stored} bytes of vectors and corrections")
     for d, n in zip(docs, bytes_chunks):
