@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import strategies as st
+
 from vecarc import PackConfig, SearchSettings
 from vecarc.tiny import TRAIN_TEXT  # noqa: F401 - tests import it from here
 
@@ -48,3 +50,41 @@ def reseal(good: bytes, header) -> bytes:
     head = PREFIX.pack(MAGIC, version, flags, len(z), len(text), reserved, body_len)
     return head + z + body + hashlib.sha256(head + z + body).digest()
 
+
+
+# Any JSON value a hostile writer could put in a record, NaN and huge integers included.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=8,
+)
+
+
+def json_paths(obj, prefix=()):
+    """Every path into a JSON value (the empty path, the value itself, first)."""
+    yield prefix
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from json_paths(v, prefix + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from json_paths(v, prefix + (i,))
+
+
+def mutate_json(obj, data, times: int = 3) -> None:
+    """Replace or delete up to `times` values somewhere inside obj (in place), drawn from `data`."""
+    paths = [p for p in json_paths(obj) if p]
+    if not paths:
+        return
+    for _ in range(data.draw(st.integers(1, times))):
+        path = data.draw(st.sampled_from(paths))
+        parent = obj
+        try:
+            for k in path[:-1]:
+                parent = parent[k]
+            if data.draw(st.booleans()) and isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = data.draw(JSON)
+        except (KeyError, IndexError, TypeError):
+            pass

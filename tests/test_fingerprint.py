@@ -136,3 +136,43 @@ def test_a_sink_outside_the_embedding_is_refused():
     # transformers adds a named token the vocabulary lacks after its last id: here 6, of 6 rows
     with pytest.raises(VecarcError, match=r"sink token \(id 6\) is not a row of its 6-row input embedding"):
         choose_sink(_tokenizer(None, "<new>"), 6, "m")
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused_at_load(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = build_tiny_model(tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(["<|not-in-the-model|>"])  # the id past the last embedding row
+    tok.save_pretrained(folder)
+    with pytest.raises(VecarcError, match=r"its tokenizer has \d+ tokens but its input embedding only \d+ rows"):
+        load_model(str(folder), "cpu")
+
+
+def test_the_fingerprint_memo_sees_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("VECARC_CACHE", str(tmp_path / "cache"))
+    folder = build_tiny_model(tmp_path / "m")
+    first = load_model(str(folder), "cpu").fingerprint
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-2] ^= 1  # a low mantissa bit of the last weight: same size, another model
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert weights.stat().st_size == st.st_size and weights.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_model(str(folder), "cpu").fingerprint != first
+
+
+def test_text_the_tokenizer_cannot_give_back_is_kept_and_said(tmp_path, monkeypatch):
+    import vecarc
+
+    folder = build_tiny_model(tmp_path / "w", tokenizer="wordpiece")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "two.txt").write_text("two  spaces")
+    warnings = []
+    r = vecarc.pack(["two.txt"], "t.vec", model=load_model(str(folder), "cpu"), warn=warnings.append)
+    assert r.untokenizable == ["two.txt"] and [d.encoding for d in r.archive.documents] == ["bytes"]
+    assert warnings == ["1 text document(s) kept as literal bytes: the model's tokenizer does not give their text "
+                        "back exactly (two.txt)"]

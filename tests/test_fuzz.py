@@ -14,7 +14,7 @@ import os
 import tracemalloc
 
 import pytest
-from helpers import TRAIN_TEXT, reseal, resealed
+from helpers import TRAIN_TEXT, json_paths, mutate_json, reseal, resealed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,40 +99,8 @@ def test_truncated_and_mutated(good, data):
         parse_archive(bytes(raw))
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-    max_leaves=8,
-)
-
-
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, prefix + (i,))
-
-
 def _resealed(good: bytes, data) -> bytes:
-    def mutate(h: dict) -> None:
-        paths = [p for p in _paths(h) if p]
-        for _ in range(data.draw(st.integers(1, 3))):
-            path = data.draw(st.sampled_from(paths))
-            parent = h
-            try:
-                for k in path[:-1]:
-                    parent = parent[k]
-                if data.draw(st.booleans()) and isinstance(parent, dict):
-                    parent.pop(path[-1], None)
-                else:
-                    parent[path[-1]] = data.draw(JSON)
-            except (KeyError, IndexError, TypeError):
-                pass
-
-    return resealed(good, mutate)
+    return resealed(good, lambda h: mutate_json(h, data))
 
 
 HOSTILE_INTS = st.sampled_from([0, 1, 2, 7, 255, 256, 4095, 65535, 65536, 2**20, 2**31 - 1, 2**32 - 1, 2**32,
@@ -145,7 +113,7 @@ def _structured(good: bytes, data) -> bytes:
         for _ in range(data.draw(st.integers(1, 4))):
             op = data.draw(st.sampled_from(["number", "repeat", "alias", "widen"]))
             if op == "number":
-                paths = [p for p in _paths(h) if p and type(_at(h, p)) is int]
+                paths = [p for p in json_paths(h) if p and type(_at(h, p)) is int]
                 path = data.draw(st.sampled_from(paths))
                 _at(h, path[:-1])[path[-1]] = data.draw(HOSTILE_INTS)
             elif op == "repeat":

@@ -211,6 +211,42 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
     assert not journal_path(out).exists()
 
 
+def _with_corrections(meta, change):
+    fixed = [list(c) for c in meta["info"]["corrections"]]
+    return {**meta, "info": {"corrections": change(fixed)}}
+
+
+@pytest.mark.parametrize("change", [
+    lambda c: [[c[0][0], 0, 0]] + c[1:],  # no bits
+    lambda c: [c[1], c[0]] + c[2:],  # out of order
+    lambda c: [c[0][:2]] + c[1:],  # two fields
+    lambda c: [[c[0][0], 30, 0]] + c[1:],  # more bits than any token id needs
+    lambda c: [[c[0][0], None, 0]] + c[1:],
+    lambda c: [[10**6, 1, 0]],  # past the chunk
+], ids=["no-bits", "out-of-order", "two-fields", "too-many-bits", "null", "past-the-chunk"])
+def test_a_resealed_predicted_journal_is_refused_with_one_line(trained_tiny, tmp_path, change):
+    from vecarc.errors import VerificationError
+    from vecarc.journal import RESULT, _record, _records, journal_path
+
+    src, out = tmp_path / "a.txt", tmp_path / "a.vec"
+    src.write_text((TRAIN_TEXT * 3)[:2400])
+
+    def stop(e):
+        if e.get("event") == "predict":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, progress=stop)
+    recs, _ = _records(journal_path(out).read_bytes())
+    i = next(i for i, r in enumerate(recs) if r[0] == RESULT and r[1]["outcome"] == "predicted"
+             and len(r[1]["info"]["corrections"]) >= 2)
+    journal_path(out).write_bytes(b"".join(_record(k, _with_corrections(m, change) if n == i else m, t)
+                                           for n, (k, m, t, _) in enumerate(recs)))
+    with pytest.raises(VerificationError, match="holds work that does not decode"):
+        vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, resume=True)
+    assert not out.exists()
+
+
 @settings(max_examples=300, deadline=2000, derandomize=True)
 @given(data=st.binary(max_size=200), count=st.integers(0, 50), length=st.integers(1, 1 << 20))
 def test_random_sections_parse_or_raise_value_error(data, count, length):

@@ -223,3 +223,21 @@ def test_a_local_pack_never_imports_ray(tiny_dir, tmp_path):
     p = subprocess.run([sys.executable, "-c", code, str(tiny_dir)], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr[-2000:]
+
+
+def test_a_malformed_or_unreachable_address_is_one_line_at_once(tmp_path, trained_dir, monkeypatch):
+    import time
+
+    from helpers import run_cli
+
+    from vecarc.engine import CONNECT_TIMEOUT, _reachable
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("Some words.")
+    code, out = run_cli("pack", "a.txt", "--engine", "ray", "--address", "nonsense", "--model", trained_dir)
+    assert code == 2 and "--address 'nonsense' is not auto, HOST:PORT or ray://HOST:PORT" in out
+    assert not (tmp_path / "a.txt.vec").exists()
+    t0 = time.monotonic()
+    with pytest.raises(vecarc.VecarcError, match="nothing answers at the Ray address 127.0.0.1:1"):
+        _reachable("127.0.0.1:1")  # what a pack on that address checks before Ray's own minutes of retries
+    assert time.monotonic() - t0 <= CONNECT_TIMEOUT + 1

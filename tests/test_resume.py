@@ -207,6 +207,55 @@ def test_a_malformed_journal_record_is_refused_as_such(tmp_path, trained_tiny, s
     assert not out.exists() and j.exists()
 
 
+def _reseal(j, change) -> None:
+    """The journal with change(records) applied, every record re-sealed with a valid checksum."""
+    from vecarc.journal import _records
+
+    recs, _ = _records(j.read_bytes())
+    j.write_bytes(b"".join(_record(kind, meta, tensors) for kind, meta, tensors in change(
+        [(kind, meta, tensors) for kind, meta, tensors, _ in recs])))
+
+
+def _last_state(recs) -> int:
+    from vecarc.journal import STATE
+
+    return max(i for i, r in enumerate(recs) if r[0] == STATE)
+
+
+def _vector(recs) -> int:
+    from vecarc.journal import RESULT
+
+    return next(i for i, r in enumerate(recs) if r[0] == RESULT and r[1]["outcome"] == "vector")
+
+
+def _put(recs, i, meta=None, tensors=None):
+    kind, m, t = recs[i]
+    recs[i] = (kind, m if meta is None else meta, t if tensors is None else tensors)
+    return recs
+
+
+@pytest.mark.parametrize("change", [
+    lambda r: _put(r, _last_state(r), meta={}),  # a mark without its step
+    lambda r: _put(r, _vector(r), meta=[1, 2, 3]),  # not an object
+    lambda r: _put(r, _last_state(r), meta={**r[_last_state(r)][1], "slots": [{"tag": [0, 0, 24]}]}),
+    lambda r: _put(r, _last_state(r), meta={**r[_last_state(r)][1], "pending": [[7, 0, 24]]}),
+    lambda r: _put(r, _last_state(r), tensors={}),
+    lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "tag": [0, 24, 24]}),
+    lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "tag": [5, 0, 24]}),
+    lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "info": None}),
+    lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "outcome": "predicted"}),
+    lambda r: _put(r, _vector(r), tensors={"v": r[_vector(r)][2]["v"][:, :5]}),
+], ids=["mark-without-step", "meta-a-list", "slot-fields", "pending-outside-plan", "state-tensors", "empty-tag",
+        "document-outside-plan", "null-info", "vector-as-predicted", "narrow-vectors"])
+def test_a_resealed_journal_is_one_line_exit_1(tmp_path, trained_tiny, change):
+    """Whatever a re-sealed journal holds, resuming refuses it with the documented line, never an internal error."""
+    src, out = _interrupted(tmp_path, trained_tiny)
+    _reseal(journal_path(out), change)
+    with pytest.raises(VerificationError, match="holds work that does not decode"):
+        _pack(src, out, trained_tiny, resume=True, checkpoint_every=0)
+    assert not out.exists()
+
+
 def test_a_second_pack_on_the_same_output_is_refused(tmp_path, trained_tiny):
     from vecarc.journal import Journal
 

@@ -270,3 +270,33 @@ def test_peak_memory_follows_the_volume_not_the_input(tmp_path, trained_dir):
                                    "--volume-size", "128K", "-q"], tmp_path)
         assert read_index(tmp_path / f"{src.name}.vec").volumes
     assert rss[2 << 20] - rss[256 << 10] < 24, rss  # 8x the input, the same volumes: within noise
+
+
+@pytest.mark.parametrize("text", [b"[" * 200_000 + b"]" * 200_000, b'{"format": "vecarc-index", "volumes": '
+                                  + b"1" * 5000 + b"}"], ids=["deep-nesting", "5000-digit-number"])
+def test_index_json_the_parser_cannot_hold_is_one_line(tmp_path, text):
+    head = PREFIX.pack(MAGIC, 1, 0, len(text)) + text
+    path = _write(tmp_path, head + hashlib.sha256(head).digest())
+    for verb in (("info",), ("verify", "--model", "x"), ("unpack", "-o", tmp_path / "out")):
+        code, out = run_cli(verb[0], path, *verb[1:])
+        assert code == 2 and "corrupt volume index: not strict UTF-8 JSON" in out and "internal error" not in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_during_an_index_unpack_is_one_line_and_leaves_nothing(packed, trained_tiny, monkeypatch):
+    import errno
+
+    from vecarc import writer
+
+    d, _ = packed
+    real = writer.write_temp
+
+    def full(target, data):
+        if target.name == "c.txt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(target, data)
+
+    monkeypatch.setattr(writer, "write_temp", full)
+    code, out = run_cli("unpack", d / "v.vec", "-o", d / "out", "--model", trained_tiny.folder)
+    assert code == 2 and "cannot write" in out and "No space left on device" in out and "internal error" not in out
+    assert not (d / "out").exists()

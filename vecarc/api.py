@@ -69,7 +69,16 @@ def pack(inputs: Sequence[str | Path], output: str | Path | None = None, config:
         journal.remove()
     finally:
         journal.close()
+    _say_untokenizable(r.untokenizable, warn)
     return replace(r, output=output, seconds=time.perf_counter() - t0)
+
+
+def _say_untokenizable(names: Sequence[str], warn: Warn | None) -> None:
+    """Text kept as literal bytes is lossless but not compressed by the model: say so, and why."""
+    if names and warn:
+        shown = ", ".join(sorted(set(names))[:5]) + (", ..." if len(set(names)) > 5 else "")
+        warn(f"{len(set(names))} text document(s) kept as literal bytes: the model's tokenizer does not give "
+             f"their text back exactly ({shown})")
 
 
 def _prepare(model: str | LoadedModel | None, device: str, cfg: PackConfig, progress: Progress | None,
@@ -131,7 +140,7 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
         if volume_path(output, k).exists() and not (force or resume):
             raise VecarcError(f"{volume_path(output, k)} exists (use -f to overwrite, or --resume)")
     lm, cfg, budget = _prepare(model, device, cfg, progress, warn)
-    volumes, retries, steps = [], 0, []
+    volumes, retries, steps, untokenizable = [], 0, [], []
     hashes = {name: hashlib.sha256() for _, name, _ in inputs}  # of what was packed, part by part
     for k, plan in enumerate(plans):
         path = volume_path(output, k)
@@ -151,6 +160,7 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
             finally:
                 journal.close()
             data, retries, steps = r.data, retries + r.retries, steps + r.steps
+            untokenizable += r.untokenizable
         volumes.append(Volume(path.name, len(data), hashlib.sha256(data).hexdigest()))
     sha = {n: h.hexdigest() for n, h in hashes.items()}
     for path, name, _ in inputs:  # every part was read from the same file: it hashes whole as its parts did
@@ -158,6 +168,7 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
             raise _changed(path)
     index = Index(volumes, index_documents(inputs, plans, sha))
     write_atomic(output, index.to_bytes(), force=True)
+    _say_untokenizable(untokenizable, warn)
     total = output.stat().st_size + sum(v.size for v in index.volumes)
     return PackResult(output, None, total, time.perf_counter() - t0, retries, steps, index=index)
 

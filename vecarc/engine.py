@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -129,7 +131,12 @@ class RayEngine:
     def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            _reachable(self.address)
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            except Exception as e:  # noqa: BLE001 - Ray's own errors name no type a caller could catch
+                raise VecarcError(f"cannot start or join Ray at {self.address or 'a local cluster'}: "
+                                  f"{describe(e)}") from None
         gpus = int(ray.cluster_resources().get("GPU", 0))
         cpus = int(ray.cluster_resources().get("CPU", 1))
         n = self.workers or (gpus or max(1, cpus - 1))
@@ -201,5 +208,31 @@ def engine_for(name: str, address: str | None = None, workers: int = 0) -> RayEn
             raise VecarcError("--address and --workers need --engine ray")
         return None
     if name == "ray":
+        _host_port(address)
         return RayEngine(address=address, workers=workers)
     raise VecarcError(f"unknown engine {name!r}: use local or ray")
+
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach a Ray head before giving up (Ray itself retries for minutes)
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a Ray address, None for a local cluster or "auto"; one line for anything else."""
+    if address is None or address == "auto":
+        return None
+    m = re.fullmatch(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})", address)
+    if m is None or not 0 < int(m[2]) < 65536:
+        raise VecarcError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    return m[1].strip("[]"), int(m[2])
+
+
+def _reachable(address: str | None) -> None:
+    """Refuse within CONNECT_TIMEOUT an address where nothing listens, before Ray's minutes of retries."""
+    where = _host_port(address)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        raise VecarcError(f"nothing answers at the Ray address {address} ({e.strerror or describe(e)}; "
+                          f"waited up to {CONNECT_TIMEOUT:g} s)") from None

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .errors import VecarcError
+from .errors import VecarcError, VerificationError
 
 MAGIC = b"VECJ"
 VERSION = 1
@@ -91,6 +91,52 @@ def _records(data: bytes) -> tuple[list[tuple[int, dict, dict, int]], int]:
     return out, pos
 
 
+def malformed(kind: int, meta: Any, tensors: dict) -> str | None:
+    """Why a record cannot be what its kind says, or None. Results are checked as typed records by
+    the ledger (vecarc.chunks.record); here, that every record is an object and every state is one
+    the search could restore from, so a re-sealed journal ends in one line, never a KeyError."""
+    if not isinstance(meta, dict):
+        return "a record that is not an object"
+    if kind != STATE:
+        return None
+    if not _count(meta.get("step")):
+        return "a snapshot without its step"
+    if "slots" not in meta:
+        return None  # a mark: the results before it are final
+    slots, pending = meta.get("slots"), meta.get("pending")
+    if not (isinstance(slots, list) and isinstance(pending, list) and all(_tag(t) for t in pending)
+            and all(_count(meta.get(k)) for k in ("total", "done", "taken"))):
+        return "a snapshot without its queue"
+    if not all(isinstance(sl, dict) and _slot(sl) for sl in slots):
+        return "a snapshot with a malformed slot"
+    rows = {name: t.shape[0] if t.dim() == 3 else -1 for name, t in tensors.items()}
+    waiting = sum(sl.get("cand") is not None for sl in slots)
+    if slots and (any(rows.get(name) != len(slots) for name in ("p", "m", "v")) or rows.get("q", 0) != waiting):
+        return "a snapshot whose tensors do not match its slots"
+    return None
+
+
+def _count(x: Any) -> bool:
+    return type(x) is int and 0 <= x < 1 << 62
+
+
+def _number(x: Any) -> bool:
+    return type(x) in (int, float)
+
+
+def _tag(t: Any) -> bool:
+    return isinstance(t, list) and len(t) == 3 and all(_count(x) for x in t) and t[1] < t[2]
+
+
+def _slot(sl: dict) -> bool:
+    cand = sl.get("cand")
+    return (_tag(sl.get("tag")) and _count(sl.get("t")) and _number(sl.get("best")) and _count(sl.get("best_t"))
+            and type(sl.get("polish")) is bool and "search_steps" in sl
+            and (sl["search_steps"] is None or _count(sl["search_steps"]))
+            and _number(sl.get("extra", 0.0)) and _count(sl.get("decodes", 0))
+            and (cand is None or (isinstance(cand, list) and len(cand) == 3 and all(map(_number, cand)))))
+
+
 class Journal:
     """Append-only record of one pack. Create with `Journal.open`, then `start(identity)`.
 
@@ -147,6 +193,10 @@ class Journal:
                 )
             last = max((i for i, r in enumerate(recs) if r[0] == STATE), default=0)
             keep = recs[: last + 1]
+            for kind, meta, tensors, _ in keep[1:]:
+                if (why := malformed(kind, meta, tensors)) is not None:
+                    raise VerificationError(f"the journal {self.path} holds work that does not decode ({why}); "
+                                            f"pack again with -f to start over")
             self.results = [(m, t) for k, m, t, _ in keep if k == RESULT]
             if last:
                 self.state = {**recs[last][1], "tensors": recs[last][2]}

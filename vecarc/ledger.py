@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .chunks import SETTLE, ChunkRecord, Settled, Tag
-from .chunks.record import need
+from .chunks.record import Dims, need
 from .errors import VecarcError, VerificationError
 from .journal import Journal
 from .plan import Plan
 
 
 class Ledger:
-    def __init__(self, plan: Plan, vocab_size: int, journal: Journal | None = None):
-        self.plan, self.vocab_size, self.journal = plan, vocab_size, journal
+    def __init__(self, plan: Plan, dims: Dims, journal: Journal | None = None):
+        self.plan, self.dims, self.journal = plan, dims, journal
         self.kept: dict[tuple[int, int], Settled] = {}
         self.retries = 0  # vector chunks split after a failed search
         self.steps: list[int] = []  # optimisation steps per vector chunk, in settling order
@@ -35,7 +35,7 @@ class Ledger:
         if rec.outcome == "split":
             self.retries += 1
         else:
-            self.kept[(d, a)] = SETTLE[rec.outcome](rec, self.plan, self.vocab_size, origin != "here")
+            self.kept[(d, a)] = SETTLE[rec.outcome](rec, self.plan, self.dims, origin != "here")
             if rec.outcome == "vector":
                 self.steps.append(rec.steps)
         if self.journal is not None and origin != "journal":

@@ -234,17 +234,19 @@ def convert_gguf(gguf: Path) -> Path:
 
 
 def _cached_fingerprint(folder: str | None, scheme: str, compute: Callable[[], str], salt: str = "") -> str:
-    """A fingerprint, remembered per local folder by its files' names, sizes and mtimes.
+    """A fingerprint, remembered per local folder by its files' names, sizes, mtimes, inodes and ctimes.
 
-    Hashing ~540 MB of weights costs over a second on every load. A stale entry
-    could only come from a file rewritten with the same size and mtime, and even
-    then unpack's per-document SHA-256 would catch any wrong output.
+    Hashing ~540 MB of weights costs over a second on every load. An edit in place
+    can keep a file's size and mtime (utime sets the mtime back) but not its ctime,
+    and a file replaced by another has another inode; and even a stale entry could not
+    make a wrong document: unpack's per-document SHA-256 would catch it.
     """
     if folder is None:
         return compute()
     root = Path(folder)
     stats = [(p.relative_to(root), p.stat()) for p in sorted(root.rglob("*")) if p.is_file()]
-    stamp = hashlib.sha256("\n".join(f"{n}|{st.st_size}|{st.st_mtime_ns}" for n, st in stats).encode()).hexdigest()
+    stamp = hashlib.sha256("\n".join(f"{n}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
+                                     for n, st in stats).encode()).hexdigest()
     suffix = ("" if scheme == fp.LEGACY else f"-{scheme}") + salt  # what the files do not decide goes in the name
     key = f"{hashlib.sha256(str(root).encode()).hexdigest()[:16]}-{stamp[:32]}{suffix}"
     memo = cache_dir() / "fingerprints" / key
@@ -369,6 +371,9 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
     model.eval()
     model.to(dev)
     rows = int(model.get_input_embeddings().weight.shape[0])
+    if len(tokenizer) > rows:  # a text holding the extra tokens could not be fed, nor decoded
+        raise VecarcError(f"{name}: its tokenizer has {len(tokenizer)} tokens but its input embedding only {rows} "
+                          f"rows; refusing a model that cannot read every token its tokenizer makes")
     vocab = tokenizer.get_vocab()
     recorded = kind == "default" and DEFAULT_SINK in vocab
     sink = int(vocab[DEFAULT_SINK]) if recorded else choose_sink(tokenizer, rows, name)

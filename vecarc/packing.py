@@ -16,6 +16,7 @@ import torch
 import zstandard
 
 from .chunks import MODES, Hooks, Settled
+from .chunks.record import Dims
 from .config import PackConfig
 from .errors import VerificationError
 from .events import Progress, Trace, emit
@@ -53,6 +54,8 @@ class PackResult:
     steps: list[int] = field(default_factory=list)  # optimisation steps per vector chunk, in settling order
     data: bytes = b""  # the checked file bytes
     index: Index | None = None  # a pack cut into volumes: the index written at output
+    # UTF-8 documents kept as literal bytes because the tokenizer does not give their text back.
+    untokenizable: list[str] = field(default_factory=list)
 
 
 def software_versions() -> dict:
@@ -79,7 +82,8 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
     # Recorded as decided (on / off), in the header and the journal's identity.
     compiled = not cfg.predicted and wants_compile(cfg.search, lm.device, len(plan.spans))
     cfg = replace(cfg, search=replace(cfg.search, compile="on" if compiled else "off"))
-    ledger = Ledger(plan, lm.vocab_size, journal)
+    k, r = cfg.search.vectors, cfg.search.rank
+    ledger = Ledger(plan, Dims(lm.vocab_size, (k, lm.hidden_size), (k, r) if r else None), journal)
     state = _resume(journal, ledger, lm, cfg, size, budget if cfg.planned else None, progress)
     emit(progress, event="plan", chunks=len(plan.spans))
     _compute(lm, cfg, ledger, state, progress, trace)
@@ -90,7 +94,16 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
     if body.rows:
         archive.vectors = torch.stack(body.rows)  # as the search verified them: checked against the reread
     data, back = checked_bytes(archive, lm, body.decoded)
-    return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data)
+    return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data,
+                      untokenizable=[plan.documents[d].name for d, raw in plan.literal.items() if _utf8(raw)])
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _resume(journal: Journal | None, ledger: Ledger, lm: LoadedModel, cfg: PackConfig, size: int,
@@ -129,9 +142,17 @@ def _compute(lm: LoadedModel, cfg: PackConfig, ledger: Ledger, state: dict | Non
     else:
         hooks = Hooks(progress, total=len(plan.spans), final=journal.add_state if journal is not None else None,
                       every=cfg.checkpoint_every, resume=state if snapshot else None,
-                      rebuild=lambda t: plan.tokens[t[0]][t[1]:t[2]], trace=trace)
+                      rebuild=lambda t: _planned(plan, t), trace=trace)
         kind.compute(lm, cfg, items, ledger.take, hooks)
     kind.finish(ledger.kept)
+
+
+def _planned(plan: Plan, tag) -> Sequence[int]:
+    """A chunk's tokens, for a snapshot's tag: one that names no planned tokens is a damaged journal."""
+    d, a, b = tag
+    if not (d in plan.tokens and 0 <= a < b <= len(plan.tokens[d])):
+        raise VerificationError(f"a journal snapshot names no planned chunk ({list(tag)})")
+    return plan.tokens[d][a:b]
 
 
 # ---------------------------------------------------------------- assembly

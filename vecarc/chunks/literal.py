@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from ..format import Chunk, decode_tokens, literal_bytes
 from ..plan import Plan
-from .record import ChunkRecord, Settled
+from .record import ChunkRecord, Dims, Settled
 
 if TYPE_CHECKING:
     from ..format import Archive
 
 
-def settle(rec: ChunkRecord, plan: Plan, vocab_size: int, replayed: bool) -> Settled:
+def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
     d, a, b = rec.tag
     return Settled(Chunk(d, "tokens", b - a))
 

@@ -30,7 +30,7 @@ from ..format.corrections import Correction, full_bits, token_correction
 from ..forward import length_batches, logit_margins, teacher_forced
 from ..models import LoadedModel
 from ..plan import Plan
-from .record import ChunkRecord, Hooks, Item, Settled, need
+from .record import ChunkRecord, Dims, Hooks, Item, Settled, need
 
 if TYPE_CHECKING:
     from ..config import PackConfig
@@ -128,13 +128,13 @@ def fate(tag, tokens: Sequence[int], corrections: list[Correction] | None) -> Ch
     return ChunkRecord(tag, "tokens")
 
 
-def settle(rec: ChunkRecord, plan: Plan, vocab_size: int, replayed: bool) -> Settled:
+def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
     """The header entry of a predicted chunk; corrections a decoder could not follow are refused."""
     d, a, b = rec.tag
     corrections = list(rec.corrections or ())
-    top, last = full_bits(vocab_size), -1
+    top, last = full_bits(dims.vocab_size), -1
     for pos, bits, value in corrections:
-        need(last < pos < b - a and 1 <= bits <= top and value < 1 << bits,
+        need(last < pos < b - a and 1 <= bits <= top and value < min(1 << bits, dims.vocab_size),
              "a correction is out of order or out of range")
         last = pos
     tokens = plan.tokens[d][a:b]

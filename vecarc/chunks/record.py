@@ -84,6 +84,15 @@ class ChunkRecord:
                    vectors=v, coords=z)
 
 
+@dataclass(frozen=True)
+class Dims:
+    """What a record must fit: the vocabulary, and the shape of one chunk's vectors (and coordinates)."""
+
+    vocab_size: int
+    vectors: tuple[int, int]  # (per chunk, hidden size)
+    coords: tuple[int, int] | None = None  # (per chunk, rank) when low-rank
+
+
 @dataclass
 class Settled:
     """A chunk kept in the archive: its header entry and what its sections will hold."""

@@ -14,7 +14,7 @@ from ..format import Chunk, token_hash
 from ..models import LoadedModel
 from ..plan import Plan, split_span
 from ..search import CramResult, Job, chunk_key, cram
-from .record import ChunkRecord, Hooks, Item, Settled, Tag, need
+from .record import ChunkRecord, Dims, Hooks, Item, Settled, Tag, need
 
 if TYPE_CHECKING:
     from ..config import PackConfig
@@ -64,11 +64,13 @@ def fate(tag: Tag, r: CramResult, min_chunk_tokens: int) -> ChunkRecord:
     return ChunkRecord(tag, "split" if b - a >= 2 * min_chunk_tokens else "tokens")
 
 
-def settle(rec: ChunkRecord, plan: Plan, vocab_size: int, replayed: bool) -> Settled:
+def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
     """The header entry of a vector chunk, with the nats the capacity plan gave it."""
     d, a, b = rec.tag
-    need(rec.vectors is not None and (rec.coords is None or rec.coords.shape[0] == rec.vectors.shape[0]),
-         "a vector record lacks its vectors")
+    need(rec.vectors is not None and tuple(rec.vectors.shape) == dims.vectors,
+         f"a vector record's vectors are not {dims.vectors[0]} x {dims.vectors[1]}")
+    coords = None if rec.coords is None else tuple(rec.coords.shape)
+    need(coords == dims.coords, "a vector record's coordinates do not fit the rank")
     entry = Chunk(d, "vector", b - a, token_hash(plan.tokens[d][a:b]), margin=rec.margin, steps=rec.steps,
                   search_steps=rec.search_steps)
     if d in plan.nats:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..decode import greedy_decode
-from ..errors import describe
+from ..errors import VerificationError, describe
 from ..events import Progress, Trace, emit
 from ..format import basis
 from ..format.quant import in_memory
@@ -291,12 +291,18 @@ class Search:
         }
 
     def restore(self, state: dict, rebuild: Callable[[Any], Job]) -> None:
-        dev = self.lm.device
+        """Continue from snapshot_state's record (checked as well-formed by the journal): its rows must
+        be this search's shape, and it cannot have drawn more jobs than there are."""
+        dev, s = self.lm.device, self.s
+        row = (s.vectors, s.rank or self.lm.hidden_size)
+        ten = state["tensors"]
+        if any(tuple(t.shape[1:]) != row for name, t in ten.items() if name in ("p", "m", "v", "q")):
+            raise VerificationError(f"the journal's snapshot holds rows of another shape than {row}")
         self.step, self.total, self.finished, self.taken = state["step"], state["total"], state["done"], state["taken"]
         for _ in range(self.taken):
-            next(self.source)
+            if next(self.source, None) is None:
+                raise VerificationError("the journal's snapshot drew more chunks than are planned")
         self.pending = deque(rebuild(_tag(t)) for t in state["pending"])
-        ten = state["tensors"]
         for i, rec in enumerate(state["slots"]):
             sl = self.new_slot(rebuild(_tag(rec["tag"])), ten["p"][i].to(dev).clone())
             sl.opt.m, sl.opt.v = ten["m"][i].to(dev).clone(), ten["v"][i].to(dev).clone()
