@@ -306,6 +306,16 @@ def parse_spec(spec: str | None) -> tuple[str, str, str | None]:
     return "hub", repo, rev or None
 
 
+def _embedding_rows(model: Any, tokenizer: Any, name: str) -> int:
+    """The input embedding's rows, refused when the tokenizer makes ids past them (a text holding
+    such a token could be neither fed to the model nor decoded)."""
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if len(tokenizer) > rows:
+        raise VecarcError(f"{name}: its tokenizer has {len(tokenizer)} tokens but its input embedding only {rows} "
+                          f"rows; refusing a model that cannot read every token its tokenizer makes")
+    return rows
+
+
 @torch.no_grad()
 def _check_one_input_path(model: Any, name: str, rows: int) -> None:
     """Refuse a model whose logits differ between token ids and their embeddings fed directly.
@@ -370,10 +380,7 @@ def load_model(spec: str | None = None, device: str = "auto") -> LoadedModel:
     model.requires_grad_(False)
     model.eval()
     model.to(dev)
-    rows = int(model.get_input_embeddings().weight.shape[0])
-    if len(tokenizer) > rows:  # a text holding the extra tokens could not be fed, nor decoded
-        raise VecarcError(f"{name}: its tokenizer has {len(tokenizer)} tokens but its input embedding only {rows} "
-                          f"rows; refusing a model that cannot read every token its tokenizer makes")
+    rows = _embedding_rows(model, tokenizer, name)
     vocab = tokenizer.get_vocab()
     recorded = kind == "default" and DEFAULT_SINK in vocab
     sink = int(vocab[DEFAULT_SINK]) if recorded else choose_sink(tokenizer, rows, name)
