@@ -1,7 +1,8 @@
-"""Run `vecarc bench` on fixed slices of each corpus and write docs/benchmarks-bench.json
-(every number) plus a markdown table on stdout.
+"""Run `vecarc bench` (the default pack) on fixed slices of each corpus; a markdown table on
+stdout, every number in --json, the ratio plot in --plot. docs/benchmarks.md's table:
 
-    python -m benchmarks.corpora [--sizes 1024,4096,16384] [--pack-max 1024] [--out DIR]
+    python -m benchmarks.corpora --sizes 1024,4096,16384 --pack-max 4096 \
+        --json docs/benchmarks-bench.json --plot docs/benchmarks-ratio.png
 
 A slice starts at the first line start after 10 % of the file and ends at the
 last line end within SIZE bytes, so every run compares the same bytes. Slices
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from vecarc import PackConfig, load_model
-from vecarc.bench import bench_file, classic_rows, machine, model_limit
+from vecarc.bench import bench_file, classic_rows, machine, model_limit, plot
 
 HERE = Path(__file__).resolve().parent
 CORPORA = HERE.parent.parent / "shared" / "corpora"  # the whole corpora, outside the repository
@@ -82,6 +83,8 @@ def main() -> None:
     ap.add_argument("--out", default="build/bench")
     ap.add_argument("--corpora", default=str(CORPORA),
                     help="folder of the whole corpora, read only for slices larger than the vendored ones")
+    ap.add_argument("--json", help="also write every number here (docs/benchmarks-bench.json)")
+    ap.add_argument("--plot", help="also write the ratio plot here (docs/benchmarks-ratio.png; needs matplotlib)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,24 +107,30 @@ def main() -> None:
             results.append(res)
             print(f"done {path.name} in {res['wall_s']:.0f} s", flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        plot([r for r in results if any(m["method"].startswith("vecarc") for m in r["methods"])], args.plot)
     print(table(results))
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| input | bytes | tokens | zstd -19 | xz -9 | vecarc fp16 | model limit | tokens/vector | steps/chunk | "
-             "utilisation | pack s |", "|" + "---|" * 11]
+    """The markdown table docs/benchmarks.md shows: the default archive beside zstd, xz and the model's limit."""
+    lines = ["| input | bytes | tokens | zstd -19 | xz -9 | vecarc (default) | model limit | vecarc / limit | "
+             "corrections per token | pack s | unpack s |", "|" + "---|" * 11]
     for r in results:
         by = {m["method"]: m for m in r["methods"]}
-        v = by.get("vecarc fp16")
-        lim = r["model_limit"]
+        v, lim = by.get("vecarc predicted"), r["model_limit"]
         cell = lambda m: f"{m['bytes']:,} ({m['ratio']:.2f}x)"  # noqa: E731
+        per = v and v["predicted_tokens"] and v["corrections"] / v["predicted_tokens"]
         lines.append(
             f"| {Path(r['input']).name} | {r['bytes']:,} | {r['tokens']:,} | {cell(by['zstd -19'])} | "
             f"{cell(by['xz -9'])} | {cell(v) if v else 'not packed'} | "
             f"{lim['ideal_bytes']:,.0f} ({r['bytes'] / lim['ideal_bytes']:.2f}x) | "
-            f"{v['tokens_per_vector']['median'] if v else '—'} | {v['steps_median'] if v else '—'} | "
-            f"{format(v['utilisation'], '.1%') if v and v['utilisation'] else '—'} | "
-            f"{format(v['compress_s'], '.0f') if v and v['compress_s'] else '—'} |")
+            f"{format(v['bytes'] / lim['ideal_bytes'], '.2f') + 'x' if v else '—'} | "
+            f"{format(per, '.2f') if per else '—'} | "
+            f"{format(v['compress_s'], '.0f') if v and v['compress_s'] else '—'} | "
+            f"{format(v['decompress_s'], '.0f') if v and v['decompress_s'] else '—'} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny Llama with a byte-level BPE tokenizer, built and saved
-locally, then loaded through vecarc's real loading code."""
+locally, then loaded through vecarc's real loading code; archives packed with it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import FAST, TWO_DOCS
+from helpers import CLI_FAST, FAST, TEXT, TRAIN_TEXT, TWO_DOCS, run_cli
 
 from vecarc.tiny import build_tiny_model
 
@@ -23,6 +23,32 @@ def two_docs(tmp_path_factory, tiny) -> bytes:
     out = d / "two.vec"
     vecarc.pack([d / n for n in TWO_DOCS], out, replace(FAST, chunk_tokens=2, min_chunk_tokens=1), model=tiny)
     return out.read_bytes()
+
+
+@pytest.fixture()
+def packed(tmp_path, tiny_dir):
+    """hello.txt (TEXT) packed by the CLI into tmp_path / "hello.txt.vec".
+
+    test_volumes.py overrides it with a `packed` of its own (a pack cut into volumes)."""
+    src = tmp_path / "hello.txt"
+    src.write_bytes(TEXT)
+    code, out = run_cli("pack", src, "--model", tiny_dir, *CLI_FAST, "-q")
+    assert code == 0, out
+    return tmp_path / "hello.txt.vec"
+
+
+@pytest.fixture(scope="session")
+def predicted(trained_tiny, tmp_path_factory):
+    """A text the trained model partly knows and a bytes document, packed in predicted mode with the trained
+    tiny model: (folder, archive path, pack result)."""
+    import vecarc
+
+    d = tmp_path_factory.mktemp("pred")
+    (d / "a.txt").write_text(TRAIN_TEXT[:300] + " Something the model has never read: zq 42 xv.\n")
+    (d / "b.bin").write_bytes(bytes(range(200)))
+    out = d / "p.vec"
+    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, vecarc.PackConfig(chunk_tokens=40), model=trained_tiny)
+    return d, out, r
 
 
 @pytest.fixture(scope="session")

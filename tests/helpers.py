@@ -10,6 +10,9 @@ from vecarc.tiny import TRAIN_TEXT  # noqa: F401 - tests import it from here
 # Vector mode, tuned to solve tiny-model chunks in seconds.
 FAST = PackConfig(mode="vectors", margin=0.05, search=SearchSettings(max_steps=150, patience=50, batch_size=64))
 TWO_DOCS = {"a.txt": b"The quick brown fox.", "b.bin": bytes(range(256))}
+# The CLI's counterpart of FAST (and two-token chunks), and the text of the `packed` fixture's hello.txt.
+CLI_FAST = ["--mode", "vectors", "--margin", "0.05", "--max-steps", "150", "--batch-size", "64", "--chunk-tokens", "2"]
+TEXT = b"Hello there, general Kenobi.\n"
 
 
 def run_cli(*args) -> tuple[int, str]:

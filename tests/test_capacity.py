@@ -19,7 +19,7 @@ from vecarc import PackConfig, SearchSettings, VecarcError, capacity
 from vecarc.api import summary
 from vecarc.capacity import capacity_budget
 from vecarc.entropy import token_nll
-from vecarc.plan import Budget, cut_by_budget, plan_by_budget
+from vecarc.plan import Budget, cut_by_budget, plan_by_budget, plan_chunks
 
 EASY = TRAIN_TEXT[:700]
 # FAST's search settings at FAST's margin (a pack's margin lives on its PackConfig).
@@ -38,6 +38,14 @@ def test_cut_by_budget_stops_at_budget():
     assert cut_by_budget([20, 1, 1], b) == 2  # never fewer than min_tokens
     assert cut_by_budget([0.1] * 500, b) == 100  # never more than max_tokens
     assert cut_by_budget([3, 3, 3, 3], Budget(nats=10, max_tokens=100, fill=0.5, min_tokens=1)) == 1
+
+
+def test_plan_chunks_balanced():
+    assert plan_chunks(0, 32) == []
+    assert plan_chunks(10, 32) == [(0, 10)]
+    spans = plan_chunks(65, 32)
+    assert [b - a for a, b in spans] == [22, 22, 21]
+    assert spans[0][0] == 0 and spans[-1][1] == 65
 
 
 def test_plan_follows_cross_entropy(trained_tiny):

@@ -149,6 +149,16 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused_at_load(tmp_path):
         load_model(str(folder), "cpu")
 
 
+def test_fingerprint_memo_follows_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("VECARC_CACHE", str(tmp_path / "cache"))
+    folder = build_tiny_model(tmp_path / "m")
+    first = load_model(str(folder), "cpu").fingerprint
+    assert list((tmp_path / "cache" / "fingerprints").iterdir())
+    assert load_model(str(folder), "cpu").fingerprint == first
+    build_tiny_model(folder, seed=5)  # other weights in the same folder
+    assert load_model(str(folder), "cpu").fingerprint != first
+
+
 def test_the_fingerprint_memo_sees_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch):
     import os
 

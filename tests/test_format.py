@@ -1,4 +1,4 @@
-"""The file format's parts that need no model: vector forms, the basis, the header limits."""
+"""The file format's parts that need no model: vector forms and the basis (header strictness: test_reader.py)."""
 
 from __future__ import annotations
 
@@ -63,15 +63,3 @@ def test_int4_padding_and_zero_scales_are_as_specified():
     with pytest.raises(ValueError, match="scale 0 must hold only zeros"):
         quant.decode(lying, "int8", (1, 1, 4))
 
-
-def test_header_json_is_strict():
-    from vecarc.format.strict import parse_json
-
-    assert parse_json('{"a": [1, {"b": 2}]}') == {"a": [1, {"b": 2}]}
-    with pytest.raises(ValueError, match="key 'a' appears twice"):
-        parse_json('{"a": 1, "b": {}, "a": 2}')
-    for constant in ("NaN", "Infinity", "-Infinity"):
-        with pytest.raises(ValueError, match="is not a JSON number"):
-            parse_json(f'{{"margin": {constant}}}')
-    with pytest.raises(RecursionError):
-        parse_json("[" * 100_000 + "]" * 100_000)  # the reader turns this into "header does not decode"

@@ -6,8 +6,10 @@ import hashlib
 import re
 from pathlib import Path
 
+import pytest
 import zstandard
 
+from vecarc import VecarcError, read_archive
 from vecarc.format import corrections, literal_bytes, parse_archive
 from vecarc.format.container import PREFIX, header_dict
 
@@ -38,3 +40,21 @@ def test_the_corrections_stream_decodes_to_its_corrections():
     want = [[(0, 3, 5), (4, 16, 1234)], [(2, 1, 1)]]
     assert corrections.parse(data, [2, 1], [8, 4], 49152) == want
     assert corrections.encode(want) == data
+
+
+def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
+    from vecarc.format import container as archive
+
+    doc = (Path(__file__).parents[1] / "docs" / "format.md").read_text()
+    for version, (name, digest) in archive.HEADER_DICTS.items():
+        raw = (archive.DICT_DIR / name).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == digest
+        assert f"| {version} | `vecarc/format/{name}` | {len(raw):,} | `{digest}` |" in doc
+        assert "\n" + raw.decode() + "\n" in doc  # the appendix holds the exact bytes
+    name = archive.HEADER_DICTS[archive.VERSION][0]
+    damaged = tmp_path / name
+    damaged.write_bytes((archive.DICT_DIR / name).read_bytes().replace(b"vecarc", b"vecarC", 1))
+    monkeypatch.setattr(archive, "DICT_DIR", tmp_path)
+    monkeypatch.setattr(archive, "_dict_cache", {})
+    with pytest.raises(VecarcError, match="is damaged"):
+        read_archive(packed)

@@ -1,4 +1,5 @@
-"""Predicted chunks and their corrections: the codec, the reader's refusals, and round trips."""
+"""Predicted chunks and their corrections: the codec, packing and round trips (the reader's refusals of
+damaged or lying corrections sections: test_reader.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import pytest
 import torch
-from helpers import TRAIN_TEXT, resealed
+from helpers import TRAIN_TEXT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,10 +15,8 @@ import vecarc
 from vecarc import PackConfig
 from vecarc.chunks.predicted import class_bits, teacher_corrections
 from vecarc.decode import greedy_decode
-from vecarc.errors import VecarcError
 from vecarc.format import corrections as codec
 from vecarc.format import header as header_mod
-from vecarc.format import parse_archive
 from vecarc.text import tokenize_exact
 
 VOCAB = 49152
@@ -83,16 +82,6 @@ def test_class_bits_is_the_fewest_that_single_the_token_out():
     assert class_bits(logits, torch.tensor([4]), 0.5, 3).tolist() == [3]  # 4.9 vs 5.0 in {0, 4}: only alone
 
 
-@pytest.fixture(scope="module")
-def predicted(trained_tiny, tmp_path_factory):
-    d = tmp_path_factory.mktemp("pred")
-    (d / "a.txt").write_text(TRAIN_TEXT[:300] + " Something the model has never read: zq 42 xv.\n")
-    (d / "b.bin").write_bytes(bytes(range(200)))
-    out = d / "p.vec"
-    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, PackConfig(chunk_tokens=40), model=trained_tiny)
-    return d, out, r
-
-
 def test_predicted_round_trip_on_the_tiny_model(trained_tiny, predicted):
     d, out, r = predicted
     a = vecarc.read_archive(out)
@@ -115,61 +104,6 @@ def test_a_correction_names_the_best_token_of_its_class(trained_tiny):
     assert got[0] == ids and mins[0] >= 0.5
     plain, _ = greedy_decode(trained_tiny, empty, [len(ids)])
     assert plain[0] != ids  # without them the model says something else
-
-
-def test_reader_refuses_lies_about_the_corrections(predicted):
-    _, out, _ = predicted
-    good = out.read_bytes()
-    a = parse_archive(good)
-    assert a.header.corrections.count > 0
-
-    def more(h):
-        h["corrections"]["count"] += 1
-
-    def chunk(h):
-        next(c for c in h["chunks"] if c["kind"] == "predicted")["corrections"] += 1
-
-    def gone(h):
-        del h["corrections"]
-
-    def short(h):
-        h["corrections"]["section"][1] -= 1
-
-    for mutate, message in ((more, "chunks hold"), (chunk, "chunks hold"),
-                            (gone, "'corrections' missing"), (short, "corrupt")):
-        with pytest.raises(VecarcError, match=message):
-            parse_archive(resealed(good, mutate))
-
-
-def test_a_format_2_header_cannot_hold_predicted_chunks(predicted):
-    from helpers import reseal
-
-    from vecarc.format import MAGIC, PREFIX
-
-    _, out, _ = predicted
-    good = out.read_bytes()
-    h = parse_archive(good).header.to_json()
-    del h["corrections"]
-    h["model"]["fingerprint"] = "sha256:" + "0" * 64  # format 2's scheme
-    v2 = PREFIX.pack(MAGIC, 2, *PREFIX.unpack(good[: PREFIX.size])[2:]) + good[PREFIX.size :]
-    with pytest.raises(VecarcError, match="format 2 has no predicted chunks"):
-        parse_archive(reseal(v2, h))
-
-
-@pytest.mark.parametrize("version, fingerprint", [(4, "sha256:" + "0" * 64), (3, "fp2:" + "0" * 64),
-                                                  (4, "fp2:" + "0" * 63), (4, "fp2:" + "A" * 64)])
-def test_the_fingerprint_must_be_of_the_versions_scheme(predicted, version, fingerprint):
-    from helpers import reseal
-
-    from vecarc.format import MAGIC, PREFIX
-
-    _, out, _ = predicted
-    good = out.read_bytes()
-    h = parse_archive(good).header.to_json()
-    h["model"]["fingerprint"] = fingerprint
-    other = PREFIX.pack(MAGIC, version, *PREFIX.unpack(good[: PREFIX.size])[2:]) + good[PREFIX.size :]
-    with pytest.raises(VecarcError, match=f"model.fingerprint is not a format-{version} fingerprint"):
-        parse_archive(reseal(other, h))
 
 
 def test_a_text_known_by_heart_stays_within_the_decoding_cap(trained_tiny, tmp_path, monkeypatch):

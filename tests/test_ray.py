@@ -121,13 +121,22 @@ def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_
             k = next(i for i, (meta, _) in enumerate(records) if meta["info"] and meta["info"].get("corrections"))
             records[k] = ({**records[k][0], "info": {"corrections": []}}, records[k][1])
             sent.append(k)
-            on_shard([ChunkRecord.from_journal(meta, tensors) for meta, tensors in records])
+            on_shard(items, [ChunkRecord.from_journal(meta, tensors) for meta, tensors in records])
 
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
     with pytest.raises(VerificationError, match="nothing written"):
         vecarc.pack(inputs, "w.vec", PackConfig(chunk_tokens=64, engine=Lying()), model=trained_tiny)
     assert sent and not (tmp_path / "w.vec").exists()
+
+    class Forgetful:  # a reply that leaves a chunk of its shard out
+        def run(self, lm, cfg, items, on_shard, progress=None):
+            records = work_shard(lm, replace(cfg, engine=None), items)
+            on_shard(items, [ChunkRecord.from_journal(meta, tensors) for meta, tensors in records[1:]])
+
+    with pytest.raises(VerificationError, match="leaves 1 chunk"):
+        vecarc.pack(inputs, "f.vec", PackConfig(chunk_tokens=64, engine=Forgetful()), model=trained_tiny)
+    assert not (tmp_path / "f.vec").exists()
     honest = vecarc.pack(inputs, "h.vec", PackConfig(chunk_tokens=64), model=trained_tiny)
     assert "predicted" in {c.kind for c in honest.archive.chunks}  # the spoiled record was a predicted chunk's
 
@@ -235,7 +244,7 @@ def test_a_malformed_or_unreachable_address_is_one_line_at_once(tmp_path, traine
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.txt").write_text("Some words.")
     code, out = run_cli("pack", "a.txt", "--engine", "ray", "--address", "nonsense", "--model", trained_dir)
-    assert code == 2 and "--address 'nonsense' is not auto, HOST:PORT or ray://HOST:PORT" in out
+    assert code == 2 and "--address 'nonsense' is not auto, local, HOST:PORT or ray://HOST:PORT" in out
     assert not (tmp_path / "a.txt.vec").exists()
     t0 = time.monotonic()
     with pytest.raises(vecarc.VecarcError, match="nothing answers at the Ray address 127.0.0.1:1"):

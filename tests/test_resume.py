@@ -245,8 +245,11 @@ def _put(recs, i, meta=None, tensors=None):
     lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "info": None}),
     lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "outcome": "predicted"}),
     lambda r: _put(r, _vector(r), tensors={"v": r[_vector(r)][2]["v"][:, :5]}),
+    lambda r: _put(r, _vector(r), meta={**r[_vector(r)][1], "tag": [0, 0, 48]}),  # two planned chunks as one
+    lambda r: _put(r, _last_state(r), tensors={k: t.int() for k, t in r[_last_state(r)][2].items()}),
 ], ids=["mark-without-step", "meta-a-list", "slot-fields", "pending-outside-plan", "state-tensors", "empty-tag",
-        "document-outside-plan", "null-info", "vector-as-predicted", "narrow-vectors"])
+        "document-outside-plan", "null-info", "vector-as-predicted", "narrow-vectors", "unplanned-span",
+        "integer-state"])
 def test_a_resealed_journal_is_one_line_exit_1(tmp_path, trained_tiny, change):
     """Whatever a re-sealed journal holds, resuming refuses it with the documented line, never an internal error."""
     src, out = _interrupted(tmp_path, trained_tiny)

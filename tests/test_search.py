@@ -167,3 +167,15 @@ def test_a_compiler_failing_without_a_message_falls_back_to_eager(tiny, monkeypa
     out = cram(tiny, jobs, s, progress=lambda e: notes.append(e.get("message")) if e["event"] == "note" else None)
     assert len(out) == 4
     assert notes == ["torch.compile failed (RuntimeError); going on without it"]
+
+
+def test_a_pack_takes_its_margin_from_the_pack_config_only():
+    from vecarc import PackConfig, VecarcError
+
+    assert PackConfig(margin=0.7).checked().margin == 0.7
+    with pytest.raises(VecarcError, match="set margin= on the PackConfig"):
+        PackConfig(mode="vectors", search=SearchSettings(margin=2.0)).checked()
+    cfg = PackConfig(mode="vectors", margin=0.25).with_overrides(["search.lr=1", "fill=0.8"])
+    assert (cfg.search.lr, cfg.fill, cfg.margin) == (1.0, 0.8, 0.25)
+    with pytest.raises(VecarcError, match="unknown setting"):
+        PackConfig().with_overrides(["search.nope=1"])

@@ -1,4 +1,5 @@
-"""Unpack writes every document or none, never through a file, a folder or a symlink in the way."""
+"""Unpack writes every document or none (nothing when verification fails), never through a file, a folder or a
+symlink in the way; a written file (here pack's archive) has the mode the umask says."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from helpers import TWO_DOCS
 
 import vecarc
-from vecarc import VecarcError
+from vecarc import VecarcError, read_archive
+from vecarc.format import serialize
 from vecarc.format.container import TMP_SUFFIX
 from vecarc.unpacking import _target
 
@@ -81,3 +83,21 @@ def test_temporaries_of_a_killed_unpack_are_removed_and_live_ones_kept(tmp_path,
     vecarc.unpack(archive, out, model=tiny)
     assert not dead.exists() and live.exists()
     assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == TWO_DOCS
+
+
+def test_tampered_vectors_fail_verification(tmp_path, packed, tiny):
+    a = read_archive(packed)
+    a.vectors = a.vectors.flip(0) if a.vectors.shape[0] > 1 else -a.vectors
+    bad = tmp_path / "tampered.vec"
+    bad.write_bytes(serialize(a))
+    r = vecarc.verify(bad, model=tiny)
+    assert not r.ok and r.problems
+    with pytest.raises(vecarc.VerificationError, match="nothing written"):
+        vecarc.unpack(bad, tmp_path / "o2", model=tiny)
+    assert not (tmp_path / "o2" / "hello.txt").exists()
+
+
+def test_output_file_mode_follows_umask(packed):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert packed.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -22,7 +22,7 @@ from .fingerprint import sha256_file
 from .format import write_atomic
 from .format.container import TMP_SUFFIX
 from .format.index import Index, Volume
-from .inputs import named_inputs, output_for, read_inputs
+from .inputs import named_inputs, output_for, read_named
 from .journal import Journal, journal_path
 from .models import LoadedModel, resolve_model
 from .packing import PackResult, pack_documents
@@ -57,7 +57,7 @@ def pack(inputs: Sequence[str | Path], output: str | Path | None = None, config:
     _refuse_clobbering([p for p, _ in named], written_by(output, len(plans) if plans else 0))
     if plans is not None:
         return _pack_volumes(sized, plans, output, cfg, model, device, force, resume, progress, warn, trace)
-    docs = read_inputs(inputs)
+    docs = read_named(named)
     journal = Journal.open(output, resume, force)
     if resume and not journal.existed and warn:
         warn(f"no journal {journal.path}; starting from the beginning")

@@ -59,6 +59,9 @@ class PackConfig:
             raise VecarcError(f"unknown mode {self.mode!r} (one of {', '.join(MODES)})")
         if not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0):
             raise VecarcError(f"the margin must be a finite number above 0, got {self.margin!r}")
+        if self.search.margin not in (SearchSettings.margin, self.margin):
+            raise VecarcError(f"a pack's margin is PackConfig.margin ({self.margin:g}); its search settings say "
+                              f"{self.search.margin:g}: set margin= on the PackConfig")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise VecarcError("chunk size must be at least one token")
         if self.min_chunk_tokens < 1:

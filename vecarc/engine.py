@@ -27,7 +27,7 @@ from typing import Any
 from .capacity import search_samples
 from .chunks import MODES, ChunkRecord, Item
 from .config import PackConfig
-from .errors import VecarcError, describe
+from .errors import VecarcError, VerificationError, describe
 from .events import Progress, emit
 from .models import LoadedModel, load_model
 from .search import SearchSettings
@@ -90,9 +90,9 @@ class RayEngine:
     fault_marker: str | None = None  # tests only: a worker that finds this file removes it and exits
 
     def run(self, lm: LoadedModel, cfg: PackConfig, items: Sequence[Item],
-            on_shard: Callable[[list[ChunkRecord]], None], progress: Progress | None = None) -> None:
-        """Compute every item; on_shard(records) receives each shard's records as it arrives,
-        checked as a journal's are (a worker is another process, maybe another machine)."""
+            on_shard: Callable[[list[Item], list[ChunkRecord]], None], progress: Progress | None = None) -> None:
+        """Compute every item; on_shard(shard, records) receives each shard's items and records as they
+        arrive, the records checked as a journal's are (a worker is another process, maybe another machine)."""
         if not items:
             return
         pool = self._pool(lm, cfg)
@@ -105,7 +105,12 @@ class RayEngine:
         done = [0]
 
         def back(k: int, records: list[Record]) -> None:
-            on_shard([ChunkRecord.from_journal(meta, tensors) for meta, tensors in records])
+            try:
+                checked = [ChunkRecord.from_journal(meta, tensors) for meta, tensors in records]
+            except VecarcError as e:
+                raise VerificationError(f"a worker's reply for shard {k} is malformed ({e}); nothing written") \
+                    from None
+            on_shard(shards[k], checked)
             done[0] += len(shards[k])
             emit(progress, event="predict" if cfg.predicted else "shard", done=done[0], total=len(items))
 
@@ -217,12 +222,12 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach a Ray head before giving up (Ray itse
 
 
 def _host_port(address: str | None) -> tuple[str, int] | None:
-    """(host, port) of a Ray address, None for a local cluster or "auto"; one line for anything else."""
-    if address is None or address == "auto":
+    """(host, port) of a Ray address, None for "local", "auto" or none; one line for anything else."""
+    if address is None or address in ("auto", "local"):
         return None
     m = re.fullmatch(r"(?:ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})", address)
     if m is None or not 0 < int(m[2]) < 65536:
-        raise VecarcError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+        raise VecarcError(f"--address {address!r} is not auto, local, HOST:PORT or ray://HOST:PORT")
     return m[1].strip("[]"), int(m[2])
 
 

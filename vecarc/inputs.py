@@ -43,8 +43,13 @@ def named_inputs(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
 
 def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
     """(name, bytes) per input, checked as named_inputs checks them."""
+    return read_named(named_inputs(paths))
+
+
+def read_named(named: Sequence[tuple[Path, str]]) -> list[tuple[str, bytes]]:
+    """(name, bytes) per (path, name) of named_inputs."""
     docs: list[tuple[str, bytes]] = []
-    for p, name in named_inputs(paths):
+    for p, name in named:
         try:
             docs.append((name, p.read_bytes()))
         except OSError as e:

@@ -109,7 +109,7 @@ def malformed(kind: int, meta: Any, tensors: dict) -> str | None:
         return "a snapshot without its queue"
     if not all(isinstance(sl, dict) and _slot(sl) for sl in slots):
         return "a snapshot with a malformed slot"
-    rows = {name: t.shape[0] if t.dim() == 3 else -1 for name, t in tensors.items()}
+    rows = {name: t.shape[0] if t.dim() == 3 and t.dtype == torch.float32 else -1 for name, t in tensors.items()}
     waiting = sum(sl.get("cand") is not None for sl in slots)
     if slots and (any(rows.get(name) != len(slots) for name in ("p", "m", "v")) or rows.get("q", 0) != waiting):
         return "a snapshot whose tensors do not match its slots"

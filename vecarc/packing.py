@@ -18,7 +18,7 @@ import zstandard
 from .chunks import MODES, Hooks, Settled
 from .chunks.record import Dims
 from .config import PackConfig
-from .errors import VerificationError
+from .errors import VecarcError, VerificationError
 from .events import Progress, Trace, emit
 from .format import (
     MAX_LITERAL_TOKENS,
@@ -83,7 +83,8 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
     compiled = not cfg.predicted and wants_compile(cfg.search, lm.device, len(plan.spans))
     cfg = replace(cfg, search=replace(cfg.search, compile="on" if compiled else "off"))
     k, r = cfg.search.vectors, cfg.search.rank
-    ledger = Ledger(plan, Dims(lm.vocab_size, (k, lm.hidden_size), (k, r) if r else None), journal)
+    dims = Dims(lm.vocab_size, (k, lm.hidden_size), (k, r) if r else None)
+    ledger = Ledger(plan, dims, MODES[cfg.mode].OUTCOMES, journal)
     state = _resume(journal, ledger, lm, cfg, size, budget if cfg.planned else None, progress)
     emit(progress, event="plan", chunks=len(plan.spans))
     _compute(lm, cfg, ledger, state, progress, trace)
@@ -132,27 +133,31 @@ def _compute(lm: LoadedModel, cfg: PackConfig, ledger: Ledger, state: dict | Non
     spans = plan.spans if snapshot else ledger.todo()
     items = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in spans]
     if cfg.engine is not None:
-        def on_shard(records) -> None:
-            for rec in records:
-                ledger.take(rec, origin="worker")
-            if journal is not None:
-                journal.add_state({"step": 0, "shard": True})
-
-        cfg.engine.run(lm, cfg, items, on_shard, progress)
+        cfg.engine.run(lm, cfg, items, lambda shard, records: _take_shard(ledger, shard, records), progress)
     else:
         hooks = Hooks(progress, total=len(plan.spans), final=journal.add_state if journal is not None else None,
-                      every=cfg.checkpoint_every, resume=state if snapshot else None,
-                      rebuild=lambda t: _planned(plan, t), trace=trace)
+                      every=cfg.checkpoint_every, resume=state if snapshot else None, rebuild=ledger.tokens_of,
+                      trace=trace)
         kind.compute(lm, cfg, items, ledger.take, hooks)
+    if missing := ledger.todo():
+        raise VecarcError(f"{len(missing)} planned chunk(s) came back without a result (the first: "
+                          f"{list(missing[0])}); nothing written (finished work is in the journal: --resume)")
     kind.finish(ledger.kept)
 
 
-def _planned(plan: Plan, tag) -> Sequence[int]:
-    """A chunk's tokens, for a snapshot's tag: one that names no planned tokens is a damaged journal."""
-    d, a, b = tag
-    if not (d in plan.tokens and 0 <= a < b <= len(plan.tokens[d])):
-        raise VerificationError(f"a journal snapshot names no planned chunk ({list(tag)})")
-    return plan.tokens[d][a:b]
+def _take_shard(ledger: Ledger, shard: Sequence, records: Sequence) -> None:
+    """A worker's records, settled and journaled, then marked final; a reply that does not settle its
+    whole shard is refused (the chunks it did settle stay journaled for --resume)."""
+    try:
+        for rec in records:
+            ledger.take(rec, origin="worker")
+    except VecarcError as e:
+        raise VerificationError(f"a worker's reply is malformed ({e}); nothing written") from None
+    if missing := [tag for tag, _ in shard if not ledger.covers(*tag)]:
+        raise VerificationError(f"a worker's reply leaves {len(missing)} chunk(s) of its shard without a result "
+                                f"(the first: {list(missing[0])}); nothing written")
+    if ledger.journal is not None:
+        ledger.journal.add_state({"step": 0, "shard": True})
 
 
 # ---------------------------------------------------------------- assembly

@@ -110,7 +110,7 @@ def stress(
 ) -> list[ConditionReport]:
     """Decode every chunk under each condition; count flips and measure margin drift.
 
-    All vectors share one k (predicted chunks: (0, d), with their corrections in corrections);
+    All vectors share one k (predicted chunks: (0, d), with their corrections in `corrections`);
     drift is measured where the model chooses, not where a correction supplies the token.
     """
     base = _chosen(token_margins(lm, vectors, tokens), corrections)

@@ -26,7 +26,7 @@ def summary(archive: Archive | Indexed) -> dict:
     margins = [c.margin for c in vectors if c.margin is not None]
     planned = [c.planned_nats for c in vectors if c.planned_nats is not None]
     vec_bytes = h.vectors.section[1]
-    fix_bytes = h.corrections.section[1] if h.corrections else 0
+    corrections_bytes = h.corrections.section[1] if h.corrections else 0
     lit_bytes = sum(c.length for c in chunks if c.is_literal)
     total_in = sum(d.size for d in h.documents)
     v = h.vectors
@@ -35,9 +35,9 @@ def summary(archive: Archive | Indexed) -> dict:
         "original_bytes": total_in,
         "ratio": (total_in / archive.size) if archive.size else None,
         "vector_bytes": vec_bytes,
-        "corrections_bytes": fix_bytes,
+        "corrections_bytes": corrections_bytes,
         "literal_bytes": lit_bytes,
-        "overhead_bytes": archive.size - vec_bytes - fix_bytes - lit_bytes,
+        "overhead_bytes": archive.size - vec_bytes - corrections_bytes - lit_bytes,
         "format_version": h.version,
         "model": h.model.to_json(),
         "vectors": {"per_chunk": v.per_chunk, "dtype": v.dtype, "hidden_size": v.hidden_size, "count": v.count,

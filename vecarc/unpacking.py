@@ -48,8 +48,8 @@ def decode_archive(
 ) -> DecodeResult:
     """Rebuild every document in memory and check it against its hashes.
 
-    known: tokens that pack's greedy decoding already produced for some vector
-    chunks, so the final check before writing need not decode those again.
+    known: tokens that pack's greedy checks already produced for some vector and
+    predicted chunks, so the final check before writing need not decode those again.
     """
     tokens: dict[int, list[int]] = dict(known or {})
     margins: dict[int, float] = {}

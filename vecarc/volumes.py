@@ -88,7 +88,8 @@ def read_piece(piece: Piece) -> bytes:
         f.seek(piece.offset)
         data = f.read(piece.size)
     if len(data) != piece.size:
-        raise VecarcError(f"{piece.path} changed while packing (shorter than planned)")
+        raise VecarcError(f"{piece.path} changed while it was packed (file changed as we read it: shorter than "
+                          f"planned); no index written: pack again once it is still")
     return data
 
 

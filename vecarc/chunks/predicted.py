@@ -11,7 +11,7 @@ margin when packed: as safe across machines as a vector chunk's tokens.
 Why it is the default: on the default model ~60-70 % of English tokens need a
 correction and a correction costs ~11 bits once range-coded, so a 4 KiB text
 takes ~1 KB. A vector that makes 38 tokens exact costs 244 bytes, ~8 bytes per
-token it corrections; a small vector added to a predicted chunk removed fewer
+token it fixes; a small vector added to a predicted chunk removed fewer
 corrections than its own bytes would buy (docs/benchmarks.md, "Levers").
 """
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..config import PackConfig
     from ..format import Archive
 
+OUTCOMES = ("predicted", "tokens")  # what computing predicted chunks settles as
 MAX_ROUNDS = 8  # greedy checks per chunk; each adds at least one correction, real chunks need one
 
 

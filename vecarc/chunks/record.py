@@ -79,7 +79,8 @@ class ChunkRecord:
         v, z = tensors.get("v"), tensors.get("z")
         need(isinstance(v, torch.Tensor) and v.dim() == 2 and v.dtype.is_floating_point,
              "a vector record lacks its vectors")
-        need(z is None or (isinstance(z, torch.Tensor) and z.dim() == 2), "a vector record's coordinates are malformed")
+        need(z is None or (isinstance(z, torch.Tensor) and z.dim() == 2 and z.dtype.is_floating_point),
+             "a vector record's coordinates are malformed")
         return cls(tag, "vector", margin=float(info["margin"]), steps=info["steps"], search_steps=search,
                    vectors=v, coords=z)
 
@@ -125,7 +126,7 @@ class Hooks:
     """What a pack hands the code computing its chunks, besides the chunks themselves."""
 
     progress: Progress | None = None
-    total: int = 0  # chunks planned in all: progress counts against it
+    total: int = 0  # chunks planned in all: predicted chunks' progress counts against it (a search counts its own)
     # The records handed over so far are final: journal this state (a mark, or the search's snapshot).
     final: Callable[[dict], None] | None = None
     every: float = 60.0  # seconds between snapshots of a long search

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from ..format import Archive
 
 
+OUTCOMES = ("vector", "tokens", "split")  # what computing vector chunks settles as
+
+
 def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: Callable[[ChunkRecord], None],
             hooks: Hooks | None = None) -> None:
     """Search vectors for each chunk, in one continuous batch; on_record receives each fate (a split
@@ -46,7 +49,7 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
             tokens[h] = j.tokens[h[1] - a : h[2] - a]
         return [job(h) for h in halves]
 
-    jobs = (job(tag) for tag, _ in items)  # drawn lazily: a long input is not copied chunk by chunk
+    jobs = (job(tag) for tag, _ in items)  # made as slots free up: a long input costs memory for the batch
     cram(lm, jobs, cfg.search, hooks.progress, on_result=on_result, resume=hooks.resume, rebuild=job,
          total=len(items), snapshot=hooks.final, snapshot_every=hooks.every, trace=hooks.trace)
 

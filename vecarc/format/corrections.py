@@ -79,9 +79,9 @@ def parse(data: bytes, counts: Sequence[int], lengths: Sequence[int], vocab_size
     """
     dec, m, top = rc.Decoder(data), _Models(), full_bits(vocab_size)
     out: list[list[Correction]] = []
-    for n_fixes, length in zip(counts, lengths):
+    for n_corrections, length in zip(counts, lengths):
         last, corrections = -1, []
-        for _ in range(n_fixes):
+        for _ in range(n_corrections):
             k = 0
             while dec.bit(m.gap, k):
                 k += 1
