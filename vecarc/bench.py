@@ -246,7 +246,9 @@ def plot(results: list[dict], out: str | Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise VecarcError("--plot needs matplotlib: pip install 'vecarc[plot]'") from None
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    vectors = any(gains for res in results for gains in res["chunks"].values())  # a second panel if any
+    fig, axes = plt.subplots(1, 2 if vectors else 1, figsize=(13 if vectors else 8, 5), squeeze=False)
+    ax1 = axes[0][0]
     methods = [r["method"] for r in results[0]["methods"]]
     width = 0.8 / max(1, len(results))
     for j, res in enumerate(results):
@@ -257,16 +259,22 @@ def plot(results: list[dict], out: str | Path) -> None:
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.set_ylabel("compression ratio (original / stored)")
     ax1.legend(fontsize=8)
-    for res in results:
-        for dt, gains in res["chunks"].items():
-            ax2.scatter([g["gain_bits"] for g in gains], [g["tokens"] for g in gains], s=12,
-                        label=f"{Path(res['input']).name} {dt}")
-    ax2.set_xlabel("cross-entropy removed by the vector (bits)")
-    ax2.set_ylabel("tokens held")
-    if any(res["chunks"] for res in results):
-        ax2.legend(fontsize=8)
+    if vectors:
+        _chunk_panel(axes[0][1], results)
     m = results[0]["model"]
     fig.suptitle(f"vecarc vs zstd/xz · {m['name']} · {m['fingerprint'][:19]}…", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def _chunk_panel(ax, results: list[dict]) -> None:
+    """Tokens each vector held against the cross-entropy it removed."""
+    for res in results:
+        for dt, gains in res["chunks"].items():
+            if gains:
+                ax.scatter([g["gain_bits"] for g in gains], [g["tokens"] for g in gains], s=12,
+                           label=f"{Path(res['input']).name} {dt}")
+    ax.set_xlabel("cross-entropy removed by the vector (bits)")
+    ax.set_ylabel("tokens held")
+    ax.legend(fontsize=8)
