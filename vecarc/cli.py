@@ -26,6 +26,7 @@ from .journal import journal_path
 from .plan import MIN_CHUNK_TOKENS
 from .search import SEARCH_DTYPES, VECTOR_DTYPES, SearchSettings
 from .summary import summary
+from .unpacking import select
 from .volumes import Indexed, open_any
 
 # Ctrl-C inside a backward pass makes autograd warn with the forward call's traceback: noise, not news.
@@ -198,6 +199,7 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
 
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("members", nargs=-1, metavar="[MEMBER]...")
 @click.option("-o", "--output", "outdir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder to write the documents into.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
@@ -206,10 +208,14 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
 @quiet_opt
 @verbose_opt
 @handled
-def unpack(archive, outdir, force, model, device, quiet, verbose):
-    """Decode an archive (or a volume index), check every hash, then write the documents."""
+def unpack(archive, members, outdir, force, model, device, quiet, verbose):
+    """Decode an archive (or a volume index), check every hash, then write the documents.
+
+    MEMBERS (document names or shell globs, as tar takes them) unpack only those documents: only
+    their chunks (and an index's volumes that hold them) are decoded.
+    """
     with progress_bar(quiet) as on:
-        paths = api.unpack(archive, outdir, model=model, device=device, force=force, progress=on)
+        paths = api.unpack(archive, outdir, members, model=model, device=device, force=force, progress=on)
     if not quiet:
         for p in paths:
             say(f"wrote {p}")
@@ -217,6 +223,7 @@ def unpack(archive, outdir, force, model, device, quiet, verbose):
 
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("members", nargs=-1, metavar="[MEMBER]...")
 @model_opt
 @device_opt
 @click.option("--strict", is_flag=True,
@@ -226,15 +233,20 @@ def unpack(archive, outdir, force, model, device, quiet, verbose):
 @quiet_opt
 @verbose_opt
 @handled
-def verify(archive, model, device, strict, as_json, quiet, verbose):
-    """Decode everything in memory (a volume index: volume by volume) and check it; exit 1 if anything differs."""
+def verify(archive, members, model, device, strict, as_json, quiet, verbose):
+    """Decode everything in memory (a volume index: volume by volume) and check it; exit 1 if anything differs.
+
+    MEMBERS (document names or shell globs) verify only those documents.
+    """
     a = open_any(archive)
     with progress_bar(quiet or as_json) as on:
-        r = api.verify(a, model=model, device=device, progress=on, strict=strict)
-    if isinstance(a, Indexed):
-        docs, chunks, margin = len(a.index.documents), None, None
-    else:
-        docs, chunks, margin = len(a.documents), len(a.chunks), a.header.required_margin
+        r = api.verify(a, members, model=model, device=device, progress=on, strict=strict)
+    names = [d.name for d in (a.index.documents if isinstance(a, Indexed) else a.documents)]
+    wanted = set(names) if not members else select(names, members)
+    docs, chunks, margin = len(wanted), None, None
+    if not isinstance(a, Indexed):
+        chunks = sum(a.documents[c.doc].name in wanted for c in a.chunks)
+        margin = a.header.required_margin
     if as_json:
         click.echo(json.dumps({"ok": r.ok, "problems": r.problems, "documents": docs,
                                "min_decode_margin": None if r.min_margin == float("inf") else r.min_margin,

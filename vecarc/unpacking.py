@@ -6,6 +6,7 @@ SHA-256, and never writes outside the folder it was given.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from array import array
 from collections.abc import Callable, Sequence
@@ -44,23 +45,31 @@ class DecodeResult:
 
 
 def decode_archive(
-    archive: Archive, lm: LoadedModel, progress: Progress | None = None, known: dict[int, list[int]] | None = None
+    archive: Archive, lm: LoadedModel, progress: Progress | None = None, known: dict[int, list[int]] | None = None,
+    wanted: set[str] | None = None,
 ) -> DecodeResult:
-    """Rebuild every document in memory and check it against its hashes.
+    """Rebuild every document (or the `wanted` ones, by name) in memory and check it against its hashes;
+    the others' chunks are not decoded and their entries in `documents` are None.
 
     known: tokens that pack's greedy checks already produced for some vector and
     predicted chunks, so the final check before writing need not decode those again.
     """
     tokens: dict[int, list[int]] = dict(known or {})
     margins: dict[int, float] = {}
-    for todo, vecs, corrections in greedy_jobs(archive, set(tokens)):
+    by_doc = archive.header.chunks_by_document()
+    skip = set(tokens) | {i for d, mine in zip(archive.documents, by_doc) if wanted is not None
+                          and d.name not in wanted for i in mine}
+    for todo, vecs, corrections in greedy_jobs(archive, skip):
         got, mins = decode_many(lm, vecs, [archive.chunks[i].tokens for i in todo], progress=progress,
                                 corrections=corrections)
         tokens.update(zip(todo, got))
         margins.update(zip(todo, mins))
     out: list[bytes | None] = []
     problems: list[str] = []
-    for doc, mine in zip(archive.documents, archive.header.chunks_by_document()):
+    for doc, mine in zip(archive.documents, by_doc):
+        if wanted is not None and doc.name not in wanted:
+            out.append(None)
+            continue
         try:
             data = _document_bytes(archive, lm, doc, mine, tokens, problems)
         except VecarcError as e:
@@ -73,6 +82,20 @@ def decode_archive(
         else:
             out.append(data)
     return DecodeResult(out, problems, tokens, margins)
+
+
+def select(names: Sequence[str], members: Sequence[str] | None) -> set[str] | None:
+    """The document names that members (names or shell globs, as tar takes them) pick; None: all.
+    A member that picks nothing is an error, as in tar ("not found in the archive")."""
+    if not members:
+        return None
+    picked: set[str] = set()
+    for m in members:
+        hits = {n for n in names if n == m or fnmatch.fnmatchcase(n, m)}
+        if not hits:
+            raise VecarcError(f"{m}: not found in the archive")
+        picked |= hits
+    return picked
 
 
 def greedy_jobs(archive: Archive, skip: set[int] = frozenset()) -> list[tuple[list[int], list, list | None]]:
@@ -141,9 +164,11 @@ def install_hint(source: str) -> str:
     return f"pass --model with the {'GGUF file' if kind == 'gguf' else 'model folder'} it was packed from ({where})"
 
 
-def verify(archive: str | Path | Archive | Indexed, *, model: str | LoadedModel | None = None, device: str = "auto",
-           progress: Progress | None = None, strict: bool = False) -> DecodeResult:
-    """Decode everything in memory and compare with the stored hashes; writes nothing.
+def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, *,
+           model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
+           strict: bool = False) -> DecodeResult:
+    """Decode everything (or the members named: names or globs) in memory and compare with the stored
+    hashes; writes nothing.
 
     strict: also demand the archive's recorded margin at every token, and the
     same tokens under the conditions another reader may decode with (thread
@@ -152,20 +177,24 @@ def verify(archive: str | Path | Archive | Indexed, *, model: str | LoadedModel 
     """
     a = open_any(archive)
     if isinstance(a, Indexed):
-        return _verify_index(a, model, device, progress, strict)
-    return _verify_one(a, model_for(a, model, device), progress, strict)
+        return _verify_index(a, select([d.name for d in a.index.documents], members), model, device, progress,
+                             strict)
+    return _verify_one(a, model_for(a, model, device), progress, strict, select([d.name for d in a.documents],
+                                                                                     members))
 
 
-def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool) -> DecodeResult:
-    r = decode_archive(a, lm, progress)
+def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool,
+                wanted: set[str] | None = None) -> DecodeResult:
+    r = decode_archive(a, lm, progress, wanted=wanted)
     if strict and r.ok and r.margins:
         need = a.header.required_margin
         low = sorted(i for i, m in r.margins.items() if m < need)
         if low:
             r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
                               f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
+        undecoded = set(range(len(a.chunks))) - set(r.tokens)
         parts = [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, corrections=corrections)
-                 for idx, vecs, corrections in greedy_jobs(a)]
+                 for idx, vecs, corrections in greedy_jobs(a, undecoded)]
         r.stress = combine(parts)
         for rep in r.stress:
             if rep.binding and rep.flips:
@@ -173,38 +202,44 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
     return r
 
 
-def _verify_index(ix: Indexed, model, device: str, progress: Progress | None, strict: bool) -> DecodeResult:
-    """Every volume verified in turn (one model load), and every document's parts as unpack checks them."""
+def _verify_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
+                  strict: bool) -> DecodeResult:
+    """Every volume (holding a wanted document) verified in turn (one model load), and every wanted
+    document's parts as unpack checks them."""
     model_of = _volume_models(model, device)
     problems, reports, smallest = [], [], []
     hashes = [hashlib.sha256() for _ in ix.index.documents]
-    for k, v in enumerate(ix.index.volumes):
+    for k in ix.volumes_holding(wanted):
+        v = ix.index.volumes[k]
         try:
             a = ix.volume(k)
         except VecarcError as e:
             problems.append(str(e))
             hashes = None  # a part is missing: the documents' hashes cannot be checked
             continue
-        r = _verify_one(a, model_of(a), progress, strict)
+        r = _verify_one(a, model_of(a), progress, strict, wanted)
         problems += [f"{v.file}: {p}" for p in r.problems]
         if r.ok and hashes is not None:
-            problems += _parts(ix, k, a, r.documents, hashes)
+            problems += _parts(ix, k, a, r.documents, hashes, wanted)
         smallest.append(r.min_margin)
         if r.stress:
             reports.append(r.stress)
         emit(progress, event="note", message=f"volume {k + 1} of {len(ix.index.volumes)} checked")
     if hashes is not None and not problems:
         problems += [f"{d.name}: its parts do not match its SHA-256" for d, h in zip(ix.index.documents, hashes)
-                     if h.hexdigest() != d.sha256]
+                     if (wanted is None or d.name in wanted) and h.hexdigest() != d.sha256]
     margins = {0: min(smallest)} if smallest and min(smallest) < float("inf") else {}
     return DecodeResult([], problems, margins=margins, stress=combine(reports) if reports else [])
 
 
-def _parts(ix: Indexed, k: int, a: Archive, documents: Sequence[bytes | None], hashes: list) -> list[str]:
+def _parts(ix: Indexed, k: int, a: Archive, documents: Sequence[bytes | None], hashes: list,
+           wanted: set[str] | None = None) -> list[str]:
     """Volume k's parts checked against the index (their sizes), and added to their documents' hashes."""
     by_name = {d.name: i for i, d in enumerate(ix.index.documents)}
     problems = []
     for d, data in zip(a.documents, documents):
+        if data is None and wanted is not None and d.name not in wanted:
+            continue  # not asked for: not decoded
         i = by_name[d.name]
         part = next(p for p in ix.index.documents[i].parts if p.volume == k)
         if data is None or len(data) != part.size:
@@ -257,49 +292,54 @@ def _target(outdir: Path, name: str, force: bool) -> Path:
     return target
 
 
-def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", *,
-           model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
+def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", members: Sequence[str] | None = None,
+           *, model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
            progress: Progress | None = None) -> list[Path]:
-    """Decode and check every document, then write them under output_dir (all or none)."""
+    """Decode and check every document (or the members named: names or globs, whose chunks alone are
+    decoded), then write them under output_dir (all or none)."""
     outdir = Path(output_dir)
     if outdir.exists() and not outdir.is_dir():
         raise VecarcError(f"{outdir} exists and is not a folder")
     a = open_any(archive)
     if isinstance(a, Indexed):
-        return _unpack_index(a, outdir, model, device, force, progress)
-    targets = [_target(outdir, d.name, force) for d in a.documents]
-    result = decode_archive(a, model_for(a, model, device), progress)
+        return _unpack_index(a, select([d.name for d in a.index.documents], members), outdir, model, device,
+                             force, progress)
+    wanted = select([d.name for d in a.documents], members)
+    docs = [(i, d) for i, d in enumerate(a.documents) if wanted is None or d.name in wanted]
+    targets = [_target(outdir, d.name, force) for _, d in docs]
+    result = decode_archive(a, model_for(a, model, device), progress, wanted=wanted)
     if not result.ok:
         raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
     with Staged() as out:
-        for t, data in zip(targets, result.documents):
-            out.append(t, data)
+        for t, (i, _) in zip(targets, docs):
+            out.append(t, result.documents[i])
         out.commit()
     return targets
 
 
-def _unpack_index(ix: Indexed, outdir: Path, model, device: str, force: bool,
+def _unpack_index(ix: Indexed, wanted: set[str] | None, outdir: Path, model, device: str, force: bool,
                   progress: Progress | None) -> list[Path]:
-    """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
+    """Decode volume by volume (those holding a wanted document), appending parts to temporary files;
+    rename all once every hash matched."""
     model_of = _volume_models(model, device)
     index = ix.index
-    final = [_target(outdir, d.name, force) for d in index.documents]
-    by_name = {d.name: i for i, d in enumerate(index.documents)}
-    hashes = [hashlib.sha256() for _ in final]
+    final = {d.name: _target(outdir, d.name, force) for d in index.documents if wanted is None or d.name in wanted}
+    hashes = [hashlib.sha256() for _ in index.documents]
     with Staged() as out:
-        for k in range(len(index.volumes)):
+        for k in ix.volumes_holding(wanted):
             a = ix.volume(k)
-            r = decode_archive(a, model_of(a), progress)
+            r = decode_archive(a, model_of(a), progress, wanted=wanted)
             if not r.ok:
                 raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
-            problems = _parts(ix, k, a, r.documents, hashes)
+            problems = _parts(ix, k, a, r.documents, hashes, wanted)
             if problems:
                 raise VerificationError(f"{problems[0]}; nothing written")
             for d, data in zip(a.documents, r.documents):
-                out.append(final[by_name[d.name]], data)
+                if d.name in final:
+                    out.append(final[d.name], data)
             emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} decoded")
         for d, h in zip(index.documents, hashes):
-            if h.hexdigest() != d.sha256:
+            if d.name in final and h.hexdigest() != d.sha256:
                 raise VerificationError(f"{d.name}: its parts do not match its SHA-256; nothing written")
         out.commit()
-    return final
+    return list(final.values())

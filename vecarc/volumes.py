@@ -148,6 +148,10 @@ class Indexed:
     def volume(self, k: int, load_vectors: bool = True) -> Archive:
         return open_volume(self.path, self.index, k, load_vectors)
 
+    def volumes_holding(self, names: set[str] | None = None) -> list[int]:
+        """The volumes holding a part of any of these documents (None: every volume), in order."""
+        return sorted({p.volume for d in self.index.documents if names is None or d.name in names for p in d.parts})
+
 
 def open_any(source: str | Path | Archive | Indexed, load_vectors: bool = True) -> Archive | Indexed:
     """An archive, or a volume index: the one place that tells them apart (by the magic number)."""

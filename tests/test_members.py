@@ -1,0 +1,83 @@
+"""One document out of many, as tar takes them: unpack and verify decode only the named members'
+chunks (of a volume index, only the volumes that hold them); a member that names nothing is an error."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import run_cli
+
+import vecarc
+from vecarc import PackConfig, VecarcError
+from vecarc.tiny import TRAIN_TEXT
+
+DOCS = {"notes/a.txt": TRAIN_TEXT[:600].encode(), "notes/b.txt": TRAIN_TEXT[600:1500].encode(),
+        "c.md": TRAIN_TEXT[1500:1900].encode()}
+
+
+def _inputs(d):
+    (d / "notes").mkdir(exist_ok=True)
+    for name, data in DOCS.items():
+        (d / name).write_bytes(data)
+    return list(DOCS)
+
+
+def _decoded_tokens(monkeypatch) -> list[int]:
+    """Every greedy decode unpack runs, as the tokens it decodes."""
+    from vecarc import unpacking
+
+    real, seen = unpacking.decode_many, []
+
+    def counting(lm, vectors, lengths, *a, **k):
+        seen.extend(lengths)
+        return real(lm, vectors, lengths, *a, **k)
+
+    monkeypatch.setattr(unpacking, "decode_many", counting)
+    return seen
+
+
+@pytest.fixture()
+def archive(tmp_path, monkeypatch, trained_tiny):
+    monkeypatch.chdir(tmp_path)
+    r = vecarc.pack(_inputs(tmp_path), "m.vec", PackConfig(chunk_tokens=32), model=trained_tiny)
+    return tmp_path, r.archive
+
+
+def test_one_member_unpacks_alone_and_only_its_chunks_are_decoded(archive, trained_tiny, monkeypatch):
+    d, a = archive
+    seen = _decoded_tokens(monkeypatch)
+    written = vecarc.unpack(d / "m.vec", d / "out", ["notes/b.txt"], model=trained_tiny)
+    assert [p.relative_to(d / "out").as_posix() for p in written] == ["notes/b.txt"]
+    assert written[0].read_bytes() == DOCS["notes/b.txt"]
+    assert not (d / "out" / "c.md").exists() and not (d / "out" / "notes" / "a.txt").exists()
+    b = next(i for i, doc in enumerate(a.documents) if doc.name == "notes/b.txt")
+    greedy = [c.tokens for c in a.chunks if c.doc == b and c.kind in ("predicted", "vector")]
+    assert greedy and sorted(seen) == sorted(greedy)  # its own chunks, and no other's
+
+
+def test_globs_pick_members_and_a_member_that_names_nothing_is_an_error(archive, trained_tiny):
+    d, _ = archive
+    written = vecarc.unpack(d / "m.vec", d / "out", ["notes/*"], model=trained_tiny)
+    assert sorted(p.name for p in written) == ["a.txt", "b.txt"]
+    with pytest.raises(VecarcError, match="nothing.txt: not found in the archive"):
+        vecarc.unpack(d / "m.vec", d / "out2", ["c.md", "nothing.txt"], model=trained_tiny)
+    assert not (d / "out2").exists()
+    code, out = run_cli("unpack", d / "m.vec", "nope*", "-o", d / "out3", "--model", trained_tiny.folder)
+    assert code == 2 and "nope*: not found in the archive" in out
+    code, out = run_cli("verify", d / "m.vec", "c.md", "--model", trained_tiny.folder)
+    assert code == 0 and "OK (1 document," in out
+
+
+def test_a_member_of_a_volume_index_decodes_only_the_volumes_that_hold_it(tmp_path, monkeypatch, trained_tiny):
+    from vecarc.volumes import Indexed
+
+    monkeypatch.chdir(tmp_path)
+    r = vecarc.pack(_inputs(tmp_path), "v.vec", PackConfig(chunk_tokens=32, volume_size=500), model=trained_tiny)
+    holding = [k for k, v in enumerate(r.index.volumes) if any(p.volume == k for doc in r.index.documents
+                                                               if doc.name == "c.md" for p in doc.parts)]
+    assert len(holding) < len(r.index.volumes)
+    opened = []
+    real = Indexed.volume
+    monkeypatch.setattr(Indexed, "volume", lambda self, k, *a: opened.append(k) or real(self, k, *a))
+    written = vecarc.unpack("v.vec", "out", ["c.md"], model=trained_tiny)
+    assert [p.read_bytes() for p in written] == [DOCS["c.md"]] and opened == holding
+    assert vecarc.verify("v.vec", ["c.md"], model=trained_tiny).ok
