@@ -81,3 +81,62 @@ def test_a_member_of_a_volume_index_decodes_only_the_volumes_that_hold_it(tmp_pa
     written = vecarc.unpack("v.vec", "out", ["c.md"], model=trained_tiny)
     assert [p.read_bytes() for p in written] == [DOCS["c.md"]] and opened == holding
     assert vecarc.verify("v.vec", ["c.md"], model=trained_tiny).ok
+    import io
+
+    buf = io.BytesIO()  # a document cut across volumes comes out whole, after its hash matched
+    assert len([p for doc in r.index.documents if doc.name == "notes/b.txt" for p in doc.parts]) > 1
+    vecarc.cat("v.vec", ["notes/b.txt", "c.md"], buf, model=trained_tiny)
+    assert buf.getvalue() == DOCS["notes/b.txt"] + DOCS["c.md"]
+
+
+def test_cat_writes_the_members_bytes_and_nothing_on_a_hash_failure(archive, trained_tiny, tmp_path):
+    import io
+
+    from helpers import resealed
+
+    d, _ = archive
+    buf = io.BytesIO()
+    n = vecarc.cat(d / "m.vec", ["c.md", "notes/a.txt"], buf, model=trained_tiny)
+    assert buf.getvalue() == DOCS["notes/a.txt"] + DOCS["c.md"] and n == len(buf.getvalue())  # archive order
+    buf = io.BytesIO()
+    vecarc.cat(d / "m.vec", None, buf, model=trained_tiny)
+    assert buf.getvalue() == b"".join(DOCS.values())
+
+    def lie(h):  # the last document's hash no longer matches: nothing at all may be written
+        h["documents"][-1]["sha256"] = "0" * 64
+
+    (tmp_path / "bad.vec").write_bytes(resealed((d / "m.vec").read_bytes(), lie))
+    buf = io.BytesIO()
+    with pytest.raises(vecarc.VerificationError, match="nothing written"):
+        vecarc.cat(tmp_path / "bad.vec", None, buf, model=trained_tiny)
+    assert buf.getvalue() == b""
+
+
+def test_cat_and_unpack_c_on_the_command_line(archive, trained_tiny):
+    from click.testing import CliRunner
+
+    from vecarc.cli import main
+
+    d, _ = archive
+    for args in (["cat", str(d / "m.vec"), "notes/b.txt"], ["unpack", "-c", str(d / "m.vec"), "notes/b.txt"]):
+        r = CliRunner().invoke(main, [*args, "--model", trained_tiny.folder, "-q"], catch_exceptions=False)
+        assert r.exit_code == 0 and r.stdout_bytes == DOCS["notes/b.txt"]
+
+
+def test_list_names_every_document_with_its_share(archive, tmp_path, monkeypatch, trained_tiny):
+    import json
+
+    d, a = archive
+    code, out = run_cli("list", d / "m.vec")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].split("\t") == ["name", "size", "stored", "chunks", "kind"]
+    assert [line.split("\t")[0] for line in lines[1:]] == list(DOCS)
+    code, out = run_cli("list", d / "m.vec", "--json")
+    rows = json.loads(out)
+    assert [r["size"] for r in rows] == [len(v) for v in DOCS.values()]
+    assert abs(sum(r["stored"] for r in rows) - (a.size - vecarc.summary(a)["overhead_bytes"])) <= len(rows)
+    monkeypatch.chdir(tmp_path)
+    _inputs(tmp_path)
+    vecarc.pack(list(DOCS), "v.vec", PackConfig(chunk_tokens=32, volume_size=500), model=trained_tiny)
+    code, out = run_cli("list", "v.vec", "--json")
+    assert code == 0 and [(r["name"], r["size"]) for r in json.loads(out)] == [(k, len(v)) for k, v in DOCS.items()]

@@ -6,7 +6,7 @@
     vecarc.unpack("notes.vec", "out/")
 """
 
-from .api import pack, pack_documents, summary, unpack, verify
+from .api import cat, pack, pack_documents, summary, unpack, verify
 from .capacity import calibrate
 from .config import PackConfig
 from .engine import RayEngine
@@ -18,5 +18,6 @@ from .version import __version__
 
 __all__ = [
     "Archive", "LoadedModel", "PackConfig", "RayEngine", "SearchSettings", "VecarcError", "VerificationError",
-    "__version__", "calibrate", "load_model", "pack", "pack_documents", "read_archive", "summary", "unpack", "verify",
+    "__version__", "calibrate", "cat", "load_model", "pack", "pack_documents", "read_archive", "summary", "unpack",
+    "verify",
 ]

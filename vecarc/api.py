@@ -28,10 +28,10 @@ from .models import LoadedModel, resolve_model
 from .packing import PackResult, pack_documents
 from .plan import Budget
 from .summary import summary
-from .unpacking import unpack, verify
+from .unpacking import cat, unpack, verify
 from .volumes import Piece, VolumePlan, finished, index_documents, plan_volumes, read_piece, volume_path
 
-__all__ = ["PackResult", "pack", "pack_documents", "summary", "unpack", "verify"]
+__all__ = ["PackResult", "cat", "pack", "pack_documents", "summary", "unpack", "verify"]
 
 Warn = Callable[[str], None]
 

@@ -25,7 +25,7 @@ from .inputs import check_input, output_for
 from .journal import journal_path
 from .plan import MIN_CHUNK_TOKENS
 from .search import SEARCH_DTYPES, VECTOR_DTYPES, SearchSettings
-from .summary import summary
+from .summary import listing, summary
 from .unpacking import select
 from .volumes import Indexed, open_any
 
@@ -203,17 +203,21 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
 @click.option("-o", "--output", "outdir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder to write the documents into.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
+@click.option("-c", "--stdout", "to_stdout", is_flag=True,
+              help="Write the documents' bytes to standard output instead (as vecarc cat).")
 @model_opt
 @device_opt
 @quiet_opt
 @verbose_opt
 @handled
-def unpack(archive, members, outdir, force, model, device, quiet, verbose):
+def unpack(archive, members, outdir, force, to_stdout, model, device, quiet, verbose):
     """Decode an archive (or a volume index), check every hash, then write the documents.
 
     MEMBERS (document names or shell globs, as tar takes them) unpack only those documents: only
     their chunks (and an index's volumes that hold them) are decoded.
     """
+    if to_stdout:
+        return _cat(archive, members, model, device, quiet)
     with progress_bar(quiet) as on:
         paths = api.unpack(archive, outdir, members, model=model, device=device, force=force, progress=on)
     if not quiet:
@@ -272,6 +276,41 @@ def info(archive, as_json, verbose):
         display.info_index(archive, s)
     else:
         display.info_archive(archive, s)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.argument("members", nargs=-1, metavar="[MEMBER]...")
+@model_opt
+@device_opt
+@quiet_opt
+@verbose_opt
+@handled
+def cat(archive, members, model, device, quiet, verbose):
+    """Write the documents' bytes (or the MEMBERS', names or globs) to standard output, in archive order,
+    once every one has matched its SHA-256: never part of a document."""
+    _cat(archive, members, model, device, quiet)
+
+
+def _cat(archive, members, model, device, quiet) -> None:
+    with progress_bar(quiet) as on:
+        api.cat(archive, members, model=model, device=device, progress=on)
+
+
+@main.command(name="list")
+@click.argument("archive", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@verbose_opt
+@handled
+def list_(archive, as_json, verbose):
+    """One line per document: name, size, bytes stored, chunks, how it is stored (no model load)."""
+    rows = listing(open_any(archive, load_vectors=False))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    show_table(display.out, ["name", "size", "stored", "chunks", "kind"],
+               [[r["name"], str(r["size"]), str(r["stored"]), str(r["chunks"]), "+".join(r["kinds"]) or "empty"]
+                for r in rows])
 
 
 @main.command()

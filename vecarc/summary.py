@@ -91,3 +91,34 @@ def index_summary(ix: Indexed) -> dict:
             "ratio": original / stored if stored else None,
             "documents": [{"name": d.name, "size": d.size, "sha256": d.sha256,
                            "parts": [index.volumes[p.volume].file for p in d.parts]} for d in index.documents]}
+
+
+def listing(archive: Archive | Indexed) -> list[dict]:
+    """One row per document (`vecarc list`): name, size, bytes stored, chunks and how they are stored.
+
+    Bytes stored are the document's share of the body: its literal blocks, its rows of the vectors
+    section and its part of the corrections section (by its corrections' count); the header and
+    checksum are the archive's, not a document's. Of an index, the shares of every part add up.
+    """
+    if isinstance(archive, Indexed):
+        rows: dict[str, dict] = {}
+        for k in archive.volumes_holding():
+            for row in listing(archive.volume(k, load_vectors=False)):
+                have = rows.setdefault(row["name"], {**row, "size": 0, "stored": 0, "chunks": 0, "kinds": []})
+                for key in ("size", "stored", "chunks"):
+                    have[key] += row[key]
+                have["kinds"] = sorted(set(have["kinds"]) | set(row["kinds"]))
+        return [rows[d.name] for d in archive.index.documents]
+    h = archive.header
+    vec_len, vec_rows = h.vectors.section[1], max(1, h.vectors.count)
+    fix_len, fixes = (h.corrections.section[1], max(1, h.corrections.count)) if h.corrections else (0, 1)
+    out = []
+    for doc, mine in zip(h.documents, h.chunks_by_document()):
+        chunks = [h.chunks[i] for i in mine]
+        stored = sum(c.length for c in chunks if c.is_literal)
+        stored += vec_len * sum(c.kind == "vector" for c in chunks) / vec_rows
+        stored += fix_len * sum(c.corrections for c in chunks) / fixes
+        kinds = sorted({"literal" if c.is_literal else c.kind for c in chunks})
+        out.append({"name": doc.name, "size": doc.size, "stored": round(stored), "chunks": len(chunks),
+                    "kinds": kinds, "sha256": doc.sha256})
+    return out

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import shutil
+import sys
+import tempfile
 from array import array
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from .chunks import GREEDY, literal
 from .decode import decode_many
@@ -319,27 +324,61 @@ def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = "."
 
 def _unpack_index(ix: Indexed, wanted: set[str] | None, outdir: Path, model, device: str, force: bool,
                   progress: Progress | None) -> list[Path]:
-    """Decode volume by volume (those holding a wanted document), appending parts to temporary files;
-    rename all once every hash matched."""
-    model_of = _volume_models(model, device)
-    index = ix.index
-    final = {d.name: _target(outdir, d.name, force) for d in index.documents if wanted is None or d.name in wanted}
-    hashes = [hashlib.sha256() for _ in index.documents]
+    """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
+    final = {d.name: _target(outdir, d.name, force) for d in ix.index.documents if wanted is None or d.name in wanted}
     with Staged() as out:
-        for k in ix.volumes_holding(wanted):
-            a = ix.volume(k)
-            r = decode_archive(a, model_of(a), progress, wanted=wanted)
-            if not r.ok:
-                raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
-            problems = _parts(ix, k, a, r.documents, hashes, wanted)
-            if problems:
-                raise VerificationError(f"{problems[0]}; nothing written")
-            for d, data in zip(a.documents, r.documents):
-                if d.name in final:
-                    out.append(final[d.name], data)
-            emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} decoded")
-        for d, h in zip(index.documents, hashes):
-            if d.name in final and h.hexdigest() != d.sha256:
-                raise VerificationError(f"{d.name}: its parts do not match its SHA-256; nothing written")
+        _decode_index(ix, wanted, model, device, progress, lambda name, data: out.append(final[name], data))
         out.commit()
     return list(final.values())
+
+
+def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
+                  sink: Callable[[str, bytes], None]) -> None:
+    """Each wanted document's parts, volume by volume (only those holding one), handed to sink(name, part)
+    once its volume decoded and the part's size matched; VerificationError if any document's parts do not
+    make its SHA-256 (checked at the end: the sink must hold everything back until then)."""
+    model_of = _volume_models(model, device)
+    index = ix.index
+    hashes = [hashlib.sha256() for _ in index.documents]
+    for k in ix.volumes_holding(wanted):
+        a = ix.volume(k)
+        r = decode_archive(a, model_of(a), progress, wanted=wanted)
+        if not r.ok:
+            raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
+        problems = _parts(ix, k, a, r.documents, hashes, wanted)
+        if problems:
+            raise VerificationError(f"{problems[0]}; nothing written")
+        for d, data in zip(a.documents, r.documents):
+            if wanted is None or d.name in wanted:
+                sink(d.name, data)
+        emit(progress, event="note", message=f"volume {k + 1} of {len(index.volumes)} decoded")
+    for d, h in zip(index.documents, hashes):
+        if (wanted is None or d.name in wanted) and h.hexdigest() != d.sha256:
+            raise VerificationError(f"{d.name}: its parts do not match its SHA-256; nothing written")
+
+
+def cat(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, out: BinaryIO | None = None,
+        *, model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None) -> int:
+    """Write every document's bytes (or the members'), in archive order, to out (default standard output),
+    once every one of them has matched its SHA-256: never part of a document. Returns the bytes written."""
+    out = out if out is not None else sys.stdout.buffer
+    a = open_any(archive)
+    if isinstance(a, Indexed):
+        wanted = select([d.name for d in a.index.documents], members)
+        with ExitStack() as stack:
+            spools = {d.name: stack.enter_context(tempfile.SpooledTemporaryFile(1 << 24))
+                      for d in a.index.documents if wanted is None or d.name in wanted}
+            _decode_index(a, wanted, model, device, progress, lambda name, data: spools[name].write(data))
+            for f in spools.values():
+                f.seek(0)
+                shutil.copyfileobj(f, out)
+            return sum(d.size for d in a.index.documents if d.name in spools)
+    wanted = select([d.name for d in a.documents], members)
+    r = decode_archive(a, model_for(a, model, device), progress, wanted=wanted)
+    if not r.ok:
+        raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
+    done = [data for data in r.documents if data is not None]
+    for data in done:
+        out.write(data)
+    out.flush()
+    return sum(map(len, done))
