@@ -38,8 +38,10 @@ Warn = Callable[[str], None]
 
 def pack(inputs: Sequence[str | Path], output: str | Path | None = None, config: PackConfig | None = None, *,
          model: str | LoadedModel | None = None, device: str = "auto", force: bool = False, resume: bool = False,
-         progress: Progress | None = None, warn: Warn | None = None, trace: Trace | None = None) -> PackResult:
-    """Pack files into one .vec archive; output defaults to FIRST_INPUT.vec.
+         exclude: Sequence[str] = (), progress: Progress | None = None, warn: Warn | None = None,
+         trace: Trace | None = None) -> PackResult:
+    """Pack files (a folder: every regular file under it, less `exclude` patterns) into one .vec archive;
+    output defaults to FIRST_INPUT.vec.
 
     Work in progress is kept in OUTPUT.journal; resume=True continues it after an
     interruption, and the journal is removed once the archive is written. Inputs of
@@ -50,7 +52,9 @@ def pack(inputs: Sequence[str | Path], output: str | Path | None = None, config:
     output = output_for(inputs, output)
     if output.exists() and not force:
         raise VecarcError(f"{output} exists (use -f to overwrite)")
-    named = named_inputs(inputs)
+    named = named_inputs(inputs, exclude, warn)
+    if not named:
+        raise VecarcError("nothing to pack: the folders given hold no regular file")
     sized = [(p, n, p.stat().st_size) for p, n in named]
     plans = plan_volumes(sized, cfg.volume_size) if cfg.volume_size and sum(z for *_, z in sized) > cfg.volume_size \
         else None

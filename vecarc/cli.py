@@ -128,8 +128,10 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Archive path (default: INPUT.vec).")
+@click.option("--exclude", multiple=True, metavar="PATTERN",
+              help="Leave out files (or folders) under a folder input whose name or path matches (repeatable).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
 @model_opt
 @device_opt
@@ -160,10 +162,10 @@ def main() -> None:
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens, min_chunk_tokens,
-         fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every, volume_size, engine,
-         address, workers, as_json, quiet, verbose):
-    """Pack text files into one .vec archive.
+def pack(inputs, output, exclude, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens,
+         min_chunk_tokens, fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every,
+         volume_size, engine, address, workers, as_json, quiet, verbose):
+    """Pack text files (a folder: every regular file under it, as tar names them) into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
     without a stored profile is calibrated first.
@@ -177,7 +179,7 @@ def pack(inputs, output, force, model, device, mode, seed, vectors, vector_dtype
     try:
         with progress_bar(quiet) as on:
             r = api.pack(list(inputs), output, config, model=model, device=device, force=force, resume=resume,
-                         progress=on, warn=warner(quiet))
+                         exclude=exclude, progress=on, warn=warner(quiet))
     except KeyboardInterrupt:
         j = journal_path(target)
         kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""

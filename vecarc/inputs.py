@@ -1,8 +1,12 @@
-"""What pack reads: inputs checked and named before any work, and the output path it writes."""
+"""What pack reads: inputs (files, and the files under folders) checked and named before any work, and
+the output path it writes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fnmatch
+import os
+import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 from .errors import VecarcError
@@ -27,10 +31,16 @@ def check_input(path: str | Path) -> Path:
     return p
 
 
-def named_inputs(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
-    """(path, stored name) per input; names that an archive could not hold are refused before any work."""
-    checked = [check_input(path) for path in paths]
-    names = [document_name(p) for p in checked]
+def named_inputs(paths: Sequence[str | Path], exclude: Sequence[str] = (),
+                 warn: Callable[[str], None] | None = None) -> list[tuple[Path, str]]:
+    """(path, stored name) per input, a folder standing for the files under it (folder_files); names
+    that an archive could not hold are refused before any work."""
+    pairs: list[tuple[Path, str]] = []
+    for path in paths:
+        p = Path(path)
+        pairs += folder_files(p, exclude, warn) if p.is_dir() and not p.is_symlink() else [(check_input(p), "")]
+    checked = [p for p, _ in pairs]
+    names = [name or document_name(p) for p, name in pairs]
     if len(set(names)) != len(names):
         name = next(n for i, n in enumerate(names) if n in names[:i])
         raise VecarcError(f"two inputs would be stored under the same name {name!r}")
@@ -39,6 +49,43 @@ def named_inputs(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
     except VecarcError as e:
         raise VecarcError(f"cannot store these inputs: {str(e).removeprefix('corrupt archive: ')}") from None
     return list(zip(checked, names))
+
+
+def folder_files(folder: Path, exclude: Sequence[str] = (),
+                 warn: Callable[[str], None] | None = None) -> list[tuple[Path, str]]:
+    """Every regular file under folder, in sorted order, named as tar names them: relative to the folder's
+    parent (`vecarc pack in` stores `in/a.txt`; `.` stores `a.txt`). Symlinks are not followed and
+    special files (FIFOs, sockets, devices) are skipped, each said through warn; a name, or any folder
+    on its way, that matches an --exclude pattern is left out."""
+    base = folder.parent if folder.name not in ("", ".", "..") else folder
+    out: list[tuple[Path, str]] = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs
+                         if not _excluded(here / d, base, exclude) and not _skipped_link(here / d, warn))
+        for f in sorted(files):
+            p = here / f
+            if _excluded(p, base, exclude) or _skipped_link(p, warn):
+                continue
+            if not stat.S_ISREG(p.lstat().st_mode):
+                if warn:
+                    warn(f"skipped {p}: not a regular file")
+                continue
+            out.append((p, p.relative_to(base).as_posix()))
+    return out
+
+
+def _excluded(p: Path, base: Path, patterns: Sequence[str]) -> bool:
+    name = p.relative_to(base).as_posix()
+    return any(fnmatch.fnmatchcase(name, pat) or fnmatch.fnmatchcase(p.name, pat) for pat in patterns)
+
+
+def _skipped_link(p: Path, warn: Callable[[str], None] | None) -> bool:
+    if p.is_symlink():
+        if warn:
+            warn(f"skipped {p}: a symlink (not followed)")
+        return True
+    return False
 
 
 def read_inputs(paths: Sequence[str | Path]) -> list[tuple[str, bytes]]:
