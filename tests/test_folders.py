@@ -67,3 +67,45 @@ def test_an_empty_folder_and_an_output_inside_the_folder_are_refused(tmp_path, m
     with pytest.raises(VecarcError, match="which this pack writes"):
         vecarc.pack(["in"], "in/old.vec", model=trained_tiny, force=True)
     assert (tmp_path / "in" / "old.vec").read_bytes() == b"an earlier archive, kept by its user\n"
+
+
+def _cli(args, stdin: bytes | None = None):
+    from click.testing import CliRunner
+
+    from vecarc.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], input=stdin, catch_exceptions=False)
+
+
+def test_standard_input_in_and_an_archive_to_standard_output(tmp_path, monkeypatch, trained_tiny):
+    monkeypatch.chdir(tmp_path)
+    text = TREE["in/a.txt"] * 3
+    r = _cli(["pack", "-", "-o", "s.vec", "--name", "notes/piped.txt", "--chunk-tokens", "32",
+              "--model", trained_tiny.folder, "-q"], stdin=text)
+    assert r.exit_code == 0, r.output
+    assert [d.name for d in vecarc.read_archive("s.vec").documents] == ["notes/piped.txt"]
+    assert vecarc.unpack("s.vec", "out", model=trained_tiny)[0].read_bytes() == text
+    r = _cli(["pack", "-", "-o", "-", "--chunk-tokens", "32", "--model", trained_tiny.folder, "-q"], stdin=text)
+    assert r.exit_code == 0 and r.stdout_bytes[:8] == b"\x89VEC\r\n\x1a\n"
+    (tmp_path / "o.vec").write_bytes(r.stdout_bytes)
+    assert vecarc.read_archive("o.vec").documents[0].name == "stdin"
+    assert vecarc.unpack("o.vec", "out2", model=trained_tiny)[0].read_bytes() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.vec", "out", "out2", "s.vec"]  # no journal, no temp
+
+
+def test_standard_streams_refuse_what_they_cannot_do(tmp_path, monkeypatch, trained_tiny):
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("words")
+    for args, why in ((["pack", "-"], "needs -o FILE or -o -"), (["pack", "-", "-", "-o", "x.vec"], "given once"),
+                      (["pack", "a.txt", "-o", "-", "--resume"], "--resume needs -o FILE"),
+                      (["pack", "a.txt", "-o", "-", "--json"], "both want standard output")):
+        r = _cli([*args, "--model", trained_tiny.folder], stdin=b"x")
+        assert r.exit_code == 2 and why in r.output, (args, r.output)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    from vecarc.stdio import streams
+
+    with pytest.raises(VecarcError, match="refusing to write an archive to a terminal"):
+        with streams(["a.txt"], "-", "stdin", False):
+            pass

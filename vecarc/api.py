@@ -22,7 +22,7 @@ from .fingerprint import sha256_file
 from .format import write_atomic
 from .format.container import TMP_SUFFIX
 from .format.index import Index, Volume
-from .inputs import named_inputs, output_for, read_named
+from .inputs import Input, named_inputs, output_for, read_named
 from .journal import Journal, journal_path
 from .models import LoadedModel, resolve_model
 from .packing import PackResult, pack_documents
@@ -36,7 +36,7 @@ __all__ = ["PackResult", "cat", "pack", "pack_documents", "summary", "unpack", "
 Warn = Callable[[str], None]
 
 
-def pack(inputs: Sequence[str | Path], output: str | Path | None = None, config: PackConfig | None = None, *,
+def pack(inputs: Sequence[Input], output: str | Path | None = None, config: PackConfig | None = None, *,
          model: str | LoadedModel | None = None, device: str = "auto", force: bool = False, resume: bool = False,
          exclude: Sequence[str] = (), progress: Progress | None = None, warn: Warn | None = None,
          trace: Trace | None = None) -> PackResult:

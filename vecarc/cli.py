@@ -6,12 +6,9 @@ Exit codes: 0 ok, 1 verification failed, 2 usage or input error, 130 interrupted
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
-import traceback
 import warnings
-from functools import wraps
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -20,106 +17,29 @@ from . import api, capacity, display
 from .config import DEFAULT_FILL, DEFAULT_VOLUME_SIZE, MODES, PREDICT_TOKENS, PackConfig
 from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
-from .errors import VecarcError, describe
+from .errors import VecarcError
 from .inputs import check_input, output_for
 from .journal import journal_path
+from .options import (
+    byte_size,
+    device_opt,
+    engine_options,
+    handled,
+    model_opt,
+    quiet_opt,
+    search_options,
+    seed_opt,
+    verbose_opt,
+)
 from .plan import MIN_CHUNK_TOKENS
-from .search import SEARCH_DTYPES, VECTOR_DTYPES, SearchSettings
+from .search import SearchSettings
+from .stdio import archive_to_stdout, streams
 from .summary import listing, summary
 from .unpacking import select
 from .volumes import Indexed, open_any
 
 # Ctrl-C inside a backward pass makes autograd warn with the forward call's traceback: noise, not news.
 warnings.filterwarnings("ignore", message="Error detected in", category=UserWarning)
-
-model_opt = click.option("--model", default=None, metavar="NAME_OR_PATH",
-                         help="Hub id[@rev], local folder or .gguf (default: embedded SmolLM2-135M).")
-device_opt = click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
-quiet_opt = click.option("-q", "--quiet", is_flag=True, help="No progress or summary.")
-verbose_opt = click.option("-v", "--verbose", is_flag=True, help="More detail; tracebacks on internal errors.")
-seed_opt = click.option("--seed", default=0, show_default=True, type=int)
-
-
-def _byte_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in units else ""
-    try:
-        n = float(t[: len(t) - len(unit)])
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a size such as 64M or 1G") from None
-    if not 0 <= n < 1 << 50:
-        raise click.BadParameter(f"{text!r} is out of range")
-    return int(n * units[unit])
-
-
-def engine_options(fn):
-    """Where the chunks are computed: this process, or a Ray cluster (pip install 'vecarc[ray]')."""
-    fn = click.option("--workers", default=0, type=click.IntRange(0), metavar="N",
-                      help="Ray workers (default: one per GPU, or one per CPU core less one).")(fn)
-    fn = click.option("--address", default=None, metavar="ADDR",
-                      help="Ray cluster to join ('auto': this node's); default: start a local one.")(fn)
-    return click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "ray"]),
-                        help="local: this process; ray: a pool of Ray workers.")(fn)
-
-
-def _finite_positive(ctx, param, value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"must be a finite number above 0, got {value}")
-    return value
-
-
-_SEARCH_OPTIONS = [
-    seed_opt,
-    click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 64),
-                 help="Memory vectors per chunk."),
-    click.option("--vector-dtype", default=SearchSettings.vector_dtype, show_default=True,
-                 type=click.Choice(list(VECTOR_DTYPES))),
-    click.option("--rank", default=None, type=click.IntRange(0),
-                 help="Store R numbers per vector (the vector is P @ z for a fixed ±1 P); 0 stores whole vectors. "
-                      "Default: 256 for models at least 512 wide (the default model), else 0."),
-    click.option("--margin", default=PackConfig.margin, show_default=True, type=float, callback=_finite_positive,
-                 help="Required logit margin."),
-    click.option("--max-steps", default=SearchSettings.max_steps, show_default=True, type=click.IntRange(1)),
-    click.option("--batch-size", default=SearchSettings.batch_size, show_default=True, type=click.IntRange(1)),
-    click.option("--search-dtype", default=SearchSettings.search_dtype, show_default=True,
-                 type=click.Choice(["auto", *SEARCH_DTYPES]),
-                 help="Model copy the search runs on (auto: bf16 where the hardware has it); "
-                      "the float32 model always confirms the margin."),
-]
-
-
-def search_options(fn):
-    """The options that make a SearchSettings, shared by pack and calibrate."""
-    for opt in reversed(_SEARCH_OPTIONS):
-        fn = opt(fn)
-    return fn
-
-
-def handled(fn):
-    """Turn every failure into one line on stderr and a trustworthy exit code."""
-
-    @wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except VecarcError as e:
-            say(f"vecarc: error: {e}")
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            say("vecarc: interrupted; nothing written")
-            sys.exit(130)
-        except BrokenPipeError:  # `vecarc info A | head`: the reader has all it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
-        except Exception as e:  # a bug: still one line unless -v
-            if kwargs.get("verbose"):
-                traceback.print_exc()
-            say(f"vecarc: internal error: {describe(e)}")
-            sys.exit(2)
-
-    return run
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vecarc")
@@ -129,7 +49,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Archive path (default: INPUT.vec).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Archive path (default: INPUT.vec; - : standard output, once the archive is complete and checked).")
+@click.option("--name", default="stdin", show_default=True,
+              help="The name standard input (an input of -) is stored under.")
 @click.option("--exclude", multiple=True, metavar="PATTERN",
               help="Leave out files (or folders) under a folder input whose name or path matches (repeatable).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
@@ -154,7 +77,7 @@ def main() -> None:
 @click.option("--checkpoint-every", default=60.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
               help="How often the optimiser's state goes to the journal (work lost on a kill is at most this).")
 @click.option("--volume-size", default=str(DEFAULT_VOLUME_SIZE >> 20) + "M", show_default=True, metavar="SIZE",
-              callback=lambda ctx, p, v: _byte_size(v),
+              callback=lambda ctx, p, v: byte_size(v),
               help="Inputs larger than this become volumes OUTPUT.0001, ... of about this many input bytes and an "
                    "index at OUTPUT, so memory follows the volume (K, M, G suffixes; 0: one archive).")
 @engine_options
@@ -162,7 +85,7 @@ def main() -> None:
 @quiet_opt
 @verbose_opt
 @handled
-def pack(inputs, output, exclude, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens,
+def pack(inputs, output, name, exclude, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens,
          min_chunk_tokens, fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every,
          volume_size, engine, address, workers, as_json, quiet, verbose):
     """Pack text files (a folder: every regular file under it, as tar names them) into one .vec archive.
@@ -175,16 +98,22 @@ def pack(inputs, output, exclude, force, model, device, mode, seed, vectors, vec
     config = PackConfig(mode=mode, margin=margin, search=search, chunk_tokens=chunk_tokens,
                         min_chunk_tokens=min_chunk_tokens, fill=fill, checkpoint_every=checkpoint_every,
                         volume_size=volume_size, engine=engine_for(engine, address, workers))
-    target = output_for(inputs, output)
-    try:
-        with progress_bar(quiet) as on:
-            r = api.pack(list(inputs), output, config, model=model, device=device, force=force, resume=resume,
-                         exclude=exclude, progress=on, warn=warner(quiet))
-    except KeyboardInterrupt:
-        j = journal_path(target)
-        kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""
-        say(f"vecarc: interrupted; no archive written{kept}")
-        sys.exit(130)
+    if as_json and output == "-":
+        raise VecarcError("--json and -o - both want standard output: give -o FILE for --json")
+    with streams(list(inputs), output, name, resume) as (ins, out):
+        target = output_for(ins, out)
+        try:
+            with progress_bar(quiet) as on:
+                r = api.pack(ins, out, config, model=model, device=device, force=force, resume=resume,
+                             exclude=exclude, progress=on, warn=warner(quiet))
+        except KeyboardInterrupt:
+            j = journal_path(target)
+            kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""
+            say(f"vecarc: interrupted; no archive written{kept}")
+            sys.exit(130)
+        if output == "-":
+            archive_to_stdout(r)
+            r = replace(r, output=Path("-"))  # the summary names standard output, not the temporary file
     s = summary(r.archive) if r.archive is not None else None
     if as_json:
         if s is None:

@@ -31,12 +31,18 @@ def check_input(path: str | Path) -> Path:
     return p
 
 
-def named_inputs(paths: Sequence[str | Path], exclude: Sequence[str] = (),
+Input = str | Path | tuple[Path, str]  # a file or folder, or (file, the name to store it under)
+
+
+def named_inputs(paths: Sequence[Input], exclude: Sequence[str] = (),
                  warn: Callable[[str], None] | None = None) -> list[tuple[Path, str]]:
     """(path, stored name) per input, a folder standing for the files under it (folder_files); names
     that an archive could not hold are refused before any work."""
     pairs: list[tuple[Path, str]] = []
     for path in paths:
+        if isinstance(path, tuple):  # standard input spooled to a file, stored under its --name
+            pairs.append((check_input(path[0]), path[1]))
+            continue
         p = Path(path)
         pairs += folder_files(p, exclude, warn) if p.is_dir() and not p.is_symlink() else [(check_input(p), "")]
     checked = [p for p, _ in pairs]
