@@ -8,7 +8,7 @@ share the prefix [sink, mem_1..mem_k], so no padding is needed.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,10 +24,18 @@ def _cache_arg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+STEP_EVERY = 16  # greedy steps between two progress reports: often enough to move, rarely enough to cost nothing
+
+
+def tokens_done(lengths: Sequence[int], steps: int) -> int:
+    """Tokens decoded after `steps` greedy steps of a batch of rows of these lengths."""
+    return sum(min(steps, n) for n in lengths)
+
+
 @torch.no_grad()
 def greedy_decode(
     lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None,
-    corrections: Sequence[Sequence[Correction]] | None = None,
+    corrections: Sequence[Sequence[Correction]] | None = None, on_step: Callable[[int], None] | None = None,
 ) -> tuple[list[list[int]], list[float]]:
     """Decode lengths[i] tokens from vectors[i] (shape (B, k, d); k = 0 for predicted chunks).
 
@@ -36,7 +44,7 @@ def greedy_decode(
     correction): how close decoding came to flipping.
     `model` (default lm.model) lets `verify --strict` decode on a variant.
     """
-    toks, marg = greedy_margins(lm, vectors, lengths, model, corrections)
+    toks, marg = greedy_margins(lm, vectors, lengths, model, corrections, on_step)
     rows = [toks[r, : lengths[r]].tolist() for r in range(len(lengths))]
     mins = [float(marg[r, : lengths[r]].min()) if lengths[r] else float("inf") for r in range(len(lengths))]
     return rows, mins
@@ -45,7 +53,7 @@ def greedy_decode(
 @torch.no_grad()
 def greedy_margins(
     lm: LoadedModel, vectors: torch.Tensor, lengths: Sequence[int], model=None,
-    corrections: Sequence[Sequence[Correction]] | None = None,
+    corrections: Sequence[Sequence[Correction]] | None = None, on_step: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (B, n) and per-position margins: the winner's lead over the runner-up, among all
     tokens where the model chooses and within the class where a correction names one."""
@@ -78,6 +86,8 @@ def greedy_margins(
         top = logits.topk(2, dim=-1).values
         nxt = logits.argmax(-1)
         tokens.append(nxt)
+        if on_step is not None and ((i + 1) % STEP_EVERY == 0 or i + 1 == maxn):
+            on_step(i + 1)  # steps taken: what a progress bar counts
         margins.append(top[:, 0] - top[:, 1])  # -inf runner-up: a class of one token, inf
         if i + 1 == maxn:
             break
@@ -103,14 +113,17 @@ def decode_many(
     """
     tokens: list[list[int]] = [[] for _ in lengths]
     margins: list[float] = [float("inf")] * len(lengths)
-    done, total = 0, sum(1 for n in lengths if n)
+    done, total, base, all_tokens = 0, sum(1 for n in lengths if n), 0, sum(lengths)
     for group in length_batches(lengths, batch_size, max_cells):
         vec = torch.stack([vectors[i] for i in group])
-        rows, mins = greedy_decode(lm, vec, [lengths[i] for i in group], model,
-                                   [corrections[i] for i in group] if corrections is not None else None)
+        sizes = [lengths[i] for i in group]
+        step = None if progress is None else (lambda k, base=base, sizes=sizes: progress(
+            {"event": "tokens", "done": base + tokens_done(sizes, k), "total": all_tokens}))
+        rows, mins = greedy_decode(lm, vec, sizes, model,
+                                   [corrections[i] for i in group] if corrections is not None else None, step)
         for i, r, m in zip(group, rows, mins):
             tokens[i], margins[i] = r, m
-        done += len(group)
+        done, base = done + len(group), base + sum(sizes)
         if progress is not None:
             progress({"event": "decode", "done": done, "total": total})
     return tokens, margins

@@ -64,6 +64,14 @@ def _on_event(bar: Progress, tasks: dict[str, int], e: dict) -> None:
         bar.update(tasks["cal"], info=f"sample {e['sample']} · {e['tokens']} tokens")
     elif kind == "note":
         bar.console.print(f"vecarc: {e['message']}", markup=False, highlight=False)
+    elif kind == "tokens":  # greedy steps, every few: what moves while one batch decodes
+        if "tokens" not in tasks:
+            tasks["tokens"] = bar.add_task("tokens", total=e["total"], info="")
+        bar.update(tasks["tokens"], completed=e["done"], total=e["total"])
+        speed = next(t.speed for t in bar.tasks if t.id == tasks["tokens"])
+        bar.update(tasks["tokens"], info=f"{speed:,.0f} tokens/s" if speed else "")
+        if e["done"] >= e["total"]:
+            tasks.pop("tokens")
     elif kind == "decode":
         if "decode" not in tasks:
             tasks["decode"] = bar.add_task("decoding", total=e["total"], info="")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..decode import DECODE_CELLS, greedy_margins
+from ..decode import DECODE_CELLS, greedy_margins, tokens_done
 from ..events import emit
 from ..format import Chunk, encode_tokens, greedy_cap, token_hash
 from ..format import corrections as codec
@@ -72,17 +72,19 @@ def teacher_corrections(lm: LoadedModel, chunks: Sequence[Sequence[int]], margin
 
 
 def checked_corrections(lm: LoadedModel, chunks: Sequence[Sequence[int]], corrections: list[list[Correction]],
-                  margin: float) -> list[list[Correction] | None]:
+                        margin: float, on_step: Callable[[int], None] | None = None) -> list[list[Correction] | None]:
     """The corrections, completed until real greedy decoding (the one unpack runs) gives every
     chunk back with `margin` at every position; None for a chunk that does not settle. A position
-    the check finds short gets a correction of full bits (one token: nothing can outrank it)."""
+    the check finds short gets a correction of full bits (one token: nothing can outrank it).
+    on_step(steps) follows the first check, which decodes every chunk (later ones, few, are not counted)."""
     out: list[list[Correction] | None] = [list(f) for f in corrections]
     todo = list(range(len(chunks)))
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(MAX_ROUNDS):
         if not todo:
             break
         empty = torch.zeros(len(todo), 0, lm.hidden_size)
-        toks, marg = greedy_margins(lm, empty, [len(chunks[i]) for i in todo], corrections=[out[i] for i in todo])
+        toks, marg = greedy_margins(lm, empty, [len(chunks[i]) for i in todo], corrections=[out[i] for i in todo],
+                                    on_step=on_step if round_ == 0 else None)
         again = []
         for r, i in enumerate(todo):
             want = torch.tensor(list(chunks[i]))
@@ -109,10 +111,14 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
     each batch's records are final once handed over (hooks.final marks them in the journal).
     """
     hooks = hooks or Hooks()
-    done = 0
+    done, base, all_tokens = 0, 0, sum(len(t) for _, t in items)
     for group in length_batches([len(t) for _, t in items], 64, DECODE_CELLS):
         toks = [items[i][1] for i in group]
-        got = checked_corrections(lm, toks, teacher_corrections(lm, toks, cfg.margin), cfg.margin)
+        sizes = [len(t) for t in toks]
+        step = None if hooks.progress is None else (lambda k, base=base, sizes=sizes: emit(
+            hooks.progress, event="tokens", done=base + tokens_done(sizes, k), total=all_tokens))
+        got = checked_corrections(lm, toks, teacher_corrections(lm, toks, cfg.margin), cfg.margin, step)
+        base += sum(sizes)
         for i, t, corrections in zip(group, toks, got):
             on_record(fate(items[i][0], t, corrections))
         if hooks.final is not None:
