@@ -250,3 +250,32 @@ def test_a_malformed_or_unreachable_address_is_one_line_at_once(tmp_path, traine
     with pytest.raises(vecarc.VecarcError, match="nothing answers at the Ray address 127.0.0.1:1"):
         _reachable("127.0.0.1:1")  # what a pack on that address checks before Ray's own minutes of retries
     assert time.monotonic() - t0 <= CONNECT_TIMEOUT + 1
+
+
+def test_unpack_and_verify_on_ray_with_a_worker_killed(cluster, trained_tiny, tmp_path, monkeypatch):
+    """Decoding spreads over the pool a batch a shard; a worker that dies is replaced and its shard decoded
+    again; the driver checks every hash, and writes all documents or none, as a local unpack does."""
+    monkeypatch.chdir(tmp_path)
+    docs = {**DOCS, "more.txt": (TRAIN_TEXT * 4).encode()[:6000]}
+    vecarc.pack(_inputs(tmp_path, docs), "u.vec", PackConfig(chunk_tokens=16), model=trained_tiny)
+    chunks = sum(c.kind == "predicted" for c in vecarc.read_archive("u.vec").chunks)
+    assert chunks > 64  # more than one shard
+    marker = tmp_path / "die-once"
+    marker.touch()
+    notes, decoded = [], []
+    engine = vecarc.RayEngine(workers=2, fault_marker=str(marker))
+
+    def on(e):
+        if e["event"] == "note":
+            notes.append(e["message"])
+        elif e["event"] == "decode":
+            decoded.append(e["done"])
+
+    written = vecarc.unpack("u.vec", "out", model=trained_tiny, engine=engine, progress=on)
+    assert {p.relative_to("out").as_posix(): p.read_bytes() for p in written} == docs
+    assert not marker.exists() and any("a worker died on shard" in n for n in notes) and decoded[-1] == chunks
+    r = vecarc.verify("u.vec", model=trained_tiny, engine=vecarc.RayEngine(workers=2))
+    assert r.ok and r.min_margin >= 0.5
+    code, out = __import__("helpers").run_cli("verify", "u.vec", "more.txt", "--engine", "ray", "--workers", "2",
+                                              "--model", trained_tiny.folder)
+    assert code == 0 and "OK (1 document" in out

@@ -138,19 +138,22 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
               help="Write the documents' bytes to standard output instead (as vecarc cat).")
 @model_opt
 @device_opt
+@engine_options
 @quiet_opt
 @verbose_opt
 @handled
-def unpack(archive, members, outdir, force, to_stdout, model, device, quiet, verbose):
+def unpack(archive, members, outdir, force, to_stdout, model, device, engine, address, workers, quiet, verbose):
     """Decode an archive (or a volume index), check every hash, then write the documents.
 
     MEMBERS (document names or shell globs, as tar takes them) unpack only those documents: only
     their chunks (and an index's volumes that hold them) are decoded.
     """
+    where = engine_for(engine, address, workers)
     if to_stdout:
-        return _cat(archive, members, model, device, quiet)
+        return _cat(archive, members, model, device, where, quiet)
     with progress_bar(quiet) as on:
-        paths = api.unpack(archive, outdir, members, model=model, device=device, force=force, progress=on)
+        paths = api.unpack(archive, outdir, members, model=model, device=device, force=force, progress=on,
+                           engine=where)
     if not quiet:
         for p in paths:
             say(f"wrote {p}")
@@ -164,18 +167,20 @@ def unpack(archive, members, outdir, force, to_stdout, model, device, quiet, ver
 @click.option("--strict", is_flag=True,
               help="Also require the recorded margin at every token, and the same tokens with another thread "
                    "count, attention kernel and batch shape (a bf16 model is reported).")
+@engine_options
 @click.option("--json", "as_json", is_flag=True)
 @quiet_opt
 @verbose_opt
 @handled
-def verify(archive, members, model, device, strict, as_json, quiet, verbose):
+def verify(archive, members, model, device, strict, engine, address, workers, as_json, quiet, verbose):
     """Decode everything in memory (a volume index: volume by volume) and check it; exit 1 if anything differs.
 
     MEMBERS (document names or shell globs) verify only those documents.
     """
     a = open_any(archive)
     with progress_bar(quiet or as_json) as on:
-        r = api.verify(a, members, model=model, device=device, progress=on, strict=strict)
+        r = api.verify(a, members, model=model, device=device, progress=on, strict=strict,
+                       engine=engine_for(engine, address, workers))
     names = [d.name for d in (a.index.documents if isinstance(a, Indexed) else a.documents)]
     wanted = set(names) if not members else select(names, members)
     docs, chunks, margin = len(wanted), None, None
@@ -214,18 +219,19 @@ def info(archive, as_json, verbose):
 @click.argument("members", nargs=-1, metavar="[MEMBER]...")
 @model_opt
 @device_opt
+@engine_options
 @quiet_opt
 @verbose_opt
 @handled
-def cat(archive, members, model, device, quiet, verbose):
+def cat(archive, members, model, device, engine, address, workers, quiet, verbose):
     """Write the documents' bytes (or the MEMBERS', names or globs) to standard output, in archive order,
     once every one has matched its SHA-256: never part of a document."""
-    _cat(archive, members, model, device, quiet)
+    _cat(archive, members, model, device, engine_for(engine, address, workers), quiet)
 
 
-def _cat(archive, members, model, device, quiet) -> None:
+def _cat(archive, members, model, device, engine, quiet) -> None:
     with progress_bar(quiet) as on:
-        api.cat(archive, members, model=model, device=device, progress=on)
+        api.cat(archive, members, model=model, device=device, progress=on, engine=engine)
 
 
 @main.command(name="list")

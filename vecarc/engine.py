@@ -27,12 +27,14 @@ from typing import Any
 from .capacity import search_samples
 from .chunks import MODES, ChunkRecord, Item
 from .config import PackConfig
+from .decode import decode_many
 from .errors import VecarcError, VerificationError, describe
 from .events import Progress, emit
 from .models import LoadedModel, load_model
 from .search import SearchSettings
 
 Record = tuple[dict, dict]  # (meta, tensors): a ChunkRecord as the journal stores it
+DecodeShard = tuple[list, list[int], list | None]  # prefix vectors, lengths, corrections of up to 64 chunks
 
 
 def work_shard(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item]) -> list[Record]:
@@ -68,6 +70,11 @@ class ShardWorker:
         self._ready(fault_marker)
         return search_samples(self.lm, self.cfg.search, windows, first_tokens, tol)
 
+    def decode(self, shard: DecodeShard, fault_marker: str | None = None) -> tuple[list[list[int]], list[float]]:
+        self._ready(fault_marker)
+        vectors, lengths, corrections = shard
+        return decode_many(self.lm, vectors, lengths, corrections=corrections)
+
     def _ready(self, fault_marker: str | None) -> None:
         if self.error is not None:
             raise self.error
@@ -78,7 +85,7 @@ class ShardWorker:
 
 @dataclass
 class RayEngine:
-    """Pack or calibrate on a Ray cluster: `address` None starts a local one (or uses the one this
+    """Pack, calibrate, unpack or verify on a Ray cluster: `address` None starts a local one (or uses the one this
     process has joined), "auto" joins the cluster of this node. workers 0: one per GPU, or on CPUs
     one per core less one (Ray's own processes need a core). A shard whose worker dies is retried
     on a fresh worker up to `retries` times; then the pack fails and writes nothing."""
@@ -132,6 +139,32 @@ class RayEngine:
         pool.drive([[w] for w in windows], lambda w, shard: w.calibrate.remote(shard, first_tokens, tol,
                                                                                 self.fault_marker), back, progress)
         return found, searches
+
+    def decode(self, lm: LoadedModel, jobs: Sequence[tuple[list[int], list, list | None]], lengths: Sequence[int],
+               progress: Progress | None = None) -> tuple[dict[int, list[int]], dict[int, float]]:
+        """Greedy-decode chunks on the pool, a batch (64 rows) a shard: jobs as unpacking.greedy_jobs makes
+        them, lengths by chunk index. Returns tokens and smallest margins by chunk index; the driver checks
+        every chunk's hash and every document's SHA-256 as a local unpack does."""
+        shards: list[tuple[list[int], DecodeShard]] = []
+        for indices, vectors, corrections in jobs:
+            for i in range(0, len(indices), 64):
+                part = indices[i : i + 64]
+                shards.append((part, (vectors[i : i + 64], [lengths[c] for c in part],
+                                      None if corrections is None else corrections[i : i + 64])))
+        tokens: dict[int, list[int]] = {}
+        margins: dict[int, float] = {}
+        if not shards:
+            return tokens, margins
+
+        def back(k: int, result: tuple[list[list[int]], list[float]]) -> None:
+            tokens.update(zip(shards[k][0], result[0]))
+            margins.update(zip(shards[k][0], result[1]))
+            emit(progress, event="decode", done=len(tokens), total=sum(len(p) for p, _ in shards))
+
+        pool = self._pool(lm, PackConfig())
+        pool.drive([shard for _, shard in shards], lambda w, shard: w.decode.remote(shard, self.fault_marker), back,
+                   progress)
+        return tokens, margins
 
     def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
         ray = _ray()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .chunks import GREEDY, literal
 from .decode import decode_many
@@ -29,6 +29,9 @@ from .robust import combine, stress
 from .text import detokenize
 from .volumes import Indexed, open_any
 from .writer import Staged
+
+if TYPE_CHECKING:
+    from .engine import RayEngine
 
 
 @dataclass
@@ -51,20 +54,26 @@ class DecodeResult:
 
 def decode_archive(
     archive: Archive, lm: LoadedModel, progress: Progress | None = None, known: dict[int, list[int]] | None = None,
-    wanted: set[str] | None = None,
+    wanted: set[str] | None = None, engine: RayEngine | None = None,
 ) -> DecodeResult:
     """Rebuild every document (or the `wanted` ones, by name) in memory and check it against its hashes;
     the others' chunks are not decoded and their entries in `documents` are None.
 
     known: tokens that pack's greedy checks already produced for some vector and
     predicted chunks, so the final check before writing need not decode those again.
+    engine: decode the chunks on a Ray pool; the hashes are checked here all the same.
     """
     tokens: dict[int, list[int]] = dict(known or {})
     margins: dict[int, float] = {}
     by_doc = archive.header.chunks_by_document()
     skip = set(tokens) | {i for d, mine in zip(archive.documents, by_doc) if wanted is not None
                           and d.name not in wanted for i in mine}
-    for todo, vecs, corrections in greedy_jobs(archive, skip):
+    jobs = greedy_jobs(archive, skip)
+    if engine is not None and jobs:
+        got_tokens, got_margins = engine.decode(lm, jobs, [c.tokens for c in archive.chunks], progress)
+        tokens.update(got_tokens)
+        margins.update(got_margins)
+    for todo, vecs, corrections in jobs if engine is None else []:
         got, mins = decode_many(lm, vecs, [archive.chunks[i].tokens for i in todo], progress=progress,
                                 corrections=corrections)
         tokens.update(zip(todo, got))
@@ -171,7 +180,7 @@ def install_hint(source: str) -> str:
 
 def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, *,
            model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
-           strict: bool = False) -> DecodeResult:
+           strict: bool = False, engine: RayEngine | None = None) -> DecodeResult:
     """Decode everything (or the members named: names or globs) in memory and compare with the stored
     hashes; writes nothing.
 
@@ -183,14 +192,14 @@ def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | Non
     a = open_any(archive)
     if isinstance(a, Indexed):
         return _verify_index(a, select([d.name for d in a.index.documents], members), model, device, progress,
-                             strict)
-    return _verify_one(a, model_for(a, model, device), progress, strict, select([d.name for d in a.documents],
-                                                                                     members))
+                             strict, engine)
+    wanted = select([d.name for d in a.documents], members)
+    return _verify_one(a, model_for(a, model, device), progress, strict, wanted, engine)
 
 
 def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool,
-                wanted: set[str] | None = None) -> DecodeResult:
-    r = decode_archive(a, lm, progress, wanted=wanted)
+                wanted: set[str] | None = None, engine: RayEngine | None = None) -> DecodeResult:
+    r = decode_archive(a, lm, progress, wanted=wanted, engine=engine)
     if strict and r.ok and r.margins:
         need = a.header.required_margin
         low = sorted(i for i, m in r.margins.items() if m < need)
@@ -208,7 +217,7 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
 
 
 def _verify_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
-                  strict: bool) -> DecodeResult:
+                  strict: bool, engine: RayEngine | None) -> DecodeResult:
     """Every volume (holding a wanted document) verified in turn (one model load), and every wanted
     document's parts as unpack checks them."""
     model_of = _volume_models(model, device)
@@ -222,7 +231,7 @@ def _verify_index(ix: Indexed, wanted: set[str] | None, model, device: str, prog
             problems.append(str(e))
             hashes = None  # a part is missing: the documents' hashes cannot be checked
             continue
-        r = _verify_one(a, model_of(a), progress, strict, wanted)
+        r = _verify_one(a, model_of(a), progress, strict, wanted, engine)
         problems += [f"{v.file}: {p}" for p in r.problems]
         if r.ok and hashes is not None:
             problems += _parts(ix, k, a, r.documents, hashes, wanted)
@@ -299,7 +308,7 @@ def _target(outdir: Path, name: str, force: bool) -> Path:
 
 def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", members: Sequence[str] | None = None,
            *, model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
-           progress: Progress | None = None) -> list[Path]:
+           progress: Progress | None = None, engine: RayEngine | None = None) -> list[Path]:
     """Decode and check every document (or the members named: names or globs, whose chunks alone are
     decoded), then write them under output_dir (all or none)."""
     outdir = Path(output_dir)
@@ -308,11 +317,11 @@ def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = "."
     a = open_any(archive)
     if isinstance(a, Indexed):
         return _unpack_index(a, select([d.name for d in a.index.documents], members), outdir, model, device,
-                             force, progress)
+                             force, progress, engine)
     wanted = select([d.name for d in a.documents], members)
     docs = [(i, d) for i, d in enumerate(a.documents) if wanted is None or d.name in wanted]
     targets = [_target(outdir, d.name, force) for _, d in docs]
-    result = decode_archive(a, model_for(a, model, device), progress, wanted=wanted)
+    result = decode_archive(a, model_for(a, model, device), progress, wanted=wanted, engine=engine)
     if not result.ok:
         raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
     with Staged() as out:
@@ -323,17 +332,17 @@ def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = "."
 
 
 def _unpack_index(ix: Indexed, wanted: set[str] | None, outdir: Path, model, device: str, force: bool,
-                  progress: Progress | None) -> list[Path]:
+                  progress: Progress | None, engine: RayEngine | None) -> list[Path]:
     """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
     final = {d.name: _target(outdir, d.name, force) for d in ix.index.documents if wanted is None or d.name in wanted}
     with Staged() as out:
-        _decode_index(ix, wanted, model, device, progress, lambda name, data: out.append(final[name], data))
+        _decode_index(ix, wanted, model, device, progress, lambda name, data: out.append(final[name], data), engine)
         out.commit()
     return list(final.values())
 
 
 def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
-                  sink: Callable[[str, bytes], None]) -> None:
+                  sink: Callable[[str, bytes], None], engine: RayEngine | None = None) -> None:
     """Each wanted document's parts, volume by volume (only those holding one), handed to sink(name, part)
     once its volume decoded and the part's size matched; VerificationError if any document's parts do not
     make its SHA-256 (checked at the end: the sink must hold everything back until then)."""
@@ -342,7 +351,7 @@ def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, prog
     hashes = [hashlib.sha256() for _ in index.documents]
     for k in ix.volumes_holding(wanted):
         a = ix.volume(k)
-        r = decode_archive(a, model_of(a), progress, wanted=wanted)
+        r = decode_archive(a, model_of(a), progress, wanted=wanted, engine=engine)
         if not r.ok:
             raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
         problems = _parts(ix, k, a, r.documents, hashes, wanted)
@@ -358,7 +367,8 @@ def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, prog
 
 
 def cat(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, out: BinaryIO | None = None,
-        *, model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None) -> int:
+        *, model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
+        engine: RayEngine | None = None) -> int:
     """Write every document's bytes (or the members'), in archive order, to out (default standard output),
     once every one of them has matched its SHA-256: never part of a document. Returns the bytes written."""
     out = out if out is not None else sys.stdout.buffer
@@ -368,13 +378,13 @@ def cat(archive: str | Path | Archive | Indexed, members: Sequence[str] | None =
         with ExitStack() as stack:
             spools = {d.name: stack.enter_context(tempfile.SpooledTemporaryFile(1 << 24))
                       for d in a.index.documents if wanted is None or d.name in wanted}
-            _decode_index(a, wanted, model, device, progress, lambda name, data: spools[name].write(data))
+            _decode_index(a, wanted, model, device, progress, lambda name, data: spools[name].write(data), engine)
             for f in spools.values():
                 f.seek(0)
                 shutil.copyfileobj(f, out)
             return sum(d.size for d in a.index.documents if d.name in spools)
     wanted = select([d.name for d in a.documents], members)
-    r = decode_archive(a, model_for(a, model, device), progress, wanted=wanted)
+    r = decode_archive(a, model_for(a, model, device), progress, wanted=wanted, engine=engine)
     if not r.ok:
         raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
     done = [data for data in r.documents if data is not None]
