@@ -1,4 +1,4 @@
-"""Throughput of packing on Ray with 1 and 2 workers against a local pack, default model.
+"""Throughput of packing and unpacking on Ray with 1 and 2 workers against local ones, default model.
 
     python -m benchmarks.ray_scale [--size 8192] [--workers 1,2] [--mode predict]
 
@@ -6,7 +6,8 @@ One fixed slice (the reported 10 % offset of jargon.txt, as benchmarks.corpora c
 each configuration runs in its own process, one after the other: local with one torch
 thread, then Ray with N workers of one thread each (a local Ray of N CPUs). Reports wall
 seconds of the whole pack (planning, workers' start and model load, the chunks, the
-final check and serialization), tokens per second, and the archive's bytes.
+final check, which decodes the workers' chunks again on the driver, and serialization), tokens
+per second, the whole unpack's seconds on the same engine, and the archive's bytes.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def one(config: str, src: str, mode: str) -> dict:
     t = time.perf_counter()
     r = vecarc.pack([src], src + f".{config}.vec", vecarc.PackConfig(mode=mode, engine=engine), model=lm, force=True)
     secs = time.perf_counter() - t
+    t = time.perf_counter()
+    vecarc.unpack(r.output, Path(src).parent / f"out.{config}", model=lm, force=True, engine=engine)
+    unpack_secs = time.perf_counter() - t
     tokens = sum(c.tokens or 0 for c in r.archive.chunks)
     return {"config": config, "seconds": secs, "tokens": tokens, "tokens_per_s": tokens / secs,
-            "archive_bytes": r.archive_bytes, "chunks": len(r.archive.chunks)}
+            "unpack_seconds": unpack_secs, "archive_bytes": r.archive_bytes, "chunks": len(r.archive.chunks)}
 
 
 def main() -> None:
@@ -59,8 +63,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     src.write_bytes(corpus_slice("jargon.txt", args.size))
     rows = []
-    print("| engine | seconds | tokens/s | speed-up | archive bytes |")
-    print("|---|---|---|---|---|")
+    print("| engine | pack s | tokens/s | speed-up | unpack s | speed-up | archive bytes |")
+    print("|---|---|---|---|---|---|---|")
     for config in ["local", *args.workers.split(",")]:
         out = subprocess.run([sys.executable, "-m", "benchmarks.ray_scale", "--one", config, "--size", str(args.size),
                               "--mode", args.mode, "--work", str(work)], capture_output=True, text=True, check=True)
@@ -68,6 +72,7 @@ def main() -> None:
         rows.append(r)
         name = "local, 1 thread" if config == "local" else f"Ray, {config} worker{'s' if config != '1' else ''}"
         print(f"| {name} | {r['seconds']:.0f} | {r['tokens_per_s']:.1f} | {rows[0]['seconds'] / r['seconds']:.2f}x | "
+              f"{r['unpack_seconds']:.0f} | {rows[0]['unpack_seconds'] / r['unpack_seconds']:.2f}x | "
               f"{r['archive_bytes']:,} |", flush=True)
     (work / "ray_scale.json").write_text(json.dumps(rows, indent=1))
 
