@@ -14,12 +14,15 @@ from pathlib import Path
 import click
 
 from . import api, capacity, display
+from . import bench as B
 from .config import DEFAULT_FILL, DEFAULT_VOLUME_SIZE, MODES, PREDICT_TOKENS, PackConfig
 from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
 from .errors import VecarcError
+from .format import write_atomic
 from .inputs import check_input, output_for
 from .journal import journal_path
+from .models import load_model
 from .options import (
     byte_size,
     device_opt,
@@ -271,9 +274,6 @@ def list_(archive, as_json, verbose):
 def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps, chunk_tokens, seed, model, device,
           quiet, verbose):
     """Compare vecarc with zstd and xz on the same files: sizes, times, the model's own limit."""
-    from . import bench as B
-    from .models import load_model
-
     try:
         levels = [int(x) for x in zstd_levels.split(",") if x.strip()]
     except ValueError:
@@ -290,8 +290,6 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
         results = [B.bench_file(p, lm, zstd_levels=levels, vector_dtypes=dtypes, config=config, archive=archive,
                                 single=len(inputs) == 1, reps=reps, progress=on) for p in inputs]
     if json_out:
-        from .format import write_atomic
-
         write_atomic(Path(json_out), json.dumps(results, indent=2).encode(), force=True)
     if plot_out:
         B.plot(results, plot_out)
@@ -318,8 +316,6 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
 def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts, percentile, first_tokens, max_steps,
               batch_size, search_dtype, seed, engine, address, workers, as_json, quiet, verbose):
     """Measure how much information one set of memory vectors holds; store it as a profile."""
-    from .models import load_model
-
     loaded = []
     for p in texts:
         check_input(p)
