@@ -1,7 +1,7 @@
 """The package's shape: imports point one way, modules and functions stay short enough to read whole.
 
-Imports are counted wherever they stand, inside functions too (bar `if TYPE_CHECKING:`
-blocks, which never run): an import placed in a function to dodge a circle is still a circle.
+Imports are counted wherever they stand, inside functions and `if TYPE_CHECKING:` blocks too:
+an import placed there to dodge a circle is still a circle.
 """
 
 from __future__ import annotations
@@ -21,25 +21,13 @@ def _module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(parts)
 
 
-def _type_checking_blocks(tree: ast.AST) -> set[int]:
-    """ids of the nodes inside `if TYPE_CHECKING:` blocks."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
-            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return skip
-
-
 def _imports(path: Path, modules: set[str], root: Path = ROOT) -> set[str]:
     """The vecarc modules one file imports (a package's __init__ counts only when named itself)."""
     name = _module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = _type_checking_blocks(tree)
     found: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom):
@@ -112,4 +100,4 @@ def test_the_checker_sees_a_circle_inside_a_function(tmp_path):
     (tmp_path / "pkg").mkdir()
     src = tmp_path / "pkg" / "m.py"
     src.write_text("def f():\n    from .x import y\nif TYPE_CHECKING:\n    from .z import w\n")
-    assert _imports(src, {"pkg.x", "pkg.z", "pkg.m"}, root=tmp_path / "pkg") == {"pkg.x"}
+    assert _imports(src, {"pkg.x", "pkg.z", "pkg.m"}, root=tmp_path / "pkg") == {"pkg.x", "pkg.z"}

@@ -22,9 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .config import DEFAULT_FILL
+from .config import DEFAULT_FILL, Engine
 from .entropy import token_nll
 from .errors import VecarcError
 from .events import Progress
@@ -34,9 +33,6 @@ from .models import LoadedModel, cache_dir
 from .plan import MIN_CHUNK_TOKENS, Budget
 from .search import CramResult, Job, SearchSettings, chunk_key, cram
 from .summary import spread
-
-if TYPE_CHECKING:
-    from .engine import RayEngine
 
 PROFILE_FORMAT = "vecarc-profile"
 PROFILE_VERSION = 1
@@ -134,7 +130,7 @@ def calibrate(
     tol: float = 0.2,
     percentile: float = DEFAULT_PERCENTILE,
     progress: Progress | None = None,
-    engine: RayEngine | None = None,
+    engine: Engine | None = None,
 ) -> dict:
     """Measure capacity on sample texts; returns the profile entry (not yet saved).
 
@@ -323,7 +319,7 @@ def budget_for(lm: LoadedModel, entry: dict, s: SearchSettings, fill: float = DE
 
 
 def capacity_budget(lm: LoadedModel, s: SearchSettings, fill: float = DEFAULT_FILL, progress: Progress | None = None,
-                    warn: Callable[[str], None] | None = None, engine: RayEngine | None = None) -> Budget:
+                    warn: Callable[[str], None] | None = None, engine: Engine | None = None) -> Budget:
     """The planning budget from this model's profile; calibrates (and stores) when there is none.
 
     A model that cannot hold even the shortest calibration sample stops the pack with what to do

@@ -30,6 +30,7 @@ from .options import (
     handled,
     model_opt,
     quiet_opt,
+    reader_options,
     search_options,
     seed_opt,
     verbose_opt,
@@ -139,9 +140,7 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files.")
 @click.option("-c", "--stdout", "to_stdout", is_flag=True,
               help="Write the documents' bytes to standard output instead (as vecarc cat).")
-@model_opt
-@device_opt
-@engine_options
+@reader_options
 @quiet_opt
 @verbose_opt
 @handled
@@ -165,12 +164,10 @@ def unpack(archive, members, outdir, force, to_stdout, model, device, engine, ad
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.argument("members", nargs=-1, metavar="[MEMBER]...")
-@model_opt
-@device_opt
+@reader_options
 @click.option("--strict", is_flag=True,
               help="Also require the recorded margin at every token, and the same tokens with another thread "
                    "count, attention kernel and batch shape (a bf16 model is reported).")
-@engine_options
 @click.option("--json", "as_json", is_flag=True)
 @quiet_opt
 @verbose_opt
@@ -220,9 +217,7 @@ def info(archive, as_json, verbose):
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False))
 @click.argument("members", nargs=-1, metavar="[MEMBER]...")
-@model_opt
-@device_opt
-@engine_options
+@reader_options
 @quiet_opt
 @verbose_opt
 @handled

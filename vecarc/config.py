@@ -10,16 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from . import overrides
 from .errors import VecarcError
+from .models import LoadedModel
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for
 from .search.settings import SearchSettings
-
-if TYPE_CHECKING:
-    from .engine import RayEngine
-    from .models import LoadedModel
 
 MODES = ("predict", "vectors")
 # Predicted chunks: more context, fewer corrections (512 against 256: -3 %; 1,024: -2 % more, but
@@ -29,6 +26,18 @@ DEFAULT_FILL = 0.9  # the capacity plan cuts chunks to this fraction of the cali
 # Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
 # (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
 DEFAULT_VOLUME_SIZE = 32 << 20
+
+
+class Engine(Protocol):
+    """Where chunks are computed beyond this process: vecarc.engine.RayEngine. The layers below the
+    engine (config, capacity, unpacking) know it by this interface only, so none imports it."""
+
+    def run(self, lm: LoadedModel, cfg: PackConfig, items: Any, on_shard: Any, progress: Any = None) -> None: ...
+
+    def calibrate(self, lm: LoadedModel, s: SearchSettings, windows: Any, first_tokens: int, tol: float,
+                  progress: Any = None) -> tuple[list, list]: ...
+
+    def decode(self, lm: LoadedModel, jobs: Any, lengths: Any, progress: Any = None) -> tuple[dict, dict]: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ class PackConfig:
     fill: float = DEFAULT_FILL
     checkpoint_every: float = 60.0  # seconds between snapshots of the search in the journal
     volume_size: int = DEFAULT_VOLUME_SIZE  # larger inputs become volumes and an index; 0: never
-    engine: RayEngine | None = None  # None: this process
+    engine: Engine | None = None  # None: this process
 
     @property
     def predicted(self) -> bool:

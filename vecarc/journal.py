@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from .chunks.record import is_count, is_tag
 from .errors import VecarcError, VerificationError
 
 MAGIC = b"VECJ"
@@ -99,13 +100,13 @@ def malformed(kind: int, meta: Any, tensors: dict) -> str | None:
         return "a record that is not an object"
     if kind != STATE:
         return None
-    if not _count(meta.get("step")):
+    if not is_count(meta.get("step")):
         return "a snapshot without its step"
     if "slots" not in meta:
         return None  # a mark: the results before it are final
     slots, pending = meta.get("slots"), meta.get("pending")
-    if not (isinstance(slots, list) and isinstance(pending, list) and all(_tag(t) for t in pending)
-            and all(_count(meta.get(k)) for k in ("total", "done", "taken"))):
+    if not (isinstance(slots, list) and isinstance(pending, list) and all(is_tag(t) for t in pending)
+            and all(is_count(meta.get(k)) for k in ("total", "done", "taken"))):
         return "a snapshot without its queue"
     if not all(isinstance(sl, dict) and _slot(sl) for sl in slots):
         return "a snapshot with a malformed slot"
@@ -116,24 +117,16 @@ def malformed(kind: int, meta: Any, tensors: dict) -> str | None:
     return None
 
 
-def _count(x: Any) -> bool:
-    return type(x) is int and 0 <= x < 1 << 62
-
-
 def _number(x: Any) -> bool:
     return type(x) in (int, float)
 
 
-def _tag(t: Any) -> bool:
-    return isinstance(t, list) and len(t) == 3 and all(_count(x) for x in t) and t[1] < t[2]
-
-
 def _slot(sl: dict) -> bool:
     cand = sl.get("cand")
-    return (_tag(sl.get("tag")) and _count(sl.get("t")) and _number(sl.get("best")) and _count(sl.get("best_t"))
+    return (is_tag(sl.get("tag")) and is_count(sl.get("t")) and _number(sl.get("best")) and is_count(sl.get("best_t"))
             and type(sl.get("polish")) is bool and "search_steps" in sl
-            and (sl["search_steps"] is None or _count(sl["search_steps"]))
-            and _number(sl.get("extra", 0.0)) and _count(sl.get("decodes", 0))
+            and (sl["search_steps"] is None or is_count(sl["search_steps"]))
+            and _number(sl.get("extra", 0.0)) and is_count(sl.get("decodes", 0))
             and (cand is None or (isinstance(cand, list) and len(cand) == 3 and all(map(_number, cand)))))
 
 

@@ -72,6 +72,11 @@ _SEARCH_OPTIONS = [
 ]
 
 
+def reader_options(fn):
+    """What every command that decodes takes: the model, the device, and where the chunks are decoded."""
+    return model_opt(device_opt(engine_options(fn)))
+
+
 def search_options(fn):
     """The options that make a SearchSettings, shared by pack and calibrate."""
     for opt in reversed(_SEARCH_OPTIONS):

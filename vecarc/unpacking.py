@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from .chunks import GREEDY, literal
+from .config import Engine
 from .decode import decode_many
 from .errors import VecarcError, VerificationError
 from .events import Progress, emit
@@ -29,9 +30,6 @@ from .robust import combine, stress
 from .text import detokenize
 from .volumes import Indexed, open_any
 from .writer import Staged
-
-if TYPE_CHECKING:
-    from .engine import RayEngine
 
 
 @dataclass
@@ -54,7 +52,7 @@ class DecodeResult:
 
 def decode_archive(
     archive: Archive, lm: LoadedModel, progress: Progress | None = None, known: dict[int, list[int]] | None = None,
-    wanted: set[str] | None = None, engine: RayEngine | None = None,
+    wanted: set[str] | None = None, engine: Engine | None = None,
 ) -> DecodeResult:
     """Rebuild every document (or the `wanted` ones, by name) in memory and check it against its hashes;
     the others' chunks are not decoded and their entries in `documents` are None.
@@ -180,7 +178,7 @@ def install_hint(source: str) -> str:
 
 def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, *,
            model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
-           strict: bool = False, engine: RayEngine | None = None) -> DecodeResult:
+           strict: bool = False, engine: Engine | None = None) -> DecodeResult:
     """Decode everything (or the members named: names or globs) in memory and compare with the stored
     hashes; writes nothing.
 
@@ -198,7 +196,7 @@ def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | Non
 
 
 def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool,
-                wanted: set[str] | None = None, engine: RayEngine | None = None) -> DecodeResult:
+                wanted: set[str] | None = None, engine: Engine | None = None) -> DecodeResult:
     r = decode_archive(a, lm, progress, wanted=wanted, engine=engine)
     if strict and r.ok and r.margins:
         need = a.header.required_margin
@@ -217,7 +215,7 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
 
 
 def _verify_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
-                  strict: bool, engine: RayEngine | None) -> DecodeResult:
+                  strict: bool, engine: Engine | None) -> DecodeResult:
     """Every volume (holding a wanted document) verified in turn (one model load), and every wanted
     document's parts as unpack checks them."""
     model_of = _volume_models(model, device)
@@ -308,7 +306,7 @@ def _target(outdir: Path, name: str, force: bool) -> Path:
 
 def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", members: Sequence[str] | None = None,
            *, model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
-           progress: Progress | None = None, engine: RayEngine | None = None) -> list[Path]:
+           progress: Progress | None = None, engine: Engine | None = None) -> list[Path]:
     """Decode and check every document (or the members named: names or globs, whose chunks alone are
     decoded), then write them under output_dir (all or none)."""
     outdir = Path(output_dir)
@@ -332,7 +330,7 @@ def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = "."
 
 
 def _unpack_index(ix: Indexed, wanted: set[str] | None, outdir: Path, model, device: str, force: bool,
-                  progress: Progress | None, engine: RayEngine | None) -> list[Path]:
+                  progress: Progress | None, engine: Engine | None) -> list[Path]:
     """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
     final = {d.name: _target(outdir, d.name, force) for d in ix.index.documents if wanted is None or d.name in wanted}
     with Staged() as out:
@@ -342,7 +340,7 @@ def _unpack_index(ix: Indexed, wanted: set[str] | None, outdir: Path, model, dev
 
 
 def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
-                  sink: Callable[[str, bytes], None], engine: RayEngine | None = None) -> None:
+                  sink: Callable[[str, bytes], None], engine: Engine | None = None) -> None:
     """Each wanted document's parts, volume by volume (only those holding one), handed to sink(name, part)
     once its volume decoded and the part's size matched; VerificationError if any document's parts do not
     make its SHA-256 (checked at the end: the sink must hold everything back until then)."""
@@ -368,7 +366,7 @@ def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, prog
 
 def cat(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, out: BinaryIO | None = None,
         *, model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
-        engine: RayEngine | None = None) -> int:
+        engine: Engine | None = None) -> int:
     """Write every document's bytes (or the members'), in archive order, to out (default standard output),
     once every one of them has matched its SHA-256: never part of a document. Returns the bytes written."""
     out = out if out is not None else sys.stdout.buffer

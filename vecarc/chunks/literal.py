@@ -8,14 +8,9 @@ tokenizer's round trip is one zstd frame of its bytes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ..format import Chunk, decode_tokens, literal_bytes
+from ..format import Archive, Chunk, decode_tokens, literal_bytes
 from ..plan import Plan
 from .record import ChunkRecord, Dims, Settled
-
-if TYPE_CHECKING:
-    from ..format import Archive
 
 
 def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:

@@ -18,23 +18,19 @@ corrections than its own bytes would buy (docs/benchmarks.md, "Levers").
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
+from ..config import PackConfig
 from ..decode import DECODE_CELLS, greedy_margins, tokens_done
 from ..events import emit
-from ..format import Chunk, encode_tokens, greedy_cap, token_hash
+from ..format import Archive, Chunk, encode_tokens, greedy_cap, token_hash
 from ..format import corrections as codec
 from ..format.corrections import Correction, full_bits, token_correction
 from ..forward import length_batches, logit_margins, teacher_forced
 from ..models import LoadedModel
 from ..plan import Plan
 from .record import ChunkRecord, Dims, Hooks, Item, Settled, need
-
-if TYPE_CHECKING:
-    from ..config import PackConfig
-    from ..format import Archive
 
 OUTCOMES = ("predicted", "tokens")  # what computing predicted chunks settles as
 MAX_ROUNDS = 8  # greedy checks per chunk; each adds at least one correction, real chunks need one

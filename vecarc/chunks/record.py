@@ -8,7 +8,6 @@ made into the header entry it will have in the archive.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 
 from ..errors import VecarcError
 from ..events import Progress, Trace
-from ..format import Chunk
+from ..format import Chunk, is_number
 from ..format.corrections import Correction
 
 Tag = tuple[int, int, int]  # (document, start, end) in token offsets
@@ -56,8 +55,7 @@ class ChunkRecord:
         """A record read back (a journal, a worker's reply), refused with VecarcError unless well-formed."""
         need(isinstance(meta, dict) and isinstance(tensors, dict), "a result record is not an object")
         tag, outcome, info = meta.get("tag"), meta.get("outcome"), meta.get("info")
-        need(isinstance(tag, list) and len(tag) == 3 and all(_int(x) for x in tag) and tag[1] < tag[2],
-             "a result record's tag is not (document, start, end)")
+        need(is_tag(tag), "a result record's tag is not (document, start, end)")
         need(outcome in OUTCOMES, f"unknown outcome {outcome!r}")
         tag = (tag[0], tag[1], tag[2])
         if outcome == "vector":
@@ -65,17 +63,17 @@ class ChunkRecord:
         if outcome == "predicted":
             need(isinstance(info, dict) and isinstance(info.get("corrections"), list), "corrections missing")
             corrections = info["corrections"]
-            need(all(isinstance(f, list) and len(f) == 3 and all(_int(x) for x in f) for f in corrections),
+            need(all(isinstance(f, list) and len(f) == 3 and all(is_count(x) for x in f) for f in corrections),
                  "a correction is not (position, bits, value)")
             return cls(tag, outcome, corrections=tuple((f[0], f[1], f[2]) for f in corrections))
         return cls(tag, outcome)
 
     @classmethod
     def _vector(cls, tag: Tag, info: Any, tensors: dict) -> ChunkRecord:
-        need(isinstance(info, dict) and _number(info.get("margin")) and _int(info.get("steps")),
+        need(isinstance(info, dict) and is_number(info.get("margin")) and is_count(info.get("steps")),
              "a vector record lacks its margin or steps")
         search = info.get("search_steps")
-        need(search is None or _int(search), "a vector record's search_steps is not a count")
+        need(search is None or is_count(search), "a vector record's search_steps is not a count")
         v, z = tensors.get("v"), tensors.get("z")
         need(isinstance(v, torch.Tensor) and v.dim() == 2 and v.dtype.is_floating_point,
              "a vector record lacks its vectors")
@@ -110,12 +108,15 @@ def need(cond: bool, msg: str) -> None:
         raise VecarcError(msg)
 
 
-def _int(x: Any) -> bool:
+def is_count(x: Any) -> bool:
+    """A JSON int that counts something: no bool, no float, not negative, not absurd."""
     return type(x) is int and 0 <= x < 1 << 62
 
 
-def _number(x: Any) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
+def is_tag(t: Any) -> bool:
+    """A chunk's tag as JSON holds it: [document, start, end], start < end."""
+    return isinstance(t, list) and len(t) == 3 and all(is_count(x) for x in t) and t[1] < t[2]
+
 
 
 Item = tuple[Tag, Sequence[int]]  # a chunk to compute: its tag and its tokens

@@ -8,18 +8,13 @@ kept as literal tokens. The split halves join the running batch at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
-from ..format import Chunk, token_hash
+from ..config import PackConfig
+from ..format import Archive, Chunk, token_hash
 from ..models import LoadedModel
 from ..plan import Plan, split_span
 from ..search import CramResult, Job, chunk_key, cram
 from .record import ChunkRecord, Dims, Hooks, Item, Settled, Tag, need
-
-if TYPE_CHECKING:
-    from ..config import PackConfig
-    from ..format import Archive
-
 
 OUTCOMES = ("vector", "tokens", "split")  # what computing vector chunks settles as
 
