@@ -1,0 +1,281 @@
+"""The integer model: a Llama-family transformer evaluated in exact integer arithmetic.
+
+Coded chunks are range-coded under this model's next-token frequencies, so pack and
+unpack must compute the same integers on any CPU or GPU, with any thread count and
+any batch. Floats are used once, to quantise the fingerprinted weights on the CPU
+(IEEE binary64, elementwise, no reductions whose order could vary); after that every
+step is int64 arithmetic, exact small-integer matmuls and pinned tables. The
+whole-sequence pass and the KV-cached step run the same code, so they agree.
+
+docs/format.md ("Integer model") specifies every rounding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from . import ops
+from .tables import LOG2E_Q24, SIG_BITS, SIG_SPAN, eps_table, exp_table, rope_tables, sigmoid_table
+
+F = 16  # fractional bits of activations, scores and logits
+NORM_BITS = 8  # RMSNorm's root is kept with 8 fractional bits
+W_MAX = 127
+M_BITS = 23  # a matrix's per-row multipliers are below 2^23
+ATTN_BITS = 20  # attention weights in Q20
+KV_CLAMP = (1 << 26) - 1  # |k|, |v| < 2^26 (1024): q.k and e * v stay exact in binary64 (below 2^53)
+QK_CLAMP = 1 << (F + 14)
+MLP_CLAMP = 1 << (F + 14)
+FREQ_TOTAL = 1 << 28  # frequencies sum to at most this; every token gets at least 1
+MAX_POSITIONS = 8192
+FAMILIES = ("llama", "mistral", "qwen2")
+QUERY_BLOCK, MLP_BLOCK = 64, 128  # row blocks: sizes change speed only, never a value
+X_BITS, C_BITS = 21, 16  # the head's exp index: gaps clamped at 2^21 (Q16), c kept with 16 more bits
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    theta: Fraction
+    eps: float
+
+
+@dataclass
+class Linear:
+    """int8 weights (N, K) with row j worth q[j] * mult[j] * 2^-shift, and an optional bias in Q16."""
+
+    q: torch.Tensor
+    mult: torch.Tensor
+    shift: int
+    bias: torch.Tensor | None
+
+    def to(self, device: torch.device) -> Linear:
+        return Linear(self.q.to(device), self.mult.to(device), self.shift,
+                      None if self.bias is None else self.bias.to(device))
+
+
+def _rope(cfg: Any) -> tuple[str, float]:
+    params = getattr(cfg, "rope_parameters", None) or {}
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    theta = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    return str(kind), float(theta)
+
+
+def not_covered(model: Any) -> str | None:
+    """Why the integer path cannot evaluate this model (None: it can)."""
+    cfg = model.config
+    kind = getattr(cfg, "model_type", "?")
+    if kind not in FAMILIES:
+        return f"model type {kind!r} is not one of the integer path's families ({', '.join(FAMILIES)})"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act!r} (the integer path computes SiLU)"
+    rope, _ = _rope(cfg)
+    if rope != "default":
+        return f"RoPE scaling {rope!r} (the integer path computes plain RoPE)"
+    if getattr(cfg, "use_sliding_window", False) or (getattr(cfg, "sliding_window", None) or 1 << 30) < MAX_POSITIONS:
+        return "sliding-window attention"
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if head_dim % 2 or cfg.intermediate_size >= 1 << 16 or cfg.hidden_size >= 1 << 16:
+        return "its dimensions exceed the integer path's bounds"
+    return None
+
+
+@torch.no_grad()
+def quantise(w: torch.Tensor, gain: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> Linear:
+    """int8 per output row, with the RMSNorm gain before it folded in; IEEE binary64 on the CPU."""
+    wd = w.detach().to("cpu", torch.float64)
+    if gain is not None:
+        wd = wd * gain.detach().to("cpu", torch.float64)[None]  # float32 x float32: exact in binary64
+    top = wd.abs().amax(1)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    q = torch.round(wd * W_MAX / top[:, None]).to(torch.int8)
+    scale = top / W_MAX
+    _, exponent = torch.frexp(scale.max())
+    shift = M_BITS - int(exponent)
+    if shift < 16:  # inputs are quantised with shifts below 16: every rescaling shifts right
+        raise ValueError("weights too large for the integer path")
+    mult = torch.round(torch.ldexp(scale, torch.tensor(shift, dtype=torch.float64))).to(torch.int64)
+    b = None if bias is None else torch.round(bias.detach().to("cpu", torch.float64) * (1 << F)).to(torch.int64)
+    return Linear(q, mult, shift, b)
+
+
+def linear_normed(a: torch.Tensor, root: torch.Tensor, lin: Linear) -> torch.Tensor:
+    """RMSNorm then the layer, in Q16: (a . q) * mult, to Q16, divided by the row's root."""
+    acc = ops.int_matmul(a.reshape(-1, a.shape[-1]), lin.q).reshape(*a.shape[:-1], -1)
+    y = ops.round_div(ops.shift_round(acc.mul_(lin.mult), lin.shift - F) << NORM_BITS, root[..., None])
+    return y if lin.bias is None else y + lin.bias
+
+
+def linear_plain(x: torch.Tensor, lin: Linear) -> torch.Tensor:
+    """The layer on a Q16 input, quantised per row to 15 bits first."""
+    a, s = ops.quantise_rows(x)
+    acc = ops.int_matmul(a.reshape(-1, a.shape[-1]), lin.q).reshape(*a.shape[:-1], -1)
+    y = ops.shift_down(acc.mul_(lin.mult), lin.shift - s[..., None])
+    return y if lin.bias is None else y + lin.bias
+
+
+class IntegerModel:
+    """The integer evaluation of one loaded model; `forward` serves whole chunks and single steps alike."""
+
+    def __init__(self, model: Any, device: torch.device | str = "cpu") -> None:
+        why = not_covered(model)
+        if why:
+            raise ValueError(why)
+        cfg = model.config
+        _, theta = _rope(cfg)
+        heads = cfg.num_attention_heads
+        self.shape = Shape(cfg.num_hidden_layers, cfg.hidden_size, heads, cfg.num_key_value_heads,
+                           getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+                           int(model.get_input_embeddings().weight.shape[0]), Fraction(theta), float(cfg.rms_norm_eps))
+        self.device = torch.device(device)
+        self.layers = [self._layer(layer) for layer in model.model.layers]
+        emb = model.get_input_embeddings().weight.detach().to("cpu", torch.float64)
+        self.embed = torch.round(emb * (1 << F)).to(torch.int64).to(self.device)
+        self.head = quantise(model.get_output_embeddings().weight, model.model.norm.weight).to(self.device)
+        self.eps = eps_table(self.shape.eps, F, NORM_BITS).to(self.device)
+        self.exp20, self.exp30 = exp_table(ATTN_BITS).to(self.device), exp_table(30).to(self.device)
+        self.sig = sigmoid_table().to(self.device)
+        self._rope_at: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _layer(self, layer: Any) -> dict[str, Linear]:
+        at, mlp = layer.self_attn, layer.mlp
+        bias = [p.bias for p in (at.q_proj, at.k_proj, at.v_proj)]
+        qkv_bias = None if all(b is None for b in bias) else torch.cat(
+            [b if b is not None else torch.zeros(p.weight.shape[0]) for b, p in zip(bias, (at.q_proj, at.k_proj,
+                                                                                        at.v_proj))])
+        dev = self.device
+        return {
+            "qkv": quantise(torch.cat([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]),
+                            layer.input_layernorm.weight, qkv_bias).to(dev),
+            "o": quantise(at.o_proj.weight, None, at.o_proj.bias).to(dev),
+            "gate_up": quantise(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                                layer.post_attention_layernorm.weight).to(dev),
+            "down": quantise(mlp.down_proj.weight, None, mlp.down_proj.bias).to(dev),
+        }
+
+    def _norm(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantise rows to 15 bits and their RMS root in Q8 of those units (epsilon included)."""
+        a, s = ops.quantise_rows(x)
+        ms = (a * a).sum(-1)
+        root = ops.isqrt(torch.div(ms << (2 * NORM_BITS), x.shape[-1], rounding_mode="floor") + self.eps[s])
+        return a, root
+
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x (B, T, n, hd) in Q16 rotated by position, with pinned Q24 tables."""
+        need = max(256, 1 << int(pos[-1]).bit_length())
+        if self._rope_at is None or self._rope_at[0].shape[0] < need:
+            self._rope_at = tuple(t.to(x.device) for t in rope_tables(self.shape.theta, self.shape.head_dim, need))
+        c, s = self._rope_at[0][pos][None, :, None], self._rope_at[1][pos][None, :, None]
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat([ops.shift_round(x1 * c - x2 * s, 24), ops.shift_round(x2 * c + x1 * s, 24)], -1)
+
+    def _attention(self, lay: dict, x: torch.Tensor, start: int, cache: list) -> torch.Tensor:
+        sh = self.shape
+        B, T, _ = x.shape
+        H, Hk, hd = sh.heads, sh.kv_heads, sh.head_dim
+        a, root = self._norm(x)
+        q, k, v = linear_normed(a, root, lay["qkv"]).split([H * hd, Hk * hd, Hk * hd], -1)
+        pos = start + torch.arange(T, device=x.device)
+        q = self._rope(q.clamp(-QK_CLAMP, QK_CLAMP).reshape(B, T, H, hd), pos)
+        k = self._rope(k.clamp(-QK_CLAMP, QK_CLAMP).reshape(B, T, Hk, hd), pos)
+        aq, sq = ops.quantise_rows(ops.shift_round(q * self.score_mult, 16).reshape(B, T, H * hd), H)
+        k = k.clamp(-KV_CLAMP, KV_CLAMP).transpose(1, 2)  # B Hk T hd
+        v = v.reshape(B, T, Hk, hd).clamp(-KV_CLAMP, KV_CLAMP).transpose(1, 2)
+        new = [k.double(), torch.div(v, 8192, rounding_mode="floor").double(), (v & 8191).double()]
+        cache[:] = [torch.cat([old, x], 2) for old, x in zip(cache, new)] if cache else new
+        g = H // Hk  # the query heads that share a key head go together: (B, Hk, g T, hd)
+        aq = aq.reshape(B, T, Hk, g, hd).permute(0, 2, 3, 1, 4).double()
+        n = (16 - sq).reshape(B, T, Hk, g).permute(0, 2, 3, 1)[..., None]  # from 1 to 16: |q / sqrt(hd)| < 2^30
+        out = torch.cat([self._attend(aq[:, :, :, i : i + QUERY_BLOCK], n[:, :, :, i : i + QUERY_BLOCK], cache,
+                                      start + i) for i in range(0, T, QUERY_BLOCK)], 3)
+        return linear_plain(out.permute(0, 3, 1, 2, 4).reshape(B, T, H * hd), lay["o"])
+
+    def _attend(self, q: torch.Tensor, n: torch.Tensor, cache: list, first: int) -> torch.Tensor:
+        """Queries (B, Hk, g, T, hd) at positions first.. over the keys they may see: exact scores, pinned
+        exp, exact sums."""
+        B, Hk, g, T, hd = q.shape
+        L = first + T
+        k, v_hi, v_lo = (c[:, :, :L] for c in cache)
+        dot = torch.matmul(q.reshape(B, Hk, g * T, hd), k.transpose(2, 3)).to(torch.int64).reshape(B, Hk, g, T, L)
+        scores = dot.add_((1 << n) >> 1).bitwise_right_shift_(n)  # |dot| < 2^15 2^26 hd < 2^53: exact
+        if T > 1:
+            later = torch.arange(L, device=q.device)[None, :] > first + torch.arange(T, device=q.device)[:, None]
+            scores.masked_fill_(later, -(1 << 62))
+        top = scores.amax(-1, keepdim=True)
+        e = ops.exp_neg(scores.neg_().add_(top), self.exp20)  # Q20, 0 where masked
+        ed = e.reshape(B, Hk, g * T, L).double()
+        num = torch.matmul(ed, v_hi).to(torch.int64).mul_(8192).add_(torch.matmul(ed, v_lo).to(torch.int64))
+        return ops.round_div(num.reshape(B, Hk, g, T, hd), e.sum(-1, keepdim=True))
+
+    @property
+    def score_mult(self) -> int:
+        """round(2^16 / sqrt(head_dim)), from an exact integer square root."""
+        hd = self.shape.head_dim
+        root = int(ops.isqrt(torch.tensor(hd << 32)))  # sqrt(hd) in Q16, floor
+        return ((1 << 33) // root + 1) // 2
+
+    def _mlp(self, lay: dict, x: torch.Tensor) -> torch.Tensor:
+        a, root = self._norm(x)
+        gu = linear_normed(a, root, lay["gate_up"]).clamp_(-MLP_CLAMP, MLP_CLAMP)
+        gate, up = gu.chunk(2, -1)
+        sig = self.sig[((gate >> (F - SIG_BITS)) + SIG_SPAN).clamp_(0, 2 * SIG_SPAN - 1)]
+        silu = ops.shift_round(sig.mul_(gate), 30)
+        h = ops.shift_round(silu.mul_(up), F).clamp_(-MLP_CLAMP, MLP_CLAMP)
+        return linear_plain(h, lay["down"])
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, caches: list[list] | None = None, start: int = 0,
+                rows: int = 16) -> torch.Tensor:
+        """Next-token frequencies (B, T, V) for tokens (B, T) at positions start..start+T-1.
+
+        caches: one list per layer, filled and extended in place (pass [] lists to keep them).
+        Row blocks keep the large integer tensors in cache: the head goes `rows` positions at a time.
+        """
+        tokens = tokens.to(self.device)
+        B, T = tokens.shape
+        if start + T > MAX_POSITIONS:
+            raise ValueError(f"the integer path evaluates at most {MAX_POSITIONS} positions")
+        caches = caches if caches is not None else [[] for _ in self.layers]
+        x = self.embed[tokens]
+        for lay, cache in zip(self.layers, caches):
+            x = x + self._attention(lay, x, start, cache)
+            flat = x.reshape(B * T, -1)
+            x = x + torch.cat([self._mlp(lay, flat[i : i + MLP_BLOCK]) for i in range(0, B * T, MLP_BLOCK)]).reshape(
+                x.shape)
+        flat = x.reshape(B * T, -1)
+        return torch.cat([frequencies(*self._logits(flat[i : i + rows]), self.exp30)
+                          for i in range(0, B * T, rows)]).reshape(B, T, -1)
+
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head before RMSNorm's division: z_j = (a . q_j) mult_j in Q16 of the row's own scale, and
+        the row's root (the division is folded into the frequencies' exp index)."""
+        a, root = self._norm(x)
+        acc = ops.int_matmul(a, self.head.q)
+        return ops.shift_round(acc.mul_(self.head.mult), self.head.shift - F), root
+
+
+def frequencies(z: torch.Tensor, root: torch.Tensor, exp30: torch.Tensor) -> torch.Tensor:
+    """Integer next-token frequencies (R, V) from a head's rows before normalisation.
+
+    The normalised logit gap d_j = (max z - z_j) 2^8 / root indexes the exp table through
+    c = floor(LOG2E_Q24 2^24 / root): e_j = EXP30[min((max z - z_j) c >> 46, ...)], the gap first
+    clamped at 2^21 normalised (e^-32 is 0 in Q30). Then f_j = 1 + (e_j K >> 32),
+    K = floor((2^28 - V) 2^32 / sum e): every token at least 1, the total (their sum) <= 2^28.
+    """
+    V = z.shape[-1]
+    root = root[:, None]
+    top = z.amax(-1, keepdim=True)
+    gap = z.neg_().add_(top).clamp_(max=(root << X_BITS) >> NORM_BITS)
+    e = exp30[gap.mul_(torch.div(LOG2E_Q24 << (NORM_BITS + C_BITS), root, rounding_mode="floor")) >> (30 + C_BITS)]
+    k = torch.div((FREQ_TOTAL - V) << 32, e.sum(-1, keepdim=True), rounding_mode="floor")
+    return e.mul_(k).bitwise_right_shift_(32).add_(1)
