@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .capacity import capacity_budget
-from .config import PackConfig
+from .config import PackConfig, fallback
 from .errors import VecarcError, VerificationError
 from .events import Progress, Trace, emit
 from .fingerprint import sha256_file
@@ -89,7 +89,7 @@ def _prepare(model: str | LoadedModel | None, device: str, cfg: PackConfig, prog
              warn: Warn | None) -> tuple[LoadedModel, PackConfig, Budget | None]:
     """The model, the config resolved for it (once a pack), and the capacity plan's budget (if it plans)."""
     lm = resolve_model(model, device)
-    cfg = cfg.resolved(lm)  # checks --rank before calibrating
+    cfg = fallback(cfg, lm, warn).resolved(lm)  # checks --rank before calibrating
     budget = capacity_budget(lm, cfg.search, cfg.fill, progress, warn, cfg.engine) if cfg.planned else None
     return lm, cfg, budget
 

@@ -8,17 +8,18 @@ engine) is shared by every mode.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from . import overrides
 from .errors import VecarcError
+from .exact.model import not_covered
 from .models import LoadedModel
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for
 from .search.settings import SearchSettings
 
-MODES = ("predict", "vectors")
+MODES = ("coded", "predict", "vectors")
 # Predicted chunks: more context, fewer corrections (512 against 256: -3 %; 1,024: -2 % more, but
 # half the rows to decode side by side, so about twice the unpack time).
 PREDICT_TOKENS = 512
@@ -42,9 +43,10 @@ class Engine(Protocol):
 
 @dataclass(frozen=True)
 class PackConfig:
-    # "predict": the model decodes each chunk alone and the tokens it gets wrong are stored
-    # (vecarc.chunks.predicted; the smaller archive on every model measured); "vectors": memory vectors.
-    mode: str = "predict"
+    # "coded": tokens range-coded under the integer model (vecarc.chunks.coded), for the models it
+    # covers (pack falls back to "predict" elsewhere); "predict": the model decodes each chunk alone and
+    # the tokens it gets wrong are stored (vecarc.chunks.predicted); "vectors": memory vectors.
+    mode: str = "coded"
     margin: float = 0.5  # every choice the decoder makes leads by this much in the logits
     search: SearchSettings = field(default_factory=SearchSettings)  # vector chunks only
     chunk_tokens: int | None = None  # equal chunks of N tokens; None: the mode's default (vectors: capacity plan)
@@ -56,7 +58,8 @@ class PackConfig:
 
     @property
     def predicted(self) -> bool:
-        return self.mode == "predict"
+        """Chunks decoded from the sink alone, in fixed sizes (coded and predicted chunks)."""
+        return self.mode in ("coded", "predict")
 
     @property
     def planned(self) -> bool:
@@ -84,7 +87,7 @@ class PackConfig:
     def resolved(self, lm: LoadedModel) -> PackConfig:
         """Checked, with the search made concrete for this model and device (rank, search dtype)."""
         search = replace(self.search, margin=self.margin).resolved(lm.hidden_size, lm.fast_bf16())
-        return replace(self.checked(), search=search)
+        return replace(fallback(self.checked(), lm), search=search)
 
     def chunk_size(self, lm: LoadedModel) -> int:
         """Tokens per chunk of the fixed plan, within what the model's context allows."""
@@ -97,6 +100,8 @@ class PackConfig:
     def record(self, chunk_tokens: int) -> dict:
         """The header's settings record ("cram"): what decides a predicted archive's chunks, or the
         whole search for a vector archive. Informational; its keys and their order are format 4's."""
+        if self.mode == "coded":
+            return {"mode": self.mode, "chunk_tokens": chunk_tokens}
         if self.predicted:
             return {"mode": self.mode, "margin": self.margin, "chunk_tokens": chunk_tokens}
         rec = self.search.record()
@@ -112,3 +117,14 @@ class PackConfig:
         mine = [i for i in items if not i.startswith("search.") or i.startswith("search.margin=")]
         own = {f.name for f in fields(self)} - {"search", "engine"}
         return replace(overrides.apply(self, mine, own), search=self.search.with_overrides(search)).checked()
+
+
+def fallback(cfg: PackConfig, lm: LoadedModel, warn: Callable[[str], None] | None = None) -> PackConfig:
+    """Coded chunks where the integer path covers the model; predicted chunks, said in one line, elsewhere."""
+    why = not_covered(lm.model) if cfg.mode == "coded" else None
+    if why is None:
+        return cfg
+    if warn is not None:
+        warn(f"{lm.name}: packing predicted chunks: the integer path that coded chunks need does not cover "
+             f"this model ({why})")
+    return replace(cfg, mode="predict")

@@ -181,6 +181,8 @@ class Assembly:
             self.rows.append(s.vectors)
             if s.coords is not None:
                 self.coords.append(s.coords)
+        elif s.record.kind == "coded":
+            self.literals[len(self.chunks)] = s.stream or b""
         elif s.corrections:
             self.corrections[len(self.chunks)] = s.corrections
         if not s.replayed:
@@ -239,7 +241,8 @@ def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, b
                               s.basis_seed if s.rank else None),
         cram=cfg.record(size),
         plan=method | {"chunks_planned": len(plan.spans), "retries": ledger.retries},
-        decode=DecodeRecord("greedy-kv", model["dtype"], cfg.margin),
+        decode=DecodeRecord("integer", "int", None) if cfg.mode == "coded" else
+        DecodeRecord("greedy-kv", model["dtype"], cfg.margin),
         documents=plan.documents,
         chunks=body.chunks,
     )

@@ -20,7 +20,7 @@ def summary(archive: Archive | Indexed) -> dict:
         return index_summary(archive)
     h = archive.header
     chunks = h.chunks
-    kinds = {k: sum(1 for c in chunks if c.kind == k) for k in ("vector", "predicted", "tokens", "bytes")}
+    kinds = {k: sum(1 for c in chunks if c.kind == k) for k in ("vector", "predicted", "coded", "tokens", "bytes")}
     vectors = [c for c in chunks if c.kind == "vector"]
     # margin, planned_nats and plan are informational: the reader keeps only well-typed values.
     margins = [c.margin for c in vectors if c.margin is not None]
@@ -28,6 +28,7 @@ def summary(archive: Archive | Indexed) -> dict:
     vec_bytes = h.vectors.section[1]
     corrections_bytes = h.corrections.section[1] if h.corrections else 0
     lit_bytes = sum(c.length for c in chunks if c.is_literal)
+    coded_bytes = sum(c.length for c in chunks if c.kind == "coded")
     total_in = sum(d.size for d in h.documents)
     v = h.vectors
     return {
@@ -37,7 +38,8 @@ def summary(archive: Archive | Indexed) -> dict:
         "vector_bytes": vec_bytes,
         "corrections_bytes": corrections_bytes,
         "literal_bytes": lit_bytes,
-        "overhead_bytes": archive.size - vec_bytes - corrections_bytes - lit_bytes,
+        "coded_bytes": coded_bytes,
+        "overhead_bytes": archive.size - vec_bytes - corrections_bytes - lit_bytes - coded_bytes,
         "format_version": h.version,
         "model": h.model.to_json(),
         "vectors": {"per_chunk": v.per_chunk, "dtype": v.dtype, "hidden_size": v.hidden_size, "count": v.count,
@@ -51,6 +53,7 @@ def summary(archive: Archive | Indexed) -> dict:
                    "literal_blocks": kinds["tokens"] + kinds["bytes"],
                    "corrections": sum(c.corrections for c in chunks),
                    "predicted_tokens": sum(c.tokens for c in chunks if c.kind == "predicted"),
+                   "coded_tokens": sum(c.tokens for c in chunks if c.kind == "coded"),
                    "min_margin": min(margins) if margins else None},
         "plan": _plan(h.plan),
         "documents": _documents(archive),
@@ -115,7 +118,7 @@ def listing(archive: Archive | Indexed) -> list[dict]:
     out = []
     for doc, mine in zip(h.documents, h.chunks_by_document()):
         chunks = [h.chunks[i] for i in mine]
-        stored = sum(c.length for c in chunks if c.is_literal)
+        stored = sum(c.length for c in chunks if c.in_body)
         stored += vec_len * sum(c.kind == "vector" for c in chunks) / vec_rows
         stored += fix_len * sum(c.corrections for c in chunks) / fixes
         kinds = sorted({"literal" if c.is_literal else c.kind for c in chunks})

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from .chunks import GREEDY, literal
+from .chunks import GREEDY, coded, literal
 from .config import Engine
 from .decode import decode_many
 from .errors import VecarcError, VerificationError
@@ -66,6 +66,9 @@ def decode_archive(
     by_doc = archive.header.chunks_by_document()
     skip = set(tokens) | {i for d, mine in zip(archive.documents, by_doc) if wanted is not None
                           and d.name not in wanted for i in mine}
+    todo = [i for i, c in enumerate(archive.chunks) if c.kind == "coded" and i not in skip]
+    if todo:
+        tokens.update(coded.decode(lm, archive, todo, progress))
     jobs = greedy_jobs(archive, skip)
     if engine is not None and jobs:
         got_tokens, got_margins = engine.decode(lm, jobs, [c.tokens for c in archive.chunks], progress)

@@ -6,12 +6,12 @@ the journal and the Ray engine carry as they are), makes a record its header ent
 module here, a row below, the format's kind table and its section of docs/format.md.
 """
 
-from . import literal, predicted, vectors
+from . import coded, literal, predicted, vectors
 from .record import OUTCOMES, ChunkRecord, Hooks, Item, Settled, Tag
 
-MODES = {"predict": predicted, "vectors": vectors}  # how pack computes a mode's chunks
-SETTLE = {"vector": vectors.settle, "predicted": predicted.settle, "tokens": literal.settle}  # by outcome
+MODES = {"coded": coded, "predict": predicted, "vectors": vectors}  # how pack computes a mode's chunks
+SETTLE = {"vector": vectors.settle, "predicted": predicted.settle, "coded": coded.settle, "tokens": literal.settle}  # by outcome
 GREEDY = (vectors, predicted)  # the kinds the model decodes, in the order unpack decodes them
 
-__all__ = ["GREEDY", "MODES", "OUTCOMES", "SETTLE", "ChunkRecord", "Hooks", "Item", "Settled", "Tag", "literal",
+__all__ = ["GREEDY", "MODES", "OUTCOMES", "SETTLE", "ChunkRecord", "Hooks", "Item", "Settled", "Tag", "coded", "literal",
            "predicted", "vectors"]

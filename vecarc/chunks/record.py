@@ -20,7 +20,7 @@ from ..format import Chunk, is_number
 from ..format.corrections import Correction
 
 Tag = tuple[int, int, int]  # (document, start, end) in token offsets
-OUTCOMES = ("vector", "predicted", "tokens", "split")  # split: a vector chunk that failed, computed again as halves
+OUTCOMES = ("vector", "predicted", "coded", "tokens", "split")  # split: a vector chunk that failed, computed again as halves
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ChunkRecord:
     corrections: tuple[Correction, ...] | None = None  # predicted
     vectors: torch.Tensor | None = None  # vector: (k, d) as decoded
     coords: torch.Tensor | None = None  # vector, low rank: (k, r) as stored
+    stream: bytes | None = None  # coded: the range-coded tokens
 
     def to_journal(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """(meta, tensors) as docs/format.md ("Pack journal") lays a result record out."""
@@ -43,6 +44,8 @@ class ChunkRecord:
                 info["search_steps"] = self.search_steps
         elif self.outcome == "predicted":
             info = {"corrections": [list(f) for f in self.corrections or ()]}
+        elif self.outcome == "coded":
+            info = {"stream": (self.stream or b"").hex()}
         tensors = {}
         if self.vectors is not None:
             tensors["v"] = self.vectors
@@ -66,6 +69,11 @@ class ChunkRecord:
             need(all(isinstance(f, list) and len(f) == 3 and all(is_count(x) for x in f) for f in corrections),
                  "a correction is not (position, bits, value)")
             return cls(tag, outcome, corrections=tuple((f[0], f[1], f[2]) for f in corrections))
+        if outcome == "coded":
+            stream = info.get("stream") if isinstance(info, dict) else None
+            need(isinstance(stream, str) and len(stream) % 2 == 0 and all(c in "0123456789abcdef" for c in stream),
+                 "a coded record lacks its stream")
+            return cls(tag, outcome, stream=bytes.fromhex(stream))
         return cls(tag, outcome)
 
     @classmethod
@@ -100,6 +108,7 @@ class Settled:
     vectors: torch.Tensor | None = None
     coords: torch.Tensor | None = None
     corrections: list[Correction] | None = None  # predicted chunks
+    stream: bytes | None = None  # coded chunks
     replayed: bool = False  # restored from a journal or a worker: decoded again before anything is written
 
 

@@ -32,7 +32,7 @@ MLP_CLAMP = 1 << (F + 14)
 FREQ_TOTAL = 1 << 28  # frequencies sum to at most this; every token gets at least 1
 MAX_POSITIONS = 8192
 FAMILIES = ("llama", "mistral", "qwen2")
-QUERY_BLOCK, MLP_BLOCK = 64, 128  # row blocks: sizes change speed only, never a value
+QUERY_BLOCK, MLP_BLOCK, HEAD_ROWS = 64, 128, 16  # row blocks: sizes change speed only, never a value
 X_BITS, C_BITS = 21, 16  # the head's exp index: gaps clamped at 2^21 (Q16), c kept with 16 more bits
 
 
@@ -234,12 +234,10 @@ class IntegerModel:
         return linear_plain(h, lay["down"])
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, caches: list[list] | None = None, start: int = 0,
-                rows: int = 16) -> torch.Tensor:
-        """Next-token frequencies (B, T, V) for tokens (B, T) at positions start..start+T-1.
+    def hidden(self, tokens: torch.Tensor, caches: list[list] | None = None, start: int = 0) -> torch.Tensor:
+        """The last layer's output (B, T, d) in Q16 for tokens (B, T) at positions start..start+T-1.
 
         caches: one list per layer, filled and extended in place (pass [] lists to keep them).
-        Row blocks keep the large integer tensors in cache: the head goes `rows` positions at a time.
         """
         tokens = tokens.to(self.device)
         B, T = tokens.shape
@@ -252,9 +250,28 @@ class IntegerModel:
             flat = x.reshape(B * T, -1)
             x = x + torch.cat([self._mlp(lay, flat[i : i + MLP_BLOCK]) for i in range(0, B * T, MLP_BLOCK)]).reshape(
                 x.shape)
-        flat = x.reshape(B * T, -1)
-        return torch.cat([frequencies(*self._logits(flat[i : i + rows]), self.exp30)
-                          for i in range(0, B * T, rows)]).reshape(B, T, -1)
+        return x
+
+    def forward(self, tokens: torch.Tensor, caches: list[list] | None = None, start: int = 0) -> torch.Tensor:
+        """Next-token frequencies (B, T, V): the whole table at every position (tests, a decoder's step)."""
+        x = self.hidden(tokens, caches, start)
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.cat([frequencies(*self._logits(flat[i : i + HEAD_ROWS]), self.exp30)
+                          for i in range(0, flat.shape[0], HEAD_ROWS)]).reshape(*x.shape[:2], -1)
+
+    def symbols(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3): each target's interval (start, size, total) under the frequencies after tokens[:, :t+1];
+        what an encoder needs, without keeping whole tables (B T V int64 would be large)."""
+        x = self.hidden(tokens).reshape(-1, self.shape.hidden)
+        flat = targets.to(self.device).reshape(-1, 1)
+        out = []
+        for i in range(0, x.shape[0], HEAD_ROWS):
+            f = frequencies(*self._logits(x[i : i + HEAD_ROWS]), self.exp30)
+            t = flat[i : i + HEAD_ROWS]
+            size = f.gather(1, t)
+            cum = f.cumsum(1)
+            out.append(torch.cat([cum.gather(1, t) - size, size, cum[:, -1:]], 1))
+        return torch.cat(out).reshape(*targets.shape, 3)
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head before RMSNorm's division: z_j = (a . q_j) mult_j in Q16 of the row's own scale, and

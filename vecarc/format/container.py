@@ -26,7 +26,7 @@ from .header import VERSION, Chunk, CorrectionsRecord, Document, Header, bad
 from .strict import parse_json
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
-READS = (2, 3, 4)  # what this vecarc reads (it writes VERSION)
+READS = (2, 3, 4, 5)  # what this vecarc reads (it writes VERSION)
 # zstd raw-content dictionaries for the header, one per version (docs/format.md, appendix): a typical
 # header, so that the keys and the default model's strings cost almost nothing in a small archive.
 DICT_DIR = Path(__file__).parent
@@ -34,6 +34,7 @@ HEADER_DICTS = {
     2: ("header-dict-v2.json", "b9b9e98752954e554d37ec03125c44e51a6cd73ef22e4f09e3ea8775d94fb715"),
     3: ("header-dict-v3.json", "9579234b827e233209c254b1dca4c028838e1120c6eabc7cfaa85c6493eb4a8e"),
     4: ("header-dict-v4.json", "c7e6b01c03be61523a3068139fef899b9e1553a77f78abf531a61f694e1faa57"),
+    5: ("header-dict-v4.json", "c7e6b01c03be61523a3068139fef899b9e1553a77f78abf531a61f694e1faa57"),
 }
 PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, header_len, reserved, body_len
 CHECKSUM_LEN = 32
@@ -54,7 +55,7 @@ class Archive:
 
     header: Header
     stored: Any = None  # torch.Tensor (count, k, width): the vectors section's numbers; None when empty / not loaded
-    literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
+    literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> its block: zstd frame, coded stream
     corrections: dict[int, list[Correction]] = field(default_factory=dict)  # predicted chunk index -> its corrections
     size: int = 0  # bytes on disk, when read from a file
     _vectors: Any = field(default=None, repr=False, compare=False)
@@ -177,7 +178,7 @@ def serialize(archive: Archive) -> bytes:
             if c.row != rows:
                 raise ValueError("vector rows out of chunk order")  # a bug in pack, not bad input
             rows += 1
-        elif c.is_literal:
+        elif c.in_body:
             frame = archive.literals[i]
             ch["offset"], ch["length"] = len(body), len(frame)
             body += frame
@@ -342,7 +343,7 @@ def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
     body = memoryview(rest)[zlen:]
     archive = Archive(header=Header.from_json(header, body_len, version), size=size)
     for i, ch in enumerate(archive.chunks):
-        if ch.is_literal:
+        if ch.in_body:
             archive.literals[i] = bytes(body[ch.offset : ch.offset + ch.length])
     archive.corrections = _load_corrections(archive.header, body)
     if load_vectors:

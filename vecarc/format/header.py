@@ -21,10 +21,10 @@ from ..errors import VecarcError
 from . import basis, quant
 from .names import check_name, check_names
 
-VERSION = 4  # the format version this vecarc writes
+VERSION = 5  # the format version this vecarc writes
 # Version 4 records the model fingerprint in scheme 2 (vecarc/fingerprint.py); 2 and 3 in scheme 1.
 FINGERPRINT = {2: re.compile(r"sha256:[0-9a-f]{64}"), 3: re.compile(r"sha256:[0-9a-f]{64}"),
-               4: re.compile(r"fp2:[0-9a-f]{64}")}
+               4: re.compile(r"fp2:[0-9a-f]{64}"), 5: re.compile(r"fp2:[0-9a-f]{64}")}
 HASH_CHARS = 8  # per-chunk token hash: 32 bits locate a bad chunk; the document's SHA-256 is the guarantee
 MAX_PER_CHUNK = 64
 MAX_VECTOR_EXPANSION = 8  # decompressed / compressed size of a vectors section
@@ -32,7 +32,10 @@ MAX_CHUNK_TOKENS = 1 << 20
 MAX_LITERAL = 1 << 30
 MAX_LITERAL_TOKENS = min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)  # one literal token block
 _HEX = re.compile(r"[0-9a-f]+")
-CHUNK_KINDS = ("vector", "tokens", "bytes", "predicted")  # "predicted": format 3 on
+CHUNK_KINDS = ("vector", "tokens", "bytes", "predicted", "coded")  # "predicted": format 3 on; "coded": 5 on
+# A coded chunk may ask a reader to decode this many tokens per byte of its stream (plus one byte):
+# text coded at 1/128 of a bit a token is already a text the model knows by heart.
+CODED_TOKENS_PER_BYTE = 1024
 # What a small file may make a reader do, as an allowance plus a multiple of the body's bytes:
 # expanded float32 vectors (low rank: P z) and tokens to decode or detokenize. Real archives
 # stay far inside (an int8 rank-256 vector is 258 B, expands to 2.3 KB and holds ~50 tokens).
@@ -233,6 +236,11 @@ class Chunk:
         return self.kind in ("tokens", "bytes")
 
     @property
+    def in_body(self) -> bool:
+        """Holds a block of the body of its own: a literal frame, or a coded chunk's stream."""
+        return self.kind in ("tokens", "bytes", "coded")
+
+    @property
     def is_greedy(self) -> bool:
         """Decoded by the model: a vector chunk, or a predicted one."""
         return self.kind in ("vector", "predicted")
@@ -255,6 +263,9 @@ class Chunk:
             need(_int(ch.get("tokens"), 1, MAX_CHUNK_TOKENS), "chunk token count out of range")
             need(_int(ch.get("corrections"), 0, ch["tokens"]), "chunk corrections out of range")
             c.tokens, c.corrections = ch["tokens"], ch["corrections"]
+        elif kind == "coded":
+            need(_int(ch.get("tokens"), 1, MAX_CHUNK_TOKENS), "chunk token count out of range")
+            c.tokens = ch["tokens"]
         elif kind == "tokens":
             need(_int(ch.get("tokens"), 1, MAX_LITERAL_TOKENS), "token block size out of range")
             c.tokens = ch["tokens"]
@@ -267,8 +278,10 @@ class Chunk:
         return c
 
     def literal_range(self, ch: dict, vec_end: int, body_len: int) -> None:
-        need(_int(ch.get("offset"), vec_end, body_len), "literal block offset out of range")
-        need(_int(ch.get("length"), 1, body_len - ch["offset"]), "literal block runs past the body")
+        what = "coded stream" if self.kind == "coded" else "literal block"
+        need(_int(ch.get("offset"), vec_end, body_len), f"{what} offset out of range")
+        need(_int(ch.get("length"), 0 if self.kind == "coded" else 1, body_len - ch["offset"]),
+             f"{what} runs past the body")
         self.offset, self.length = ch["offset"], ch["length"]
 
     def to_json(self) -> dict:
@@ -287,7 +300,7 @@ class Chunk:
             out["hash"] = self.hash
         if self.kind == "vector" and self.planned_nats is not None:
             out["planned_nats"] = self.planned_nats
-        if self.is_literal:
+        if self.in_body:
             out |= {"offset": self.offset, "length": self.length}
         return out
 
@@ -356,7 +369,7 @@ class Header:
         else:
             need("corrections" not in h, "format 2 has no corrections")
         docs = _documents(h["documents"])
-        chunks = _chunks(h["chunks"], docs, vectors, corrections, body_len)
+        chunks = _chunks(h["chunks"], docs, vectors, corrections, body_len, version)
         return cls(model, vectors, docs, chunks, h["cram"], h.get("plan"), DecodeRecord.from_json(h.get("decode")),
                    h.get("software") if isinstance(h.get("software"), dict) else None, corrections, version)
 
@@ -382,7 +395,7 @@ def _documents(raw: list) -> list[Document]:
 
 
 def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: CorrectionsRecord | None,
-            body_len: int) -> list[Chunk]:
+            body_len: int, version: int) -> list[Chunk]:
     """Chunks in document order, each of a kind its document allows; vector chunks get their rows."""
     out, rows, last_doc = [], 0, 0
     bytes_chunks = [0] * len(docs)
@@ -394,7 +407,9 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: 
         kind = ch.get("kind")
         if kind == "predicted":
             need(corrections is not None, "format 2 has no predicted chunks")
-        if kind in ("vector", "tokens", "predicted"):
+        if kind == "coded":
+            need(version >= 5, f"format {version} has no coded chunks")
+        if kind in ("vector", "tokens", "predicted", "coded"):
             need(enc == "text", f"{kind} chunk in a bytes document")
         elif kind == "bytes":
             need(enc == "bytes", "bytes block in a text document")
@@ -402,7 +417,7 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: 
         if c.kind == "vector":
             need(rows < v.count, "more vector chunks than vectors")
             rows += 1
-        elif c.is_literal:
+        elif c.in_body:
             c.literal_range(ch, vec_end, body_len)
             need(c.offset >= lit_end, "literal blocks overlap or are out of order")
             lit_end = c.offset + c.length
@@ -414,7 +429,10 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: 
     if corrections is not None:
         held = sum(c.corrections for c in out)
         need(held == corrections.count, f"chunks hold {held} corrections, the section {corrections.count}")
-    tokens = sum(c.tokens for c in out)
+        if c.kind == "coded":
+            need(c.tokens <= CODED_TOKENS_PER_BYTE * (c.length + 1),
+                 f"a coded chunk declares {c.tokens} tokens for a stream of {c.length} bytes")
+    tokens = sum(c.tokens for c in out if c.kind != "coded")
     need(tokens <= TOKEN_ALLOWANCE + TOKENS_PER_BYTE * body_len,
          f"{tokens} tokens declared in a body of {body_len} bytes")
     greedy = sum(c.tokens for c in out if c.is_greedy)  # each one a greedy decoding step

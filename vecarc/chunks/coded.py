@@ -1,0 +1,140 @@
+"""Coded chunks: every token range-coded under the integer model's own next-token frequencies.
+
+The integer model (vecarc.exact) computes the same frequencies on every machine, so
+a chunk costs what the model's cross-entropy says, with no margin and no greedy
+confirmation: pack is one teacher-forced pass over all chunks at once, unpack steps
+token by token with a KV cache, and both see identical integers. A chunk is decoded
+from the sink token alone, like a predicted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..config import PackConfig
+from ..errors import VecarcError
+from ..events import emit
+from ..exact.model import IntegerModel, not_covered
+from ..format import Archive, Chunk, encode_tokens, token_hash
+from ..format.header import CODED_TOKENS_PER_BYTE
+from ..format.arith import Decoder, Encoder
+from ..forward import length_batches
+from ..models import LoadedModel
+from ..plan import Plan
+from .record import ChunkRecord, Dims, Hooks, Item, Settled
+
+OUTCOMES = ("coded", "tokens")
+PACK_ROWS, PACK_CELLS = 8, 4096  # rows of a teacher-forced batch, and rows x tokens
+DECODE_ROWS = 16
+
+
+def integer_model(lm: LoadedModel) -> IntegerModel:
+    """The loaded model's integer evaluation, quantised once per process."""
+    if "integer" not in lm._variants:
+        why = not_covered(lm.model)
+        if why:
+            raise VecarcError(f"{lm.name}: the integer path does not cover this model ({why})")
+        lm._variants["integer"] = IntegerModel(lm.model, lm.device)
+    return lm._variants["integer"]
+
+
+def encode(symbols: torch.Tensor) -> bytes:
+    """A chunk's stream from its (start, size, total) rows, read back before it is trusted."""
+    enc = Encoder()
+    rows = symbols.tolist()
+    for start, size, total in rows:
+        enc.encode(start, size, total)
+    stream = enc.finish()
+    dec = Decoder(stream)
+    for start, size, total in rows:
+        v = dec.target(total)
+        if not start <= v < start + size:
+            raise AssertionError("internal error: a coded stream does not read back")
+        dec.consume(start, size)
+    return stream
+
+
+@torch.no_grad()
+def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: Callable[[ChunkRecord], None],
+            hooks: Hooks | None = None) -> None:
+    """One teacher-forced pass of the integer model per batch of like-length chunks; each chunk's stream
+    (or a literal block, where that is smaller) handed over as it is coded."""
+    hooks = hooks or Hooks()
+    im, done = integer_model(lm), 0
+    for group in length_batches([len(t) for _, t in items], PACK_ROWS, PACK_CELLS):
+        toks = [list(items[i][1]) for i in group]
+        n = max(len(t) for t in toks)
+        targets = torch.tensor([t + [0] * (n - len(t)) for t in toks])
+        inputs = torch.cat([torch.full((len(toks), 1), lm.sink_id), targets[:, :-1]], 1)
+        symbols = im.symbols(inputs, targets).cpu()
+        for r, i in enumerate(group):
+            on_record(fate(items[i][0], toks[r], encode(symbols[r, : len(toks[r])])))
+        if hooks.final is not None:
+            hooks.final({"step": 0})
+        done += len(group)
+        emit(hooks.progress, event="predict", done=done, total=hooks.total or len(items))
+
+
+def fate(tag, tokens: Sequence[int], stream: bytes) -> ChunkRecord:
+    """Coded, unless a literal block of the tokens would be smaller (text the model does not know), or the
+    stream is so short that a reader would refuse to decode that many tokens from it (format.header)."""
+    fits = len(tokens) <= CODED_TOKENS_PER_BYTE * (len(stream) + 1)
+    if fits and len(stream) < len(encode_tokens(list(tokens))):
+        return ChunkRecord(tag, "coded", stream=stream)
+    return ChunkRecord(tag, "tokens")
+
+
+def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
+    d, a, b = rec.tag
+    tokens = plan.tokens[d][a:b]
+    return Settled(Chunk(d, "coded", b - a, token_hash(tokens)), stream=rec.stream, replayed=replayed)
+
+
+@torch.no_grad()
+def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None) -> dict[int, list[int]]:
+    """The coded chunks `todo`, side by side in batches, a step per token; a stream that names no
+    token is refused as corrupt."""
+    im, out = integer_model(lm), {}
+    lengths = [archive.chunks[i].tokens for i in todo]
+    total, done = sum(lengths), 0
+    for group in length_batches(lengths, DECODE_ROWS):
+        idx = [todo[g] for g in group]
+        sizes = [archive.chunks[i].tokens for i in idx]
+        decoders = [Decoder(archive.literals[i]) for i in idx]
+        got: list[list[int]] = [[] for _ in idx]
+        caches = [[] for _ in im.layers]
+        nxt = torch.full((len(idx), 1), lm.sink_id)
+        for step in range(max(sizes)):
+            freqs = im.forward(nxt, caches, start=step)[:, 0]
+            cum = freqs.cumsum(1)
+            live = [r for r, n in enumerate(sizes) if step < n]
+            values = torch.zeros(len(idx), 1, dtype=torch.int64)
+            for r in live:
+                values[r, 0] = _target(decoders[r], int(cum[r, -1]), idx[r])
+            tok = torch.searchsorted(cum, values.to(cum.device), right=True)
+            ends = cum.gather(1, tok)
+            sizes_now = freqs.gather(1, tok)
+            for r in live:
+                decoders[r].consume(int(ends[r, 0] - sizes_now[r, 0]), int(sizes_now[r, 0]))
+                got[r].append(int(tok[r, 0]))
+            nxt = tok.cpu()
+            if progress is not None and step % 16 == 15:
+                progress({"event": "tokens", "done": done + sum(min(n, step + 1) for n in sizes), "total": total})
+        done += sum(sizes)
+        out.update(zip(idx, got))
+        if progress is not None:
+            progress({"event": "decode", "done": len(out), "total": len(todo)})
+    return out
+
+
+def _target(dec: Decoder, total: int, chunk: int) -> int:
+    try:
+        return dec.target(total)
+    except ValueError:
+        raise VecarcError(f"corrupt archive: coded chunk {chunk} names no token") from None
+
+
+def finish(kept: dict) -> None:
+    """Nothing to settle across chunks: each coded chunk's own cap (fate) bounds what a reader decodes."""
