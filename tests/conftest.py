@@ -47,7 +47,8 @@ def predicted(trained_tiny, tmp_path_factory):
     (d / "a.txt").write_text(TRAIN_TEXT[:300] + " Something the model has never read: zq 42 xv.\n")
     (d / "b.bin").write_bytes(bytes(range(200)))
     out = d / "p.vec"
-    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, vecarc.PackConfig(chunk_tokens=40), model=trained_tiny)
+    r = vecarc.pack([d / "a.txt", d / "b.bin"], out, vecarc.PackConfig(mode="predict", chunk_tokens=40),
+                    model=trained_tiny)
     return d, out, r
 
 

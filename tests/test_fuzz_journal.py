@@ -30,7 +30,7 @@ CASES = int(os.environ.get("VECARC_FUZZ_CASES", "100"))
 BOUND = settings(max_examples=CASES, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
 VECTORS = PackConfig(mode="vectors", search=SearchSettings(batch_size=4, max_steps=150), chunk_tokens=24,
                      checkpoint_every=0)
-PREDICTED = PackConfig(chunk_tokens=8)
+PREDICTED = PackConfig(mode="predict", chunk_tokens=8)
 
 
 SEEN = {"accepted": 0, "refused": 0, "index read": 0, "index refused": 0}

@@ -113,7 +113,7 @@ def test_a_text_known_by_heart_stays_within_the_decoding_cap(trained_tiny, tmp_p
     src = tmp_path / "t.txt"
     src.write_text(TRAIN_TEXT[:400])
     out = tmp_path / "t.vec"
-    vecarc.pack([src], out, PackConfig(chunk_tokens=20), model=trained_tiny)
+    vecarc.pack([src], out, PackConfig(mode="predict", chunk_tokens=20), model=trained_tiny)
     a = vecarc.read_archive(out)
     greedy = sum(c.tokens for c in a.chunks if c.is_greedy)
     assert greedy <= header_mod.greedy_cap(a.header.corrections.section[1])
@@ -126,7 +126,7 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
 
     src = tmp_path / "a.txt"
     src.write_text((TRAIN_TEXT * 3)[:2400])
-    ref = vecarc.pack([src], tmp_path / "ref.vec", PackConfig(chunk_tokens=8), model=trained_tiny)
+    ref = vecarc.pack([src], tmp_path / "ref.vec", PackConfig(mode="predict", chunk_tokens=8), model=trained_tiny)
     assert ref.archive.header.plan["chunks_planned"] > 64  # more than one greedy batch
 
     def stop(e):
@@ -135,10 +135,11 @@ def test_an_interrupted_predicted_pack_resumes_byte_identically(trained_tiny, tm
 
     out = tmp_path / "a.vec"
     with pytest.raises(KeyboardInterrupt):
-        vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, progress=stop)
+        vecarc.pack([src], out, PackConfig(mode="predict", chunk_tokens=8), model=trained_tiny, progress=stop)
     assert not out.exists() and journal_path(out).exists()
     seen = []
-    vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, resume=True, progress=seen.append)
+    vecarc.pack([src], out, PackConfig(mode="predict", chunk_tokens=8), model=trained_tiny, resume=True,
+                progress=seen.append)
     done = [e for e in seen if e.get("event") == "predict"]
     assert done[-1]["done"] == ref.archive.header.plan["chunks_planned"] - 64  # journaled chunks are not redone
     assert out.read_bytes() == (tmp_path / "ref.vec").read_bytes()
@@ -170,14 +171,14 @@ def test_a_resealed_predicted_journal_is_refused_with_one_line(trained_tiny, tmp
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, progress=stop)
+        vecarc.pack([src], out, PackConfig(mode="predict", chunk_tokens=8), model=trained_tiny, progress=stop)
     recs, _ = _records(journal_path(out).read_bytes())
     i = next(i for i, r in enumerate(recs) if r[0] == RESULT and r[1]["outcome"] == "predicted"
              and len(r[1]["info"]["corrections"]) >= 2)
     journal_path(out).write_bytes(b"".join(_record(k, _with_corrections(m, change) if n == i else m, t)
                                            for n, (k, m, t, _) in enumerate(recs)))
     with pytest.raises(VerificationError, match="holds work that does not decode"):
-        vecarc.pack([src], out, PackConfig(chunk_tokens=8), model=trained_tiny, resume=True)
+        vecarc.pack([src], out, PackConfig(mode="predict", chunk_tokens=8), model=trained_tiny, resume=True)
     assert not out.exists()
 
 

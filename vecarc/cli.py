@@ -63,8 +63,9 @@ def main() -> None:
 @model_opt
 @device_opt
 @click.option("--mode", default=PackConfig.mode, show_default=True, type=click.Choice(list(MODES)),
-              help="predict: the model decodes each chunk alone and the tokens it gets wrong are stored "
-                   "(smallest); vectors: memory vectors found per chunk.")
+              help="coded: tokens range-coded under the integer model (smallest; Llama-family models, else "
+                   "predict); predict: the model decodes each chunk alone and the tokens it gets wrong are "
+                   "stored; vectors: memory vectors found per chunk.")
 @search_options
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
               help=f"Equal chunks of N tokens (predict mode's default: {PREDICT_TOKENS}; vectors mode: instead "

@@ -171,7 +171,8 @@ def info_archive(name: str, s: dict) -> None:
         ["archive", f"{name}  {size(s['archive_bytes'])}"],
         ["original", f"{size(s['original_bytes'])}  ratio {s['ratio']:.3f}" if s["ratio"] else "0 B"],
         ["split", f"vectors {size(s['vector_bytes'])} · corrections {size(s['corrections_bytes'])} · "
-                  f"literal {size(s['literal_bytes'])} · header+checksum {size(s['overhead_bytes'])}"],
+                  f"coded {size(s['coded_bytes'])} · literal {size(s['literal_bytes'])} · "
+                  f"header+checksum {size(s['overhead_bytes'])}"],
         ["format", f"version {s['format_version']}"],
         ["model", m["name"]],
         ["source", m["source"]],
@@ -182,8 +183,8 @@ def info_archive(name: str, s: dict) -> None:
     ]
     t += _plan_rows(s)
     tpv = c["tokens_per_vector"]
-    t.append(["chunks", f"{c['total']}: {c['vector']} vector, {c['predicted']} predicted, {c['tokens']} literal-token, "
-                        f"{c['bytes']} literal-bytes"
+    t.append(["chunks", f"{c['total']}: {c['coded']} coded, {c['vector']} vector, {c['predicted']} predicted, "
+                        f"{c['tokens']} literal-token, {c['bytes']} literal-bytes"
               + (f" · tokens/vector min {tpv['min']} median {tpv['median']} max {tpv['max']}" if tpv else "")
               + (f" · min margin {c['min_margin']:.3f}" if c["min_margin"] is not None else "")])
     show_table(out, None, t)
@@ -211,7 +212,7 @@ def _plan_rows(s: dict) -> list[list[str]]:
 
 
 def _stored_as(doc: dict) -> str:
-    parts = [f"{doc[k + '_chunks']} {k}" for k in ("vector", "predicted") if doc[k + "_chunks"]]
+    parts = [f"{doc[k + '_chunks']} {k}" for k in ("coded", "vector", "predicted") if doc[k + "_chunks"]]
     return " + ".join(parts + [f"{doc['literal_chunks']} literal"])
 
 

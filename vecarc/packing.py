@@ -22,6 +22,7 @@ from .errors import VecarcError, VerificationError
 from .events import Progress, Trace, emit
 from .format import (
     MAX_LITERAL_TOKENS,
+    VERSION,
     Archive,
     Chunk,
     DecodeRecord,
@@ -33,6 +34,7 @@ from .format import (
     serialize,
     token_hash,
 )
+from .format.compact import VERSION as COMPACT
 from .format.corrections import Correction
 from .format.index import Index
 from .journal import Journal, identity
@@ -88,7 +90,7 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
     state = _resume(journal, ledger, lm, cfg, size, budget if cfg.planned else None, progress)
     emit(progress, event="plan", chunks=len(plan.spans))
     _compute(lm, cfg, ledger, state, progress, trace)
-    body = assemble(plan, ledger)
+    body = assemble(plan, ledger, merge=cfg.mode != "coded")
     header = build_header(lm, cfg, plan, ledger, body, size, budget if cfg.planned else None)
     archive = Archive(header=header, literals=body.literals, corrections=body.corrections,
                       stored=torch.stack(body.coords if cfg.search.rank else body.rows) if body.rows else None)
@@ -198,9 +200,9 @@ class Assembly:
         self.chunks.append(Chunk(d, "bytes", size=len(data)))
 
 
-def assemble(plan: Plan, ledger: Ledger) -> Assembly:
+def assemble(plan: Plan, ledger: Ledger, merge: bool = True) -> Assembly:
     """Chunks in document order; neighbouring literal chunks become one block (one zstd frame
-    compresses far better than many)."""
+    compresses far better than many), unless merge is off (format 5 derives its chunks' spans)."""
     out = Assembly()
     by_doc: dict[int, list[int]] = {}
     for d, a in sorted(ledger.kept):
@@ -213,7 +215,7 @@ def assemble(plan: Plan, ledger: Ledger) -> Assembly:
         for a in by_doc.get(d, []):
             s = ledger.kept[(d, a)]
             b = a + s.record.tokens
-            if s.record.kind == "tokens" and run is not None and b - run[0] <= MAX_LITERAL_TOKENS:
+            if merge and s.record.kind == "tokens" and run is not None and b - run[0] <= MAX_LITERAL_TOKENS:
                 run = (run[0], b)
                 continue
             if run is not None:
@@ -245,6 +247,7 @@ def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, b
         DecodeRecord("greedy-kv", model["dtype"], cfg.margin),
         documents=plan.documents,
         chunks=body.chunks,
+        version=COMPACT if cfg.mode == "coded" else VERSION,
     )
 
 

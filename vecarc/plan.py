@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .entropy import token_nll
 from .events import Progress, emit
 from .format import Document, check_name
+from .format.compact import spans
 from .models import LoadedModel
 from .text import tokenize_exact
 
@@ -36,16 +37,11 @@ def plan_chunks(n_tokens: int, max_tokens: int) -> list[tuple[int, int]]:
     """
     if max_tokens < 1:
         raise ValueError("max_tokens must be positive")
-    if n_tokens == 0:
-        return []
-    count = -(-n_tokens // max_tokens)
-    base, extra = divmod(n_tokens, count)
-    spans, start = [], 0
-    for i in range(count):
-        end = start + base + (1 if i < extra else 0)
-        spans.append((start, end))
-        start = end
-    return spans
+    out, start = [], 0
+    for n in spans(n_tokens, max_tokens):  # the rule format 5 derives chunks by
+        out.append((start, start + n))
+        start += n
+    return out
 
 
 def split_span(start: int, end: int) -> list[tuple[int, int]]:

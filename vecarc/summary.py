@@ -65,6 +65,7 @@ def _documents(archive: Archive) -> list[dict]:
     by_doc = [[h.chunks[i] for i in mine] for mine in h.chunks_by_document()]
     return [{**doc.to_json(), "chunks": len(mine), "vector_chunks": sum(c.kind == "vector" for c in mine),
              "predicted_chunks": sum(c.kind == "predicted" for c in mine),
+             "coded_chunks": sum(c.kind == "coded" for c in mine),
              "literal_chunks": sum(c.is_literal for c in mine), "tokens": sum(c.tokens for c in mine)}
             for doc, mine in zip(h.documents, by_doc)]
 

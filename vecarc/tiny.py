@@ -86,17 +86,29 @@ def train(model, tokenizer, steps: int, seed: int = 0) -> None:
     model.eval()
 
 
-def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64, train_steps: int = 0,
-                     tokenizer: str = "bpe") -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+FAMILIES = ("llama", "mistral", "qwen2")
 
+
+def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64, train_steps: int = 0,
+                     tokenizer: str = "bpe", family: str = "llama", **config) -> Path:
+    """A two-layer model of a Llama-style family (Mistral: a sliding window; Qwen2: q, k, v biases);
+    `config` overrides the family's configuration (rope_scaling, say)."""
+    import transformers
+
+    kinds = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
     fast = build_tokenizer(tokenizer)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    cfg = getattr(transformers, kinds[family] + "Config")(
         vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        **config,
     )
-    model = LlamaForCausalLM(cfg)
+    model = getattr(transformers, kinds[family] + "ForCausalLM")(cfg)
+    if family == "qwen2":  # biases that are not zero, so that the integer path's are exercised
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for p in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    p.bias.normal_(0, 0.1)
     if train_steps:
         train(model, fast, train_steps, seed)
     model.save_pretrained(folder)

@@ -91,7 +91,7 @@ def decode_archive(
             problems.append(f"{doc.name}: {e}")
             out.append(None)
             continue
-        if len(data) != doc.size or hashlib.sha256(data).hexdigest() != doc.sha256:
+        if len(data) != doc.size or hashlib.sha256(data).hexdigest()[: len(doc.sha256)] != doc.sha256:
             problems.append(f"{doc.name}: decoded bytes do not match the stored sha256")
             out.append(None)
         else:
@@ -128,7 +128,7 @@ def _document_bytes(archive: Archive, lm: LoadedModel, doc: Document, mine: Sequ
         c = archive.chunks[i]
         if c.kind == "tokens":
             tokens[i] = literal.tokens(archive, i)
-        if token_hash(tokens[i]) != c.hash:
+        if c.hash and token_hash(tokens[i]) != c.hash:
             problems.append(f"{doc.name}: chunk {i} ({c.kind}) decoded to other tokens")
         ids.extend(tokens[i])
     return detokenize(lm, ids) if ids else b""
@@ -148,7 +148,7 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
                 f"the archive needs model {want.name} ({want.fingerprint[:19]}…): {e}; {install_hint(want.source)}"
             ) from None
     have = lm.fingerprint_as(scheme_of(want.fingerprint))
-    if have != want.fingerprint:
+    if have[: len(want.fingerprint)] != want.fingerprint:
         raise VecarcError(
             f"model mismatch: the archive was packed with {want.name} ({want.fingerprint[:19]}…), "
             f"but {lm.name} ({have[:19]}…) was loaded; {install_hint(want.source)}"
@@ -160,7 +160,7 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
     if m.sink_token_id != lm.sink_id:  # decode with the sink the archive was packed with, whatever today's rule picks
         lm = replace(lm, sink_id=m.sink_token_id)
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
-    for kind, k in (("vector", archive.header.vectors.per_chunk), ("predicted", 0)):
+    for kind, k in (("vector", archive.header.vectors.per_chunk), ("predicted", 0), ("coded", 0)):
         limit = lm.chunk_limit(k)
         worst = max((c.tokens for c in archive.chunks if c.kind == kind), default=0)
         if worst > limit:

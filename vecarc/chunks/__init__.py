@@ -10,8 +10,10 @@ from . import coded, literal, predicted, vectors
 from .record import OUTCOMES, ChunkRecord, Hooks, Item, Settled, Tag
 
 MODES = {"coded": coded, "predict": predicted, "vectors": vectors}  # how pack computes a mode's chunks
-SETTLE = {"vector": vectors.settle, "predicted": predicted.settle, "coded": coded.settle, "tokens": literal.settle}  # by outcome
+SETTLE = {"vector": vectors.settle, "predicted": predicted.settle, "coded": coded.settle,  # by outcome
+          "tokens": literal.settle}  # by outcome
 GREEDY = (vectors, predicted)  # the kinds the model decodes, in the order unpack decodes them
 
-__all__ = ["GREEDY", "MODES", "OUTCOMES", "SETTLE", "ChunkRecord", "Hooks", "Item", "Settled", "Tag", "coded", "literal",
+__all__ = ["GREEDY", "MODES", "OUTCOMES", "SETTLE", "ChunkRecord", "Hooks", "Item", "Settled", "Tag", "coded",
+           "literal",
            "predicted", "vectors"]

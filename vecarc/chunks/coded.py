@@ -9,6 +9,7 @@ from the sink token alone, like a predicted one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,12 +17,12 @@ import torch
 from ..config import PackConfig
 from ..errors import VecarcError
 from ..events import emit
-from ..exact.model import IntegerModel, not_covered
+from ..exact.model import SPEC, IntegerModel, not_covered
 from ..format import Archive, Chunk, encode_tokens, token_hash
-from ..format.header import CODED_TOKENS_PER_BYTE
 from ..format.arith import Decoder, Encoder
+from ..format.header import CODED_TOKENS_PER_BYTE
 from ..forward import length_batches
-from ..models import LoadedModel
+from ..models import LoadedModel, cache_dir
 from ..plan import Plan
 from .record import ChunkRecord, Dims, Hooks, Item, Settled
 
@@ -36,8 +37,29 @@ def integer_model(lm: LoadedModel) -> IntegerModel:
         why = not_covered(lm.model)
         if why:
             raise VecarcError(f"{lm.name}: the integer path does not cover this model ({why})")
-        lm._variants["integer"] = IntegerModel(lm.model, lm.device)
+        lm._variants["integer"] = _cached(lm)
     return lm._variants["integer"]
+
+
+def _cached(lm: LoadedModel) -> IntegerModel:
+    """Quantising takes seconds; the result, a pure function of the fingerprinted weights, is kept in the
+    cache under that fingerprint (a damaged or foreign file is quantised again and replaced)."""
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir() / "integer" / f"{lm.fingerprint.split(':')[-1][:32]}-spec{SPEC}.safetensors"
+    try:
+        return IntegerModel(lm.model, lm.device, load_file(str(path)))
+    except Exception:  # noqa: BLE001 - any unreadable cache file is rebuilt
+        pass
+    im = IntegerModel(lm.model, lm.device)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file(im.state(), str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache costs time only
+    return im
 
 
 def encode(symbols: torch.Tensor) -> bytes:

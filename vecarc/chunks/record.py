@@ -20,7 +20,8 @@ from ..format import Chunk, is_number
 from ..format.corrections import Correction
 
 Tag = tuple[int, int, int]  # (document, start, end) in token offsets
-OUTCOMES = ("vector", "predicted", "coded", "tokens", "split")  # split: a vector chunk that failed, computed again as halves
+# split: a vector chunk that failed, computed again as halves
+OUTCOMES = ("vector", "predicted", "coded", "tokens", "split")
 
 
 @dataclass(frozen=True)

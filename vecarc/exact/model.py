@@ -31,7 +31,10 @@ QK_CLAMP = 1 << (F + 14)
 MLP_CLAMP = 1 << (F + 14)
 FREQ_TOTAL = 1 << 28  # frequencies sum to at most this; every token gets at least 1
 MAX_POSITIONS = 8192
+MIN_WINDOW = 2048  # a sliding window this long or longer: the integer path evaluates the positions before it
 FAMILIES = ("llama", "mistral", "qwen2")
+LINEARS = ("qkv", "o", "gate_up", "down")
+SPEC = 1  # the integer model's specification (docs/format.md): a change gets a new number and format
 QUERY_BLOCK, MLP_BLOCK, HEAD_ROWS = 64, 128, 16  # row blocks: sizes change speed only, never a value
 X_BITS, C_BITS = 21, 16  # the head's exp index: gaps clamped at 2^21 (Q16), c kept with 16 more bits
 
@@ -70,6 +73,12 @@ def _rope(cfg: Any) -> tuple[str, float]:
     return str(kind), float(theta)
 
 
+def _window(cfg: Any) -> int | None:
+    """The sliding attention window where the model uses one (Mistral's; Qwen2's when switched on)."""
+    uses = cfg.model_type == "mistral" or getattr(cfg, "use_sliding_window", False)
+    return getattr(cfg, "sliding_window", None) if uses else None
+
+
 def not_covered(model: Any) -> str | None:
     """Why the integer path cannot evaluate this model (None: it can)."""
     cfg = model.config
@@ -81,8 +90,9 @@ def not_covered(model: Any) -> str | None:
     rope, _ = _rope(cfg)
     if rope != "default":
         return f"RoPE scaling {rope!r} (the integer path computes plain RoPE)"
-    if getattr(cfg, "use_sliding_window", False) or (getattr(cfg, "sliding_window", None) or 1 << 30) < MAX_POSITIONS:
-        return "sliding-window attention"
+    window = _window(cfg)
+    if window is not None and window < MIN_WINDOW:
+        return f"a sliding attention window of {window} positions"
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     if head_dim % 2 or cfg.intermediate_size >= 1 << 16 or cfg.hidden_size >= 1 << 16:
         return "its dimensions exceed the integer path's bounds"
@@ -108,6 +118,11 @@ def quantise(w: torch.Tensor, gain: torch.Tensor | None = None, bias: torch.Tens
     return Linear(q, mult, shift, b)
 
 
+def _linear(saved: dict, name: str, device: torch.device) -> Linear:
+    return Linear(saved[f"{name}.q"], saved[f"{name}.mult"], int(saved[f"{name}.shift"]),
+                  saved.get(f"{name}.bias")).to(device)
+
+
 def linear_normed(a: torch.Tensor, root: torch.Tensor, lin: Linear) -> torch.Tensor:
     """RMSNorm then the layer, in Q16: (a . q) * mult, to Q16, divided by the row's root."""
     acc = ops.int_matmul(a.reshape(-1, a.shape[-1]), lin.q).reshape(*a.shape[:-1], -1)
@@ -126,7 +141,8 @@ def linear_plain(x: torch.Tensor, lin: Linear) -> torch.Tensor:
 class IntegerModel:
     """The integer evaluation of one loaded model; `forward` serves whole chunks and single steps alike."""
 
-    def __init__(self, model: Any, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: Any, device: torch.device | str = "cpu", saved: dict | None = None) -> None:
+        """Quantise `model`'s weights, or take them from `saved` (a `state()` of the same weights)."""
         why = not_covered(model)
         if why:
             raise ValueError(why)
@@ -137,14 +153,30 @@ class IntegerModel:
                            getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
                            int(model.get_input_embeddings().weight.shape[0]), Fraction(theta), float(cfg.rms_norm_eps))
         self.device = torch.device(device)
-        self.layers = [self._layer(layer) for layer in model.model.layers]
+        self.max_positions = min(MAX_POSITIONS, _window(cfg) or MAX_POSITIONS)
+        if saved is not None:
+            self.layers = [{k: _linear(saved, f"{i}.{k}", self.device) for k in LINEARS}
+                           for i in range(self.shape.layers)]
+            self.head = _linear(saved, "head", self.device)
+        else:
+            self.layers = [self._layer(layer) for layer in model.model.layers]
+            self.head = quantise(model.get_output_embeddings().weight, model.model.norm.weight).to(self.device)
         emb = model.get_input_embeddings().weight.detach().to("cpu", torch.float64)
         self.embed = torch.round(emb * (1 << F)).to(torch.int64).to(self.device)
-        self.head = quantise(model.get_output_embeddings().weight, model.model.norm.weight).to(self.device)
         self.eps = eps_table(self.shape.eps, F, NORM_BITS).to(self.device)
         self.exp20, self.exp30 = exp_table(ATTN_BITS).to(self.device), exp_table(30).to(self.device)
         self.sig = sigmoid_table().to(self.device)
         self._rope_at: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The quantised weights as flat tensors (what `saved` takes back): a cache of the slow part."""
+        out = {}
+        for name, lin in [(f"{i}.{k}", lay[k]) for i, lay in enumerate(self.layers) for k in LINEARS] + [
+                ("head", self.head)]:
+            out |= {f"{name}.q": lin.q.cpu(), f"{name}.mult": lin.mult.cpu(), f"{name}.shift": torch.tensor(lin.shift)}
+            if lin.bias is not None:
+                out[f"{name}.bias"] = lin.bias.cpu()
+        return out
 
     def _layer(self, layer: Any) -> dict[str, Linear]:
         at, mlp = layer.self_attn, layer.mlp
@@ -241,8 +273,8 @@ class IntegerModel:
         """
         tokens = tokens.to(self.device)
         B, T = tokens.shape
-        if start + T > MAX_POSITIONS:
-            raise ValueError(f"the integer path evaluates at most {MAX_POSITIONS} positions")
+        if start + T > self.max_positions:
+            raise ValueError(f"the integer path evaluates at most {self.max_positions} positions of this model")
         caches = caches if caches is not None else [[] for _ in self.layers]
         x = self.embed[tokens]
         for lay, cache in zip(self.layers, caches):

@@ -30,7 +30,7 @@ def bit_length(x: torch.Tensor) -> torch.Tensor:
     """Bits of non-negative int64 values: frexp's exponent of the binary64 value, less one where
     rounding to binary64 carried the value up to the next power of two."""
     e = torch.frexp(x.double())[1].to(torch.int64)
-    return torch.where((1 << (e - 1).clamp(min=0)) > x, e - 1, e)
+    return torch.where((e > 0) & ((1 << (e - 1).clamp(min=0)) > x), e - 1, e)
 
 
 def shift_down(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ would make that definition fragile, and building refuses it rather than guess.
 from __future__ import annotations
 
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 
@@ -19,7 +19,7 @@ EXP_BITS = 30  # exp tables: Q30
 ROPE_BITS = 24  # cos/sin tables: Q24
 
 
-def _series(x: int, scale: int, step) -> int:
+def _series(x: int, step) -> int:
     """Sum of a series whose terms step(k, term) shrink to zero, in P-bit fixed point."""
     total, term, k = 0, x, 0
     while term:
@@ -93,7 +93,7 @@ def _round(value: int, bits: int) -> int:
     return (value + (1 << (shift - 1))) >> shift
 
 
-@lru_cache(maxsize=None)
+@cache
 def exp2_tables() -> tuple[torch.Tensor, torch.Tensor]:
     """HI[i] = round(2^30 * 2^(-i/256)), LO[i] = round(2^30 * 2^(-i/65536)), i < 256: 2^-f for f in Q16
     is HI[f >> 8] * LO[f & 255] >> 30."""
@@ -107,7 +107,7 @@ EXP_STEPS = 1024  # exp tables step by 2^(-1/1024)
 EXP_SIZE = 1 << 16
 
 
-@lru_cache(maxsize=None)
+@cache
 def exp_table(bits: int) -> torch.Tensor:
     """EXP[i] = round(2^bits * 2^(-i/1024)) for i < 2^16 (0 where that rounds to nothing): e^-x for
     x >= 0 in Q16 is EXP[(x * LOG2E_Q24) >> 30], 2^(-1/1024) steps (0.07 %)."""
@@ -132,8 +132,9 @@ def rope_tables(theta: Fraction, head_dim: int, positions: int) -> tuple[torch.T
     sin = [[0] * half for _ in range(positions)]
     for i in range(half):
         w = exp_fixed(-(2 * i * log_theta) // head_dim)
-        c1 = _series(ONE, 0, lambda k, t: -_mul(_mul(t, w), w) // ((2 * k - 1) * 2 * k))
-        s1 = _series(w, 0, lambda k, t: -_mul(_mul(t, w), w) // ((2 * k) * (2 * k + 1)))
+        w2 = _mul(w, w)
+        c1 = _series(ONE, lambda k, t, w2=w2: -_mul(t, w2) // ((2 * k - 1) * 2 * k))
+        s1 = _series(w, lambda k, t, w2=w2: -_mul(t, w2) // ((2 * k) * (2 * k + 1)))
         c, s = ONE, 0
         for p in range(positions):
             cos[p][i], sin[p][i] = _round(c, ROPE_BITS), _round(s, ROPE_BITS)
@@ -155,7 +156,7 @@ def eps_table(eps: float, frac_bits: int, norm_bits: int) -> torch.Tensor:
 SIG_BITS, SIG_SPAN = 12, 1 << 16  # sigmoid table: x = (i - 2^16) / 2^12 for i < 2^17, x in [-16, 16)
 
 
-@lru_cache(maxsize=None)
+@cache
 def sigmoid_table() -> torch.Tensor:
     """SIG[i] = round(2^30 / (1 + e^-x)), x = (i - 2^16) / 2^12: SiLU's gate, indexed by x in Q12."""
     step = exp_fixed(-ONE // (1 << SIG_BITS))

@@ -20,13 +20,13 @@ from typing import Any
 import zstandard
 
 from ..errors import VecarcError, first_line
-from . import basis, corrections, quant
+from . import basis, compact, corrections, quant
 from .corrections import Correction
 from .header import VERSION, Chunk, CorrectionsRecord, Document, Header, bad
 from .strict import parse_json
 
 MAGIC = b"\x89VEC\r\n\x1a\n"
-READS = (2, 3, 4, 5)  # what this vecarc reads (it writes VERSION)
+READS = (2, 3, 4)  # what this container reads; format 5 is vecarc.format.compact
 # zstd raw-content dictionaries for the header, one per version (docs/format.md, appendix): a typical
 # header, so that the keys and the default model's strings cost almost nothing in a small archive.
 DICT_DIR = Path(__file__).parent
@@ -34,10 +34,10 @@ HEADER_DICTS = {
     2: ("header-dict-v2.json", "b9b9e98752954e554d37ec03125c44e51a6cd73ef22e4f09e3ea8775d94fb715"),
     3: ("header-dict-v3.json", "9579234b827e233209c254b1dca4c028838e1120c6eabc7cfaa85c6493eb4a8e"),
     4: ("header-dict-v4.json", "c7e6b01c03be61523a3068139fef899b9e1553a77f78abf531a61f694e1faa57"),
-    5: ("header-dict-v4.json", "c7e6b01c03be61523a3068139fef899b9e1553a77f78abf531a61f694e1faa57"),
 }
 PREFIX = struct.Struct("<8sHHIIIQ")  # magic, version, flags, header_zlen, header_len, reserved, body_len
 CHECKSUM_LEN = 32
+MAX_COMPACT = 1 << 31  # format 5 is read whole; volumes keep real ones far smaller
 MAX_HEADER_ZLEN = 16 << 20
 MAX_HEADER_LEN = 64 << 20
 # Plain header bytes per compressed byte, above a 1 MiB allowance: real headers expand 5-20x.
@@ -154,6 +154,8 @@ def literal_bytes(archive: Archive, chunk_index: int) -> bytes:
 
 def serialize(archive: Archive) -> bytes:
     """Lay out the body, fill in offsets, and return the complete file bytes."""
+    if archive.header.version == compact.VERSION:
+        return compact.serialize(archive.header, archive.literals)
     header = archive.header.to_json()
     body = bytearray()
     vec = header["vectors"]
@@ -302,25 +304,15 @@ def parse_archive(data: bytes, load_vectors: bool = True) -> Archive:
     return _parse_stream(io.BytesIO(data), len(data), load_vectors)
 
 
-def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
-    head = f.read(PREFIX.size)
-    if not head or head[: len(MAGIC)] != MAGIC[: len(head)]:
-        raise VecarcError("not a vecarc archive (bad magic number)")
-    if len(head) < PREFIX.size:
-        raise bad("truncated before the end of the fixed header")
-    _, version, flags, zlen, hlen, reserved, body_len = PREFIX.unpack(head)
-    if version not in READS:
-        raise VecarcError(f"unsupported archive version {version} (this vecarc reads versions "
-                          f"{', '.join(map(str, READS))})")
-    if flags or reserved:
-        raise bad("reserved fields are not zero")
-    if not 1 <= zlen <= MAX_HEADER_ZLEN or not 2 <= hlen <= min(MAX_HEADER_LEN,
-                                                                 HEADER_ALLOWANCE + MAX_HEADER_EXPANSION * zlen):
-        raise bad(f"header size out of range ({zlen} compressed, {hlen} plain)")
-    expected = PREFIX.size + zlen + body_len + CHECKSUM_LEN
-    if expected != size:
-        what = "truncated" if size < expected else "has trailing bytes"
-        raise bad(f"{what}: the header promises {expected} bytes, the file has {size}")
+def _compact(head: bytes, f, size: int) -> Archive:
+    if size > MAX_COMPACT:
+        raise bad(f"a format-5 archive of {size} bytes (this reader takes up to {MAX_COMPACT})")
+    header, blocks = compact.parse(head + f.read(size - len(head)))
+    return Archive(header=header, literals=blocks, size=size)
+
+
+def _read_checked(f, head: bytes, size: int) -> bytearray:
+    """The rest of the file after the prefix, its SHA-256 checked before anything parses it."""
     h = hashlib.sha256(head)
     rest = bytearray()
     remaining = size - PREFIX.size - CHECKSUM_LEN
@@ -333,6 +325,31 @@ def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
     h.update(rest)
     if h.digest() != f.read(CHECKSUM_LEN):
         raise bad("checksum mismatch (the file is damaged)")
+    return rest
+
+
+def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
+    head = f.read(PREFIX.size)
+    if compact.is_compact(head):
+        return _compact(head, f, size)
+    if not head or head[: len(MAGIC)] != MAGIC[: len(head)]:
+        raise VecarcError("not a vecarc archive (bad magic number)")
+    if len(head) < PREFIX.size:
+        raise bad("truncated before the end of the fixed header")
+    _, version, flags, zlen, hlen, reserved, body_len = PREFIX.unpack(head)
+    if version not in READS:
+        raise VecarcError(f"unsupported archive version {version} (this vecarc reads versions "
+                          f"{', '.join(map(str, (*READS, compact.VERSION)))})")
+    if flags or reserved:
+        raise bad("reserved fields are not zero")
+    if not 1 <= zlen <= MAX_HEADER_ZLEN or not 2 <= hlen <= min(MAX_HEADER_LEN,
+                                                                 HEADER_ALLOWANCE + MAX_HEADER_EXPANSION * zlen):
+        raise bad(f"header size out of range ({zlen} compressed, {hlen} plain)")
+    expected = PREFIX.size + zlen + body_len + CHECKSUM_LEN
+    if expected != size:
+        what = "truncated" if size < expected else "has trailing bytes"
+        raise bad(f"{what}: the header promises {expected} bytes, the file has {size}")
+    rest = _read_checked(f, head, size)
     try:
         text = _decompress(bytes(rest[:zlen]), hlen, "header", header_dict(version))
         header = parse_json(text.decode("utf-8"))

@@ -21,10 +21,10 @@ from ..errors import VecarcError
 from . import basis, quant
 from .names import check_name, check_names
 
-VERSION = 5  # the format version this vecarc writes
+VERSION = 4  # the version of the JSON container this vecarc writes (coded archives: 5, format.compact)
 # Version 4 records the model fingerprint in scheme 2 (vecarc/fingerprint.py); 2 and 3 in scheme 1.
 FINGERPRINT = {2: re.compile(r"sha256:[0-9a-f]{64}"), 3: re.compile(r"sha256:[0-9a-f]{64}"),
-               4: re.compile(r"fp2:[0-9a-f]{64}"), 5: re.compile(r"fp2:[0-9a-f]{64}")}
+               4: re.compile(r"fp2:[0-9a-f]{64}")}
 HASH_CHARS = 8  # per-chunk token hash: 32 bits locate a bad chunk; the document's SHA-256 is the guarantee
 MAX_PER_CHUNK = 64
 MAX_VECTOR_EXPANSION = 8  # decompressed / compressed size of a vectors section
@@ -32,7 +32,8 @@ MAX_CHUNK_TOKENS = 1 << 20
 MAX_LITERAL = 1 << 30
 MAX_LITERAL_TOKENS = min(MAX_CHUNK_TOKENS, MAX_LITERAL // 4)  # one literal token block
 _HEX = re.compile(r"[0-9a-f]+")
-CHUNK_KINDS = ("vector", "tokens", "bytes", "predicted", "coded")  # "predicted": format 3 on; "coded": 5 on
+CHUNK_KINDS = ("vector", "tokens", "bytes", "predicted")  # in the JSON container; "predicted": format 3 on
+# Format 5 (format.compact) holds "coded", "tokens" and "bytes" chunks.
 # A coded chunk may ask a reader to decode this many tokens per byte of its stream (plus one byte):
 # text coded at 1/128 of a bit a token is already a text the model knows by heart.
 CODED_TOKENS_PER_BYTE = 1024
@@ -263,9 +264,6 @@ class Chunk:
             need(_int(ch.get("tokens"), 1, MAX_CHUNK_TOKENS), "chunk token count out of range")
             need(_int(ch.get("corrections"), 0, ch["tokens"]), "chunk corrections out of range")
             c.tokens, c.corrections = ch["tokens"], ch["corrections"]
-        elif kind == "coded":
-            need(_int(ch.get("tokens"), 1, MAX_CHUNK_TOKENS), "chunk token count out of range")
-            c.tokens = ch["tokens"]
         elif kind == "tokens":
             need(_int(ch.get("tokens"), 1, MAX_LITERAL_TOKENS), "token block size out of range")
             c.tokens = ch["tokens"]
@@ -278,10 +276,8 @@ class Chunk:
         return c
 
     def literal_range(self, ch: dict, vec_end: int, body_len: int) -> None:
-        what = "coded stream" if self.kind == "coded" else "literal block"
-        need(_int(ch.get("offset"), vec_end, body_len), f"{what} offset out of range")
-        need(_int(ch.get("length"), 0 if self.kind == "coded" else 1, body_len - ch["offset"]),
-             f"{what} runs past the body")
+        need(_int(ch.get("offset"), vec_end, body_len), "literal block offset out of range")
+        need(_int(ch.get("length"), 1, body_len - ch["offset"]), "literal block runs past the body")
         self.offset, self.length = ch["offset"], ch["length"]
 
     def to_json(self) -> dict:
@@ -407,9 +403,7 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: 
         kind = ch.get("kind")
         if kind == "predicted":
             need(corrections is not None, "format 2 has no predicted chunks")
-        if kind == "coded":
-            need(version >= 5, f"format {version} has no coded chunks")
-        if kind in ("vector", "tokens", "predicted", "coded"):
+        if kind in ("vector", "tokens", "predicted"):
             need(enc == "text", f"{kind} chunk in a bytes document")
         elif kind == "bytes":
             need(enc == "bytes", "bytes block in a text document")
@@ -417,7 +411,7 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: 
         if c.kind == "vector":
             need(rows < v.count, "more vector chunks than vectors")
             rows += 1
-        elif c.in_body:
+        elif c.is_literal:
             c.literal_range(ch, vec_end, body_len)
             need(c.offset >= lit_end, "literal blocks overlap or are out of order")
             lit_end = c.offset + c.length
@@ -429,10 +423,7 @@ def _chunks(raw: list, docs: Sequence[Document], v: VectorsRecord, corrections: 
     if corrections is not None:
         held = sum(c.corrections for c in out)
         need(held == corrections.count, f"chunks hold {held} corrections, the section {corrections.count}")
-        if c.kind == "coded":
-            need(c.tokens <= CODED_TOKENS_PER_BYTE * (c.length + 1),
-                 f"a coded chunk declares {c.tokens} tokens for a stream of {c.length} bytes")
-    tokens = sum(c.tokens for c in out if c.kind != "coded")
+    tokens = sum(c.tokens for c in out)
     need(tokens <= TOKEN_ALLOWANCE + TOKENS_PER_BYTE * body_len,
          f"{tokens} tokens declared in a body of {body_len} bytes")
     greedy = sum(c.tokens for c in out if c.is_greedy)  # each one a greedy decoding step

@@ -1,0 +1,78 @@
+"""Coded chunks' levers on the tuning slices: chunk length and carried context against bytes and unpack steps.
+
+    python -m benchmarks.coded_levers --size 4096 --offsets 0.5,0.7 --json docs/coded-levers.json
+
+For each slice and chunk length, the coded streams' bytes (exactly what pack would store)
+with no context and with the last C tokens of the chunk before as context. A chunk with
+context cannot be decoded before the one it follows, so unpack takes (tokens) steps of one
+row instead of (chunk length) steps of all rows side by side; the step times per batch size
+measured here turn both into seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from benchmarks.corpora import FILES, corpus_slice
+from vecarc import load_model
+from vecarc.bench import tokenize_exact
+from vecarc.chunks.coded import encode, integer_model
+
+
+def coded_bytes(im, sink: int, ids: list[int], chunk: int, context: int) -> int:
+    total = 0
+    for a in range(0, len(ids), chunk):
+        part = ids[a : a + chunk]
+        before = ids[max(0, a - context) : a]
+        seq = torch.tensor([[sink] + before + part])
+        targets = torch.tensor([before + part])
+        symbols = im.symbols(seq[:, :-1], targets)[0, len(before) :]
+        total += len(encode(symbols.cpu()))
+    return total
+
+
+def step_ms(im, sink: int, rows: int, steps: int = 24) -> float:
+    caches = [[] for _ in im.layers]
+    x = torch.full((rows, 1), sink)
+    im.forward(x, caches, 0)
+    t = time.perf_counter()
+    for s in range(1, steps + 1):
+        im.forward(x, caches, s)
+    return (time.perf_counter() - t) / steps * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--offsets", default="0.5,0.7")
+    ap.add_argument("--chunks", default="128,256,512,1024")
+    ap.add_argument("--contexts", default="0,128")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    lm = load_model(None, device="cpu")
+    im = integer_model(lm)
+    rows = []
+    for name in FILES:
+        for off in (float(x) for x in args.offsets.split(",")):
+            ids = list(tokenize_exact(lm, corpus_slice(name, args.size, off)))
+            for chunk in (int(x) for x in args.chunks.split(",")):
+                for ctx in (int(x) for x in args.contexts.split(",")):
+                    if ctx >= chunk:
+                        continue
+                    n = coded_bytes(im, lm.sink_id, ids, chunk, ctx)
+                    rows.append({"corpus": name, "offset": off, "tokens": len(ids), "chunk": chunk, "context": ctx,
+                                 "coded_bytes": n})
+                    print(json.dumps(rows[-1]), flush=True)
+    steps = {b: step_ms(im, lm.sink_id, b) for b in (1, 2, 4, 8, 16)}
+    print(json.dumps({"step_ms": steps}), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "step_ms": steps, "size": args.size}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The integer model gives the same integers however it is run, and coded chunks round-trip on every family
+it covers; damaged coded sections are refused, and models it does not cover fall back to predicted chunks."""
+
+from __future__ import annotations
+
+import hashlib
+from fractions import Fraction
+
+import pytest
+import torch
+from helpers import TRAIN_TEXT, resealed, run_cli
+
+import vecarc
+from vecarc.chunks.coded import integer_model
+from vecarc.exact import ops, tables
+from vecarc.exact.model import FREQ_TOTAL, IntegerModel
+from vecarc.format import parse_archive, serialize
+from vecarc.tiny import FAMILIES, build_tiny_model
+
+TEXT = (TRAIN_TEXT[:200] + " and then something it has not read: zq 42 xv.\n").encode()
+
+
+def digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.cpu().numpy().astype("<i8").tobytes()).hexdigest()[:16]
+
+
+def test_tables_are_the_pinned_ones():
+    """The tables docs/format.md defines, by the first 64 bits of the SHA-256 of their little-endian int64s."""
+    assert digest(tables.exp_table(20)) == "e9eeec2be87c4e50"
+    assert digest(tables.exp_table(30)) == "6549157924a7e63b"
+    assert digest(tables.sigmoid_table()) == "033ab49eff841e2a"
+    cos, sin = tables.rope_tables(Fraction(100000), 64, 512)
+    assert (digest(cos), digest(sin)) == ("dc37f7c4053691f6", "018881f4feaa85c6")
+    assert tables.LOG2E_Q24 == 24204406
+    assert digest(tables.eps_table(1e-5, 16, 8)) == "0d75052fcb6144b4"
+
+
+def test_int_matmul_paths_agree():
+    """torch._int_mm and the binary64 fallback compute the same integers, at the activation bounds."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-ops.A_MAX, ops.A_MAX + 1, (5, 96), generator=g)
+    a[0] = ops.A_MAX
+    a[1] = -ops.A_MAX
+    w = torch.randint(-127, 128, (24, 96), generator=g, dtype=torch.int8)
+    exact = a @ w.to(torch.int64).t()
+    assert torch.equal(ops.int_matmul(a, w), exact)
+    assert torch.equal((a.double() @ w.double().t()).to(torch.int64), exact)
+
+
+def test_isqrt_and_bit_length_are_exact():
+    n = torch.tensor([0, 1, 2, 3, 4, 15, 16, 17, (1 << 52) - 1, 1 << 52, (1 << 61) + 12345, (1 << 62) - 1])
+    r = ops.isqrt(n)
+    assert torch.all(r * r <= n) and torch.all((r + 1) * (r + 1) > n)
+    x = torch.tensor([0, 1, 2, 255, 256, (1 << 53) - 1, (1 << 53) + 1, (1 << 62) - 1])
+    assert ops.bit_length(x).tolist() == [int(v).bit_length() for v in x.tolist()]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory):
+    folder = build_tiny_model(tmp_path_factory.mktemp(request.param), seed=3, train_steps=40, family=request.param)
+    return vecarc.load_model(str(folder), device="cpu")
+
+
+def test_frequencies_are_identical_however_they_are_computed(family):
+    """Whole sequence against KV-cached steps, alone against in a batch of others, 1 against 2 threads."""
+    im = IntegerModel(family.model)
+    ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
+    seq = torch.tensor([[family.sink_id] + ids])
+    whole = im.forward(seq)
+    assert whole.dtype == torch.int64 and int(whole.min()) >= 1
+    assert int(whole.sum(-1).max()) <= FREQ_TOTAL
+    caches = [[] for _ in im.layers]
+    steps = torch.cat([im.forward(seq[:, i : i + 1], caches, start=i) for i in range(seq.shape[1])], 1)
+    assert torch.equal(steps, whole)
+    others = torch.randint(0, family.vocab_size, (7, seq.shape[1]), generator=torch.Generator().manual_seed(1))
+    batch = im.forward(torch.cat([others[:3], seq, others[3:]]))
+    assert torch.equal(batch[3:4], whole)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = im.forward(seq)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, whole)
+    assert digest(whole) == digest(IntegerModel(family.model).forward(seq))  # quantising again changes nothing
+
+
+def test_coded_round_trip_on_every_family(family, tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_bytes(TEXT * 3)
+    out = tmp_path / "t.vec"
+    r = vecarc.pack([src], out, vecarc.PackConfig(chunk_tokens=48), model=family)
+    kinds = {c.kind for c in r.archive.chunks}
+    assert "coded" in kinds and kinds <= {"coded", "tokens"}
+    assert r.archive.header.version == 5 and r.archive.header.cram["mode"] == "coded"
+    written = vecarc.unpack(out, tmp_path / "out", model=family)
+    assert [p.read_bytes() for p in written] == [TEXT * 3]
+
+
+@pytest.fixture(scope="module")
+def coded(trained_tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("coded")
+    (d / "a.txt").write_bytes(TEXT * 2)
+    out = d / "a.vec"
+    vecarc.pack([d / "a.txt"], out, vecarc.PackConfig(chunk_tokens=32), model=trained_tiny)
+    return out
+
+
+def test_damaged_coded_stream_is_refused(coded, tmp_path, trained_dir):
+    """A stream changed under a valid checksum decodes to other tokens: refused, one line, nothing written."""
+    a = parse_archive(coded.read_bytes())
+    i = next(i for i, c in enumerate(a.chunks) if c.kind == "coded" and c.length > 4)
+    a.literals[i] = bytes(b ^ 0x5A for b in a.literals[i])
+    bad = tmp_path / "bad.vec"
+    bad.write_bytes(serialize(a))
+    code, out = run_cli("unpack", bad, "-o", tmp_path / "o", "--model", trained_dir)
+    assert code != 0 and "Traceback" not in out
+    assert "decoded to other tokens" in out or "names no token" in out or "sha256" in out
+    assert not (tmp_path / "o" / "a.txt").exists()
+
+
+def test_lying_coded_header_is_refused(coded):
+    """A coded chunk cannot claim more tokens than its stream's bytes allow, nor live in a format before 5."""
+    good = coded.read_bytes()
+
+    def more(h):
+        c = next(c for c in h["chunks"] if c["kind"] == "coded")
+        c["tokens"] = 1024 * (c["length"] + 1) + 1
+
+    with pytest.raises(vecarc.VecarcError, match="declares .* tokens for a stream"):
+        parse_archive(resealed(good, more))
+
+
+def test_uncovered_model_falls_back_to_predicted_chunks(tmp_path):
+    folder = build_tiny_model(tmp_path / "m", seed=4, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    src = tmp_path / "t.txt"
+    src.write_bytes(TEXT)
+    notes = []
+    r = vecarc.pack([src], tmp_path / "t.vec", vecarc.PackConfig(chunk_tokens=32),
+                    model=vecarc.load_model(str(folder), device="cpu"), warn=notes.append)
+    assert len(notes) == 1 and "packing predicted chunks" in notes[0] and "RoPE scaling 'linear'" in notes[0]
+    assert r.archive.header.cram["mode"] == "predict"
+    assert {c.kind for c in r.archive.chunks} <= {"predicted", "tokens"}
+
+
+@pytest.mark.slow
+def test_default_model_frequencies_are_identical_however_they_are_computed():
+    lm = vecarc.load_model(None, device="cpu")
+    im = integer_model(lm)
+    ids = lm.tokenizer("The integer model gives every machine the same frequencies.", add_special_tokens=False)
+    seq = torch.tensor([[lm.sink_id] + ids["input_ids"]])
+    whole = im.forward(seq)
+    caches = [[] for _ in im.layers]
+    steps = torch.cat([im.forward(seq[:, i : i + 1], caches, start=i) for i in range(seq.shape[1])], 1)
+    assert torch.equal(steps, whole)
+    batch = im.forward(torch.cat([seq.flip(1), seq, seq.roll(3, 1)]))
+    assert torch.equal(batch[1:2], whole)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(im.forward(seq), whole)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,187 @@
+"""Format 5: the compact container of coded archives (docs/format.md, "Format 5").
+
+A one-document archive of the default model spends ~40 bytes on magic, header and
+checks: what decoding needs (the model's identity, vocabulary and sink, the chunk size,
+names, sizes, a 64-bit hash per document) and nothing it can derive. Chunks follow
+from each document's token count and the chunk size; each is a coded stream or a
+literal zstd frame of its tokens. The reader checks the CRC-32 before parsing and every
+count against the bytes that remain before it allocates for it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from ..errors import VecarcError
+from .header import (
+    CODED_TOKENS_PER_BYTE,
+    MAX_CHUNK_TOKENS,
+    MAX_LITERAL_TOKENS,
+    Chunk,
+    DecodeRecord,
+    Document,
+    Header,
+    ModelRecord,
+    VectorsRecord,
+    bad,
+    need,
+)
+from .names import check_name, check_names
+
+MAGIC = b"\x89VC"
+VERSION = 5
+FLAG_SOURCE = 1  # a model source string follows (absent: the default model)
+DEFAULT_SOURCE_MARK = "default"  # sources "default:..." are not stored: the default model, by its fingerprint
+FP_BYTES, DOC_HASH_BYTES = 8, 8
+KIND_CODED, KIND_TOKENS = 0, 1
+MAX_NAME = 4096
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int, what: str) -> bytes:
+        need(0 <= n <= len(self.data) - self.at, f"truncated in {what}")
+        self.at += n
+        return self.data[self.at - n : self.at]
+
+    def varint(self, what: str, top: int = 1 << 62) -> int:
+        n, shift = 0, 0
+        while True:
+            need(self.at < len(self.data) and shift < 63, f"truncated or overlong number in {what}")
+            b = self.data[self.at]
+            self.at += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                need(b or shift == 7, f"overlong number in {what}")
+                need(n <= top, f"{what} out of range")
+                return n
+
+    def text(self, what: str) -> str:
+        raw = self.take(self.varint(what, MAX_NAME), what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{what} is not UTF-8") from None
+
+
+def is_compact(head: bytes) -> bool:
+    return head[:3] == MAGIC
+
+
+def spans(tokens: int, chunk: int) -> list[int]:
+    """The token counts of a text document's chunks: ceil(tokens / chunk) near-equal ones, the first
+    (tokens mod count) of them one token longer (equal spans: no short tail chunk)."""
+    if not tokens:
+        return []
+    count = -(-tokens // chunk)
+    base, extra = divmod(tokens, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def serialize(header: Header, blocks: dict[int, bytes]) -> bytes:
+    """The file: header, the chunks' blocks in order, CRC-32. header.chunks must follow spans()."""
+    check_layout(header)
+    m = header.model
+    source = "" if m.source.startswith(DEFAULT_SOURCE_MARK + ":") else m.source
+    digest = bytes.fromhex(m.fingerprint.partition(":")[2])[:FP_BYTES]
+    out = bytearray(MAGIC + bytes([VERSION, FLAG_SOURCE if source else 0]) + digest)
+    if source:
+        out += _varint(len(source.encode())) + source.encode()
+    out += b"".join(_varint(x) for x in (m.vocab_size, m.hidden_size, m.sink_token_id, header.cram["chunk_tokens"],
+                                         len(header.documents)))
+    by_doc = header.chunks_by_document()
+    body = bytearray()
+    for doc, mine in zip(header.documents, by_doc):
+        name = doc.name.encode()
+        tokens = sum(header.chunks[i].tokens for i in mine) if doc.encoding == "text" else -1
+        out += _varint(len(name)) + name + _varint(doc.size) + _varint(tokens + 1)
+        out += bytes.fromhex(doc.sha256)[:DOC_HASH_BYTES]
+        for i in mine:
+            c = header.chunks[i]
+            block = blocks[i]
+            kind = KIND_TOKENS if c.kind in ("tokens", "bytes") else KIND_CODED
+            out += _varint(len(block) * 2 + kind) if c.kind != "bytes" else _varint(len(block))
+            c.offset, c.length = len(body), len(block)
+            body += block
+    data = bytes(out + body)
+    return data + zlib.crc32(data).to_bytes(4, "little")
+
+
+def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
+    """The header as typed records and each chunk's block; VecarcError for anything malformed."""
+    need(len(data) >= 4 + 2 + FP_BYTES + 4, "truncated before the end of the fixed header")
+    need(data[3] == VERSION, f"unsupported compact version {data[3]}")
+    if zlib.crc32(data[:-4]).to_bytes(4, "little") != data[-4:]:
+        raise bad("checksum mismatch (the file is damaged)")
+    r = _Reader(data[:-4])
+    r.take(4, "magic")
+    flags = r.take(1, "flags")[0]
+    need(not flags & ~FLAG_SOURCE, "reserved flags are set")
+    fingerprint = "fp2:" + r.take(FP_BYTES, "fingerprint").hex()
+    source = r.text("model source") if flags & FLAG_SOURCE else DEFAULT_SOURCE_MARK
+    vocab = r.varint("vocabulary size", 1 << 24)
+    need(vocab >= 1, "vocabulary size out of range")
+    hidden = r.varint("hidden size", 1 << 16)
+    sink = r.varint("sink token", vocab - 1)
+    chunk = r.varint("chunk size", MAX_CHUNK_TOKENS)
+    need(chunk >= 1, "chunk size out of range")
+    ndocs = r.varint("document count", len(data))  # each document takes more than a byte
+    docs, chunks, blocks, offset = [], [], {}, 0
+    for d in range(ndocs):
+        name = r.text("a document name")
+        check_name(name)
+        size = r.varint("a document size")
+        tokens = r.varint("a document's token count") - 1
+        digest = r.take(DOC_HASH_BYTES, "a document hash").hex()
+        docs.append(Document(name, size, digest, "text" if tokens >= 0 else "bytes"))
+        if tokens < 0:
+            length = r.varint("a block length", len(data))
+            chunks.append(Chunk(d, "bytes", size=size, offset=offset, length=length))
+            offset += length
+            continue
+        need(tokens <= CODED_TOKENS_PER_BYTE * len(data), f"document {name!r} declares {tokens} tokens")
+        for n in spans(tokens, chunk):
+            v = r.varint("a chunk", 2 * len(data) + 1)
+            kind, length = ("tokens" if v & 1 else "coded"), v >> 1
+            need(kind == "coded" or (1 <= length and n <= MAX_LITERAL_TOKENS), "bad literal block")
+            need(kind == "tokens" or n <= CODED_TOKENS_PER_BYTE * (length + 1),
+                 f"a coded chunk declares {n} tokens for a stream of {length} bytes")
+            chunks.append(Chunk(d, kind, n, offset=offset, length=length))
+            offset += length
+    check_names([d.name for d in docs])
+    body = data[r.at : -4]
+    need(offset == len(body), f"the chunks' blocks take {offset} bytes, the body holds {len(body)}")
+    for i, c in enumerate(chunks):
+        blocks[i] = body[c.offset : c.offset + c.length]
+    name = "the default model" if source == DEFAULT_SOURCE_MARK else source.partition(":")[2].rsplit("/", 1)[-1]
+    model = ModelRecord(name, source, fingerprint, "int", hidden, vocab, sink)
+    header = Header(model, VectorsRecord(1, "float32", hidden, 0), docs, chunks, {"mode": "coded",
+                    "chunk_tokens": chunk}, decode=DecodeRecord("integer", "int", None), version=VERSION)
+    return header, blocks
+
+
+def check_layout(header: Header) -> None:
+    """What the writer relies on: every text document's chunks follow spans(); refused otherwise (a bug)."""
+    chunk = header.cram["chunk_tokens"]
+    for doc, mine in zip(header.documents, header.chunks_by_document()):
+        kinds = [header.chunks[i].kind for i in mine]
+        if doc.encoding == "bytes":
+            ok = kinds == ["bytes"]
+        else:
+            sizes = [header.chunks[i].tokens for i in mine]
+            ok = sizes == spans(sum(sizes), chunk) and set(kinds) <= {"coded", "tokens"}
+        if not ok:
+            raise VecarcError(f"internal error: document {doc.name!r} does not have format 5's chunk layout")
