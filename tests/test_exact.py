@@ -4,11 +4,12 @@ it covers; damaged coded sections are refused, and models it does not cover fall
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
 import torch
-from helpers import TRAIN_TEXT, resealed, run_cli
+from helpers import TRAIN_TEXT, run_cli
 
 import vecarc
 from vecarc.chunks.coded import integer_model
@@ -120,15 +121,28 @@ def test_damaged_coded_stream_is_refused(coded, tmp_path, trained_dir):
 
 
 def test_lying_coded_header_is_refused(coded):
-    """A coded chunk cannot claim more tokens than its stream's bytes allow, nor live in a format before 5."""
-    good = coded.read_bytes()
-
-    def more(h):
-        c = next(c for c in h["chunks"] if c["kind"] == "coded")
-        c["tokens"] = 1024 * (c["length"] + 1) + 1
-
+    """A coded chunk cannot claim more tokens than its stream's bytes allow; a reader refuses it from the header."""
+    a = parse_archive(coded.read_bytes())
+    i = next(i for i, c in enumerate(a.chunks) if c.kind == "coded")
+    stream = a.literals[i]
+    a.header.chunks = [replace(a.chunks[i], tokens=1024 * (len(stream) + 1) + 1)]
+    a.literals = {0: stream}
+    a.header.cram["chunk_tokens"] = a.chunks[0].tokens
     with pytest.raises(vecarc.VecarcError, match="declares .* tokens for a stream"):
-        parse_archive(resealed(good, more))
+        parse_archive(serialize(a))
+
+
+def test_damaged_compact_archives_are_refused_in_one_line(coded):
+    """Every truncation and every single-byte change of a coded archive is refused (CRC-32 or a rule)."""
+    good = coded.read_bytes()
+    for cut in range(len(good)):
+        with pytest.raises(vecarc.VecarcError):
+            parse_archive(good[:cut])
+    for at in range(len(good)):
+        bad = bytearray(good)
+        bad[at] ^= 0x01
+        with pytest.raises(vecarc.VecarcError):
+            parse_archive(bytes(bad))
 
 
 def test_uncovered_model_falls_back_to_predicted_chunks(tmp_path):
