@@ -85,6 +85,8 @@ def main() -> None:
                     help="folder of the whole corpora, read only for slices larger than the vendored ones")
     ap.add_argument("--json", help="also write every number here (docs/benchmarks-bench.json)")
     ap.add_argument("--plot", help="also write the ratio plot here (docs/benchmarks-ratio.png; needs matplotlib)")
+    ap.add_argument("--forms", default="coded,predict", help="what to pack, as `vecarc bench --vector-dtypes`")
+    ap.add_argument("--offset", type=float, default=0.1, help="0.1: the reported slices; 0.3/0.5/0.7: tuning")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,12 +94,12 @@ def main() -> None:
     results = []
     for name in FILES:
         for size in map(int, args.sizes.split(",")):
-            piece = corpus_slice(name, size, corpora=args.corpora)
+            piece = corpus_slice(name, size, args.offset, corpora=args.corpora)
             path = out / f"{name}.{size}"
             path.write_bytes(piece)
             t = time.perf_counter()
             if size <= args.pack_max:
-                res = bench_file(path, lm, archive=out / f"{path.name}.vec", config=PackConfig())
+                res = bench_file(path, lm, config=PackConfig(), vector_dtypes=args.forms.split(","))
             else:
                 rows = classic_rows(piece, (3, 19))
                 lim = model_limit(lm, piece)
@@ -115,22 +117,23 @@ def main() -> None:
 
 
 def table(results: list[dict]) -> str:
-    """The markdown table docs/benchmarks.md shows: the default archive beside zstd, xz and the model's limit."""
-    lines = ["| input | bytes | tokens | zstd -19 | xz -9 | vecarc (default) | model limit | vecarc / limit | "
-             "corrections per token | pack s | unpack s |", "|" + "---|" * 11]
+    """The markdown table docs/benchmarks.md shows: coded and predicted archives beside zstd, xz, the float
+    model's limit and the integer model's own cross-entropy, with pack and unpack times."""
+    lines = ["| input | bytes | tokens | zstd -19 | xz -9 | vecarc coded | vecarc predict | float limit | "
+             "integer limit | coded / float limit | pack s coded / predict | unpack s coded / predict |",
+             "|" + "---|" * 12]
     for r in results:
         by = {m["method"]: m for m in r["methods"]}
-        v, lim = by.get("vecarc predicted"), r["model_limit"]
-        cell = lambda m: f"{m['bytes']:,} ({m['ratio']:.2f}x)"  # noqa: E731
-        per = v and v["predicted_tokens"] and v["corrections"] / v["predicted_tokens"]
+        c, p, lim, own = by.get("vecarc coded"), by.get("vecarc predict"), r["model_limit"], by.get(
+            "integer model limit")
+        cell = lambda m: f"{m['bytes']:,} ({m['ratio']:.2f}x)" if m else "—"  # noqa: E731
+        secs = lambda k: " / ".join(format(m[k], ".1f") if m and m[k] else "—" for m in (c, p))  # noqa: E731
         lines.append(
             f"| {Path(r['input']).name} | {r['bytes']:,} | {r['tokens']:,} | {cell(by['zstd -19'])} | "
-            f"{cell(by['xz -9'])} | {cell(v) if v else 'not packed'} | "
-            f"{lim['ideal_bytes']:,.0f} ({r['bytes'] / lim['ideal_bytes']:.2f}x) | "
-            f"{format(v['bytes'] / lim['ideal_bytes'], '.2f') + 'x' if v else '—'} | "
-            f"{format(per, '.2f') if per else '—'} | "
-            f"{format(v['compress_s'], '.0f') if v and v['compress_s'] else '—'} | "
-            f"{format(v['decompress_s'], '.0f') if v and v['decompress_s'] else '—'} |")
+            f"{cell(by['xz -9'])} | {cell(c)} | {cell(p)} | {lim['ideal_bytes']:,.0f} | "
+            f"{format(own['bytes'], ',') if own else '—'} | "
+            f"{format(c['bytes'] / lim['ideal_bytes'], '.2f') + 'x' if c else '—'} | {secs('compress_s')} | "
+            f"{secs('decompress_s')} |")
     return "\n".join(lines)
 
 

@@ -37,7 +37,8 @@ def base(request, two_docs, tiny, trained_tiny, tmp_path_factory):
     d = tmp_path_factory.mktemp("pred")
     (d / "a.txt").write_text(TRAIN_TEXT[:200])
     (d / "b.bin").write_bytes(bytes(range(256)))
-    vecarc.pack([d / "a.txt", d / "b.bin"], d / "p.vec", vecarc.PackConfig(chunk_tokens=16), model=trained_tiny)
+    vecarc.pack([d / "a.txt", d / "b.bin"], d / "p.vec", vecarc.PackConfig(mode="predict", chunk_tokens=16),
+                model=trained_tiny)
     data = (d / "p.vec").read_bytes()
     kinds = {c.kind for c in parse_archive(data).chunks}
     assert {"predicted", "bytes"} <= kinds, kinds

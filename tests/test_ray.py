@@ -46,19 +46,24 @@ def _round_trip(archive, lm, tmp_path, docs=DOCS):
     assert {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in written} == docs
 
 
+@pytest.mark.parametrize("mode", ["predict", "coded"])
 def test_a_ray_pack_unpacks_byte_identically_and_matches_the_local_plan(cluster, trained_tiny, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, mode):
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
     events = []
-    s = PackConfig(margin=0.5, chunk_tokens=64)
+    s = PackConfig(mode=mode, margin=0.5, chunk_tokens=64)
     r = vecarc.pack(inputs, "ray.vec", replace(s, engine=vecarc.RayEngine(workers=2, shard_chunks=2)),
                     model=trained_tiny, progress=events.append)
     local = vecarc.pack(inputs, "local.vec", s, model=trained_tiny)
     assert [(c.doc, c.kind, c.tokens) for c in r.archive.chunks] == [(c.doc, c.kind, c.tokens)
                                                                       for c in local.archive.chunks]
-    assert "predicted" in {c.kind for c in r.archive.chunks}
-    assert max(e["done"] for e in events if e["event"] == "predict") == r.archive.header.plan["chunks_planned"]
+    assert {"predict": "predicted", "coded": "coded"}[mode] in {c.kind for c in r.archive.chunks}
+    if mode == "coded":  # the same integers on a worker as here: the same bytes
+        assert (tmp_path / "ray.vec").read_bytes() == (tmp_path / "local.vec").read_bytes()
+    planned = r.archive.header.plan["chunks_planned"] if mode == "predict" else sum(  # format 5 records no plan
+        c.kind != "bytes" for c in r.archive.chunks)
+    assert max(e["done"] for e in events if e["event"] == "predict") == planned
     _round_trip(tmp_path / "ray.vec", trained_tiny, tmp_path)
 
 
@@ -78,7 +83,7 @@ def test_a_worker_that_dies_is_replaced_and_its_shard_retried(cluster, trained_t
     marker.touch()
     notes = []
     vecarc.pack(_inputs(tmp_path), "f.vec",
-                PackConfig(chunk_tokens=64, engine=vecarc.RayEngine(workers=1, shard_chunks=2,
+                PackConfig(mode="predict", chunk_tokens=64, engine=vecarc.RayEngine(workers=1, shard_chunks=2,
                                                                     fault_marker=str(marker))),
                 model=trained_tiny, progress=lambda e: notes.append(e["message"]) if e["event"] == "note" else None)
     assert not marker.exists() and any("a worker died on shard 0" in n for n in notes)
@@ -91,7 +96,7 @@ def test_a_shard_that_keeps_failing_fails_the_pack_cleanly(cluster, trained_tiny
     marker.touch()
     with pytest.raises(VecarcError, match="shard 0 lost its worker 1 times .*nothing written"):
         vecarc.pack(_inputs(tmp_path), "x.vec",
-                    PackConfig(chunk_tokens=64, engine=vecarc.RayEngine(workers=1, retries=0,
+                    PackConfig(mode="predict", chunk_tokens=64, engine=vecarc.RayEngine(workers=1, retries=0,
                                                                         fault_marker=str(marker))),
                     model=trained_tiny)
     assert not (tmp_path / "x.vec").exists()
@@ -101,7 +106,7 @@ def test_a_model_the_workers_cannot_load_is_one_line(cluster, trained_tiny, tmp_
     monkeypatch.chdir(tmp_path)
     lm = replace(trained_tiny, source=f"path:{tmp_path / 'gone'}")
     with pytest.raises(VecarcError, match="a worker failed on shard 0: VecarcError: cannot load model"):
-        vecarc.pack(_inputs(tmp_path), "x.vec", PackConfig(chunk_tokens=64, engine=vecarc.RayEngine(workers=1)),
+        vecarc.pack(_inputs(tmp_path), "x.vec", PackConfig(mode="predict", chunk_tokens=64, engine=vecarc.RayEngine(workers=1)),
                     model=lm)
 
 
@@ -126,7 +131,7 @@ def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
     with pytest.raises(VerificationError, match="nothing written"):
-        vecarc.pack(inputs, "w.vec", PackConfig(chunk_tokens=64, engine=Lying()), model=trained_tiny)
+        vecarc.pack(inputs, "w.vec", PackConfig(mode="predict", chunk_tokens=64, engine=Lying()), model=trained_tiny)
     assert sent and not (tmp_path / "w.vec").exists()
 
     class Forgetful:  # a reply that leaves a chunk of its shard out
@@ -135,9 +140,9 @@ def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_
             on_shard(items, [ChunkRecord.from_journal(meta, tensors) for meta, tensors in records[1:]])
 
     with pytest.raises(VerificationError, match="leaves 1 chunk"):
-        vecarc.pack(inputs, "f.vec", PackConfig(chunk_tokens=64, engine=Forgetful()), model=trained_tiny)
+        vecarc.pack(inputs, "f.vec", PackConfig(mode="predict", chunk_tokens=64, engine=Forgetful()), model=trained_tiny)
     assert not (tmp_path / "f.vec").exists()
-    honest = vecarc.pack(inputs, "h.vec", PackConfig(chunk_tokens=64), model=trained_tiny)
+    honest = vecarc.pack(inputs, "h.vec", PackConfig(mode="predict", chunk_tokens=64), model=trained_tiny)
     assert "predicted" in {c.kind for c in honest.archive.chunks}  # the spoiled record was a predicted chunk's
 
 
@@ -174,7 +179,7 @@ def test_a_killed_driver_resumes_without_redoing_journaled_shards(cluster, train
     _killed_driver(trained_dir, tmp_path, "predict", inputs)
     assert count_records(tmp_path / "k.vec.journal") == {"header": 1, "results": 6, "snapshots": 2}
     events = []
-    s = PackConfig(margin=0.05, search=SearchSettings(max_steps=150, patience=50, batch_size=64),
+    s = PackConfig(mode="predict", margin=0.05, search=SearchSettings(max_steps=150, patience=50, batch_size=64),
                    chunk_tokens=16, min_chunk_tokens=8, engine=vecarc.RayEngine(workers=1, shard_chunks=3))
     r = vecarc.pack(inputs, "k.vec", s, model=trained_tiny, resume=True, progress=events.append)
     planned = r.archive.header.plan["chunks_planned"]
@@ -257,7 +262,7 @@ def test_unpack_and_verify_on_ray_with_a_worker_killed(cluster, trained_tiny, tm
     again; the driver checks every hash, and writes all documents or none, as a local unpack does."""
     monkeypatch.chdir(tmp_path)
     docs = {**DOCS, "more.txt": (TRAIN_TEXT * 4).encode()[:6000]}
-    vecarc.pack(_inputs(tmp_path, docs), "u.vec", PackConfig(chunk_tokens=16), model=trained_tiny)
+    vecarc.pack(_inputs(tmp_path, docs), "u.vec", PackConfig(mode="predict", chunk_tokens=16), model=trained_tiny)
     chunks = sum(c.kind == "predicted" for c in vecarc.read_archive("u.vec").chunks)
     assert chunks > 64  # more than one shard
     marker = tmp_path / "die-once"

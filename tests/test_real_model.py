@@ -42,10 +42,27 @@ def test_default_model_packs_a_sentence_into_one_vector(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_model_predicts_a_sentence_with_few_corrections(tmp_path):
+def test_default_model_codes_a_sentence_smaller_than_zstd(tmp_path):
+    import zstandard
+
     lm = vecarc.load_model(None, device="cpu")
     out = tmp_path / "hello.vec"
     res = vecarc.pack([EXAMPLE], out, model=lm)  # the default mode
+    a = vecarc.read_archive(out)
+    assert a.header.version == 5 and [c.kind for c in a.chunks] == ["coded"]
+    assert res.archive_bytes == out.stat().st_size < len(zstandard.ZstdCompressor(level=19).compress(
+        EXAMPLE.read_bytes()))
+    assert res.archive_bytes - a.chunks[0].length - len(EXAMPLE.name) <= 48  # prefix, header and checks
+    assert vecarc.verify(out, model=lm).ok
+    written = vecarc.unpack(out, tmp_path / "out", model=lm)
+    assert written[0].read_bytes() == EXAMPLE.read_bytes()
+
+
+@pytest.mark.slow
+def test_default_model_predicts_a_sentence_with_few_corrections(tmp_path):
+    lm = vecarc.load_model(None, device="cpu")
+    out = tmp_path / "hello.vec"
+    res = vecarc.pack([EXAMPLE], out, vecarc.PackConfig(mode="predict"), model=lm)
     a = vecarc.read_archive(out)
     assert a.header.version == 4 and [c.kind for c in a.chunks] == ["predicted"]
     c = a.chunks[0]

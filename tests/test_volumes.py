@@ -19,7 +19,7 @@ from vecarc.format.index import MAGIC, PREFIX, read_index
 from vecarc.tiny import TRAIN_TEXT
 from vecarc.volumes import plan_volumes
 
-VOLUMES = PackConfig(chunk_tokens=64, volume_size=700)  # predicted chunks, volumes of 700 input bytes
+VOLUMES = PackConfig(mode="predict", chunk_tokens=64, volume_size=700)  # predicted chunks, volumes of 700 input bytes
 DOCS = {"a.txt": TRAIN_TEXT[:1900].encode(), "b/c.txt": "naïve café — 🎉\n".encode() * 30, "d.txt": b""}
 
 

@@ -84,6 +84,23 @@ def model_limit(lm: LoadedModel, data: bytes) -> dict | None:
             "ideal_ratio": len(data) / (total / 8) if total else None, "seconds": time.perf_counter() - t}
 
 
+def integer_limit(lm: LoadedModel, data: bytes, window: int = 1024) -> dict | None:
+    """The integer model's own cross-entropy of `data` in bits, read as model_limit reads (windows of
+    `window` tokens after the sink): what coded chunks of that length would cost with an ideal coder."""
+    from .chunks.coded import integer_model
+    from .exact.model import not_covered
+
+    ids = tokenize_exact(lm, data)
+    if ids is None or not_covered(lm.model) or not len(ids):
+        return None
+    im, total = integer_model(lm), 0.0
+    for a in range(0, len(ids), window):
+        part = torch.tensor([list(ids[a : a + window])])
+        sym = im.symbols(torch.cat([torch.tensor([[lm.sink_id]]), part[:, :-1]], 1), part)[0].double()
+        total += float(-torch.log2(sym[:, 1] / sym[:, 2]).sum())
+    return {"tokens": len(ids), "ce_bits": total}
+
+
 def chunk_gains(lm: LoadedModel, archive: Archive, tokens: dict[int, list[int]]) -> list[dict]:
     """Per vector chunk: tokens held, cross-entropy without and with its vectors, in bits."""
     idx = [i for i, c in enumerate(archive.chunks) if c.kind == "vector"]
@@ -130,7 +147,7 @@ def vecarc_row(
     s = summary(archive)
     steps = [c.steps for c in archive.chunks if c.kind == "vector" and c.steps is not None]
     row = _row(
-        "vecarc predicted" if cfg.predicted else
+        f"vecarc {archive.header.cram.get('mode')}" if cfg.predicted else
         f"vecarc {archive.header.vectors.dtype}" + (f" rank {r}" if (r := archive.header.vectors.rank) else ""),
         len(data), archive.size, pack_s, unpack_s,
         vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
@@ -167,7 +184,7 @@ def machine(lm: LoadedModel) -> dict:
     }
 
 
-PREDICT_FORMS = ("predict", "default")  # predicted chunks: what pack does by default
+PREDICT_FORMS = ("coded", "predict", "default")  # chunks decoded from the sink; "default": what pack does
 
 
 def parse_form(text: str) -> tuple[str, int | None]:
@@ -189,7 +206,7 @@ def check_dtypes(dtypes: Sequence[str]) -> None:
 
 def _config_for(base: PackConfig, form: str) -> PackConfig:
     if form in PREDICT_FORMS:
-        return replace(base, mode="predict")
+        return replace(base, mode={"default": PackConfig.mode}.get(form, form))
     dtype, rank = parse_form(form)
     return replace(base, mode="vectors", search=replace(base.search, vector_dtype=dtype, rank=rank))
 
@@ -232,6 +249,10 @@ def bench_file(
     if limit:
         rows.append(_row("model limit (ideal coder)", len(data), max(1, round(limit["ideal_bytes"])), None, None,
                          ce_bits=limit["ce_bits"], bits_per_byte=limit["bits_per_byte"]))
+        own = integer_limit(lm, data)
+        if own:
+            rows.append(_row("integer model limit", len(data), max(1, round(own["ce_bits"] / 8)), None, None,
+                             ce_bits=own["ce_bits"], bits_per_byte=own["ce_bits"] / len(data)))
     return {"input": str(path), "bytes": len(data), "tokens": limit["tokens"] if limit else None,
             "model": lm.describe(), "machine": machine(lm), "model_limit": limit, "methods": rows,
             "chunks": per_chunk}

@@ -255,9 +255,10 @@ def list_(archive, as_json, verbose):
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), help="Write a PNG plot (needs matplotlib).")
 @click.option("--zstd-levels", default="3,19", show_default=True,
               help="Comma-separated zstd levels (22 is always added).")
-@click.option("--vector-dtypes", default="predict", show_default=True,
-              help="Comma-separated: predict (predicted chunks, what pack does by default); vectors (the vectors "
-                   "mode's default form); fp32,fp16,bf16,int8,int4, each optionally low-rank (int8r64 is rank 64).")
+@click.option("--vector-dtypes", default="default", show_default=True,
+              help="Comma-separated: default (what pack does: coded chunks where the integer path covers the "
+                   "model); coded; predict (predicted chunks); vectors (the vectors mode's default form); "
+                   "fp32,fp16,bf16,int8,int4, each optionally low-rank (int8r64 is rank 64).")
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))

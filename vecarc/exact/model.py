@@ -118,6 +118,22 @@ def quantise(w: torch.Tensor, gain: torch.Tensor | None = None, bias: torch.Tens
     return Linear(q, mult, shift, b)
 
 
+def _remember(cache: list, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Append a step's keys and values (B, Hk, T, .) to a layer's cache [keys, values, length], in buffers
+    that double when full: a step copies its own rows, not the whole cache."""
+    if not cache:
+        cache[:] = [k.new_empty(0), v.new_empty(0), 0]
+    n, T = cache[2], k.shape[2]
+    if cache[0].dim() != 4 or n + T > cache[0].shape[2]:
+        cap = max(64, 1 << (n + T - 1).bit_length())
+        grown = [x.new_empty(*x.shape[:2], cap, x.shape[3]) for x in (k, v)]
+        if n:
+            grown[0][:, :, :n], grown[1][:, :, :n] = cache[0][:, :, :n], cache[1][:, :, :n]
+        cache[0], cache[1] = grown
+    cache[0][:, :, n : n + T], cache[1][:, :, n : n + T] = k, v
+    cache[2] = n + T
+
+
 def _linear(saved: dict, name: str, device: torch.device) -> Linear:
     return Linear(saved[f"{name}.q"], saved[f"{name}.mult"], int(saved[f"{name}.shift"]),
                   saved.get(f"{name}.bias")).to(device)
@@ -218,13 +234,12 @@ class IntegerModel:
         a, root = self._norm(x)
         q, k, v = linear_normed(a, root, lay["qkv"]).split([H * hd, Hk * hd, Hk * hd], -1)
         pos = start + torch.arange(T, device=x.device)
-        q = self._rope(q.clamp(-QK_CLAMP, QK_CLAMP).reshape(B, T, H, hd), pos)
-        k = self._rope(k.clamp(-QK_CLAMP, QK_CLAMP).reshape(B, T, Hk, hd), pos)
+        qk = self._rope(torch.cat([q, k], -1).clamp(-QK_CLAMP, QK_CLAMP).reshape(B, T, H + Hk, hd), pos)
+        q, k = qk[:, :, :H], qk[:, :, H:]
         aq, sq = ops.quantise_rows(ops.shift_round(q * self.score_mult, 16).reshape(B, T, H * hd), H)
         k = k.clamp(-KV_CLAMP, KV_CLAMP).transpose(1, 2)  # B Hk T hd
         v = v.reshape(B, T, Hk, hd).clamp(-KV_CLAMP, KV_CLAMP).transpose(1, 2)
-        new = [k.double(), torch.div(v, 8192, rounding_mode="floor").double(), (v & 8191).double()]
-        cache[:] = [torch.cat([old, x], 2) for old, x in zip(cache, new)] if cache else new
+        _remember(cache, k.double(), torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double())
         g = H // Hk  # the query heads that share a key head go together: (B, Hk, g T, hd)
         aq = aq.reshape(B, T, Hk, g, hd).permute(0, 2, 3, 1, 4).double()
         n = (16 - sq).reshape(B, T, Hk, g).permute(0, 2, 3, 1)[..., None]  # from 1 to 16: |q / sqrt(hd)| < 2^30
@@ -237,7 +252,7 @@ class IntegerModel:
         exp, exact sums."""
         B, Hk, g, T, hd = q.shape
         L = first + T
-        k, v_hi, v_lo = (c[:, :, :L] for c in cache)
+        k, v = cache[0][:, :, :L], cache[1][:, :, :L]  # v: (high | low) halves of each value, side by side
         dot = torch.matmul(q.reshape(B, Hk, g * T, hd), k.transpose(2, 3)).to(torch.int64).reshape(B, Hk, g, T, L)
         scores = dot.add_((1 << n) >> 1).bitwise_right_shift_(n)  # |dot| < 2^15 2^26 hd < 2^53: exact
         if T > 1:
@@ -246,7 +261,8 @@ class IntegerModel:
         top = scores.amax(-1, keepdim=True)
         e = ops.exp_neg(scores.neg_().add_(top), self.exp20)  # Q20, 0 where masked
         ed = e.reshape(B, Hk, g * T, L).double()
-        num = torch.matmul(ed, v_hi).to(torch.int64).mul_(8192).add_(torch.matmul(ed, v_lo).to(torch.int64))
+        both = torch.matmul(ed, v).to(torch.int64)  # e sums of each half: < 2^20 2^13 8192 = 2^46, exact
+        num = both[..., :hd].mul_(8192).add_(both[..., hd:])
         return ops.round_div(num.reshape(B, Hk, g, T, hd), e.sum(-1, keepdim=True))
 
     @property
