@@ -127,7 +127,8 @@ def table(results: list[dict]) -> str:
         c, p, lim, own = by.get("vecarc coded"), by.get("vecarc predict"), r["model_limit"], by.get(
             "integer model limit")
         cell = lambda m: f"{m['bytes']:,} ({m['ratio']:.2f}x)" if m else "—"  # noqa: E731
-        secs = lambda k: " / ".join(format(m[k], ".1f") if m and m[k] else "—" for m in (c, p))  # noqa: E731
+        secs = lambda k, pair=(c, p): " / ".join(  # noqa: E731
+            format(m[k], ".1f") if m and m[k] else "—" for m in pair)
         lines.append(
             f"| {Path(r['input']).name} | {r['bytes']:,} | {r['tokens']:,} | {cell(by['zstd -19'])} | "
             f"{cell(by['xz -9'])} | {cell(c)} | {cell(p)} | {lim['ideal_bytes']:,.0f} | "

@@ -175,3 +175,26 @@ def test_default_model_frequencies_are_identical_however_they_are_computed():
         assert torch.equal(im.forward(seq), whole)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_coded_volumes_and_members_unpack(trained_tiny, tmp_path, monkeypatch):
+    """Coded archives cut into volumes, one member out of many: only what it needs is decoded."""
+    monkeypatch.chdir(tmp_path)
+    docs = {"a.txt": TEXT, "b.txt": TEXT[::-1], "c.bin": bytes(range(256))}
+    for name, data in docs.items():
+        (tmp_path / name).write_bytes(data)
+    vecarc.pack(list(docs), "v.vec", vecarc.PackConfig(chunk_tokens=32, volume_size=300), model=trained_tiny)
+    assert (tmp_path / "v.vec.0002").exists()
+    assert vecarc.read_archive("v.vec.0001").header.version == 5
+    written = vecarc.unpack("v.vec", "all", model=trained_tiny)
+    assert {p.name: p.read_bytes() for p in written} == docs
+    one = vecarc.unpack("v.vec", "one", ["b.txt"], model=trained_tiny)
+    assert [p.read_bytes() for p in one] == [docs["b.txt"]]
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/etc/passwd", "a//b.txt", "nul\x00.txt"])
+def test_unsafe_names_in_a_coded_archive_are_refused(coded, name):
+    a = parse_archive(coded.read_bytes())
+    a.header.documents[0].name = name
+    with pytest.raises(vecarc.VecarcError):
+        parse_archive(serialize(a))

@@ -12,6 +12,7 @@ HERE = Path(__file__).parent
 V2 = HERE / "fixtures" / "v2-default.vec"
 V3 = HERE / "fixtures" / "v3-default.vec"
 V4 = HERE / "fixtures" / "v4-default.vec"
+V5 = HERE / "fixtures" / "v5-default.vec"
 V2_INPUTS = {"hello.txt": HERE.parent / "examples" / "hello.txt", "blob.bin": HERE / "fixtures" / "v2-default.blob.bin"}
 
 
@@ -43,8 +44,20 @@ def test_v4_archive_reads_without_the_model():
     assert vecarc.summary(a)["archive_bytes"] == V4.stat().st_size
 
 
+def test_v5_archive_reads_without_the_model():
+    a = vecarc.read_archive(V5)
+    assert a.header.version == 5 and [d.name for d in a.documents] == list(V2_INPUTS)
+    assert a.header.model.fingerprint == "fp2:2d73a2563b4b59cd" and a.header.model.source == "default"
+    assert [c.kind for c in a.chunks] == ["coded", "bytes"]
+    s = vecarc.summary(a)
+    assert s["archive_bytes"] == V5.stat().st_size == 107
+    # One document costs at most 48 bytes of prefix, header and checks; the second adds its size, token count
+    # and 8-byte hash (its name aside).
+    assert s["overhead_bytes"] - len("hello.txt") - len("blob.bin") <= 48 + 16
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("archive", [V2, V3, V4], ids=["v2", "v3", "v4"])
+@pytest.mark.parametrize("archive", [V2, V3, V4, V5], ids=["v2", "v3", "v4", "v5"])
 def test_released_archives_unpack_byte_identically(tmp_path, archive):
     lm = vecarc.load_model(None, device="cpu")
     assert vecarc.verify(archive, model=lm, strict=True).ok
@@ -65,3 +78,21 @@ def test_packing_the_v4_inputs_again_gives_the_v4_archive(tmp_path, monkeypatch)
     again, released = parse_archive(r.data), vecarc.read_archive(V4)
     again.header.software = released.header.software
     assert serialize(again) == V4.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_packing_the_v5_inputs_again_gives_the_v5_archive(tmp_path, monkeypatch, threads):
+    """The integer model makes the same bytes however many threads compute it."""
+    import torch
+
+    for name, src in V2_INPUTS.items():
+        (tmp_path / name).write_bytes(src.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        r = vecarc.pack(list(V2_INPUTS), "again.vec", model=vecarc.load_model(None, device="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert r.data == V5.read_bytes()

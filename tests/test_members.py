@@ -3,15 +3,20 @@ chunks (of a volume index, only the volumes that hold them); a member that names
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from helpers import run_cli
 
 import vecarc
-from vecarc import PackConfig, VecarcError
+from vecarc import VecarcError
 from vecarc.tiny import TRAIN_TEXT
 
 DOCS = {"notes/a.txt": TRAIN_TEXT[:600].encode(), "notes/b.txt": TRAIN_TEXT[600:1500].encode(),
         "c.md": TRAIN_TEXT[1500:1900].encode()}
+
+
+PREDICT = partial(vecarc.PackConfig, mode="predict")  # predicted chunks, what these tests are about
 
 
 def _inputs(d):
@@ -38,7 +43,7 @@ def _decoded_tokens(monkeypatch) -> list[int]:
 @pytest.fixture()
 def archive(tmp_path, monkeypatch, trained_tiny):
     monkeypatch.chdir(tmp_path)
-    r = vecarc.pack(_inputs(tmp_path), "m.vec", PackConfig(mode="predict", chunk_tokens=32), model=trained_tiny)
+    r = vecarc.pack(_inputs(tmp_path), "m.vec", PREDICT(chunk_tokens=32), model=trained_tiny)
     return tmp_path, r.archive
 
 
@@ -71,7 +76,7 @@ def test_a_member_of_a_volume_index_decodes_only_the_volumes_that_hold_it(tmp_pa
     from vecarc.volumes import Indexed
 
     monkeypatch.chdir(tmp_path)
-    r = vecarc.pack(_inputs(tmp_path), "v.vec", PackConfig(mode="predict", chunk_tokens=32, volume_size=500), model=trained_tiny)
+    r = vecarc.pack(_inputs(tmp_path), "v.vec", PREDICT(chunk_tokens=32, volume_size=500), model=trained_tiny)
     holding = [k for k, v in enumerate(r.index.volumes) if any(p.volume == k for doc in r.index.documents
                                                                if doc.name == "c.md" for p in doc.parts)]
     assert len(holding) < len(r.index.volumes)
@@ -137,6 +142,6 @@ def test_list_names_every_document_with_its_share(archive, tmp_path, monkeypatch
     assert abs(sum(r["stored"] for r in rows) - (a.size - vecarc.summary(a)["overhead_bytes"])) <= len(rows)
     monkeypatch.chdir(tmp_path)
     _inputs(tmp_path)
-    vecarc.pack(list(DOCS), "v.vec", PackConfig(mode="predict", chunk_tokens=32, volume_size=500), model=trained_tiny)
+    vecarc.pack(list(DOCS), "v.vec", PREDICT(chunk_tokens=32, volume_size=500), model=trained_tiny)
     code, out = run_cli("list", "v.vec", "--json")
     assert code == 0 and [(r["name"], r["size"]) for r in json.loads(out)] == [(k, len(v)) for k, v in DOCS.items()]

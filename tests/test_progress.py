@@ -3,9 +3,12 @@ every few greedy steps (not only finished chunks, which all finish together at t
 
 from __future__ import annotations
 
+from functools import partial
+
 import vecarc
-from vecarc import PackConfig
 from vecarc.tiny import TRAIN_TEXT
+
+PREDICT = partial(vecarc.PackConfig, mode="predict")  # predicted chunks, what these tests are about
 
 
 def _spread(events: list[dict]) -> list[int]:
@@ -18,7 +21,7 @@ def test_a_one_batch_pack_and_unpack_report_tokens_as_they_decode(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.txt").write_text((TRAIN_TEXT * 2)[:2400])
     seen: list[dict] = []
-    r = vecarc.pack(["a.txt"], "a.vec", PackConfig(mode="predict", chunk_tokens=128), model=trained_tiny, progress=seen.append)
+    r = vecarc.pack(["a.txt"], "a.vec", PREDICT(chunk_tokens=128), model=trained_tiny, progress=seen.append)
     chunks = [c for c in r.archive.chunks if c.kind == "predicted"]
     total = sum(c.tokens for c in chunks)
     assert 1 < len(chunks) <= 64  # one greedy batch

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
+from functools import partial
 
 import pytest
 from helpers import FAST
@@ -20,6 +21,9 @@ from vecarc.tiny import TRAIN_TEXT
 ray = pytest.importorskip("ray")
 
 DOCS = {"fox.txt": TRAIN_TEXT[:1500].encode(), "notes/step.txt": TRAIN_TEXT[700:1900].encode(), "raw.bin": b"\xff" * 50}
+
+
+PREDICT = partial(vecarc.PackConfig, mode="predict")  # predicted chunks, what these tests are about
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,7 @@ def test_a_worker_that_dies_is_replaced_and_its_shard_retried(cluster, trained_t
     marker.touch()
     notes = []
     vecarc.pack(_inputs(tmp_path), "f.vec",
-                PackConfig(mode="predict", chunk_tokens=64, engine=vecarc.RayEngine(workers=1, shard_chunks=2,
+                PREDICT(chunk_tokens=64, engine=vecarc.RayEngine(workers=1, shard_chunks=2,
                                                                     fault_marker=str(marker))),
                 model=trained_tiny, progress=lambda e: notes.append(e["message"]) if e["event"] == "note" else None)
     assert not marker.exists() and any("a worker died on shard 0" in n for n in notes)
@@ -96,7 +100,7 @@ def test_a_shard_that_keeps_failing_fails_the_pack_cleanly(cluster, trained_tiny
     marker.touch()
     with pytest.raises(VecarcError, match="shard 0 lost its worker 1 times .*nothing written"):
         vecarc.pack(_inputs(tmp_path), "x.vec",
-                    PackConfig(mode="predict", chunk_tokens=64, engine=vecarc.RayEngine(workers=1, retries=0,
+                    PREDICT(chunk_tokens=64, engine=vecarc.RayEngine(workers=1, retries=0,
                                                                         fault_marker=str(marker))),
                     model=trained_tiny)
     assert not (tmp_path / "x.vec").exists()
@@ -106,7 +110,7 @@ def test_a_model_the_workers_cannot_load_is_one_line(cluster, trained_tiny, tmp_
     monkeypatch.chdir(tmp_path)
     lm = replace(trained_tiny, source=f"path:{tmp_path / 'gone'}")
     with pytest.raises(VecarcError, match="a worker failed on shard 0: VecarcError: cannot load model"):
-        vecarc.pack(_inputs(tmp_path), "x.vec", PackConfig(mode="predict", chunk_tokens=64, engine=vecarc.RayEngine(workers=1)),
+        vecarc.pack(_inputs(tmp_path), "x.vec", PREDICT(chunk_tokens=64, engine=vecarc.RayEngine(workers=1)),
                     model=lm)
 
 
@@ -131,7 +135,7 @@ def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_
     monkeypatch.chdir(tmp_path)
     inputs = _inputs(tmp_path)
     with pytest.raises(VerificationError, match="nothing written"):
-        vecarc.pack(inputs, "w.vec", PackConfig(mode="predict", chunk_tokens=64, engine=Lying()), model=trained_tiny)
+        vecarc.pack(inputs, "w.vec", PREDICT(chunk_tokens=64, engine=Lying()), model=trained_tiny)
     assert sent and not (tmp_path / "w.vec").exists()
 
     class Forgetful:  # a reply that leaves a chunk of its shard out
@@ -140,9 +144,9 @@ def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_
             on_shard(items, [ChunkRecord.from_journal(meta, tensors) for meta, tensors in records[1:]])
 
     with pytest.raises(VerificationError, match="leaves 1 chunk"):
-        vecarc.pack(inputs, "f.vec", PackConfig(mode="predict", chunk_tokens=64, engine=Forgetful()), model=trained_tiny)
+        vecarc.pack(inputs, "f.vec", PREDICT(chunk_tokens=64, engine=Forgetful()), model=trained_tiny)
     assert not (tmp_path / "f.vec").exists()
-    honest = vecarc.pack(inputs, "h.vec", PackConfig(mode="predict", chunk_tokens=64), model=trained_tiny)
+    honest = vecarc.pack(inputs, "h.vec", PREDICT(chunk_tokens=64), model=trained_tiny)
     assert "predicted" in {c.kind for c in honest.archive.chunks}  # the spoiled record was a predicted chunk's
 
 
@@ -262,7 +266,7 @@ def test_unpack_and_verify_on_ray_with_a_worker_killed(cluster, trained_tiny, tm
     again; the driver checks every hash, and writes all documents or none, as a local unpack does."""
     monkeypatch.chdir(tmp_path)
     docs = {**DOCS, "more.txt": (TRAIN_TEXT * 4).encode()[:6000]}
-    vecarc.pack(_inputs(tmp_path, docs), "u.vec", PackConfig(mode="predict", chunk_tokens=16), model=trained_tiny)
+    vecarc.pack(_inputs(tmp_path, docs), "u.vec", PREDICT(chunk_tokens=16), model=trained_tiny)
     chunks = sum(c.kind == "predicted" for c in vecarc.read_archive("u.vec").chunks)
     assert chunks > 64  # more than one shard
     marker = tmp_path / "die-once"
