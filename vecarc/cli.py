@@ -19,6 +19,7 @@ from .config import DEFAULT_FILL, DEFAULT_VOLUME_SIZE, MODES, PREDICT_TOKENS, Pa
 from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
 from .errors import VecarcError
+from .exact.model import SPEC, not_covered
 from .format import write_atomic
 from .inputs import check_input, output_for
 from .journal import journal_path
@@ -342,15 +343,26 @@ def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts
 
 
 @main.command()
+@click.option("--model", default=None, metavar="NAME_OR_PATH",
+              help="Also say which path pack takes for this model (loads it; 'default': the default model).")
 @click.option("--json", "as_json", is_flag=True)
 @verbose_opt
 @handled
-def models(as_json, verbose):
-    """Models with stored capacity profiles."""
+def models(model, as_json, verbose):
+    """Models with stored capacity profiles, and (--model) whether a model gets coded chunks."""
     rows = capacity.list_profiles(warn=warner(as_json))
+    path = None
+    if model is not None:
+        lm = load_model(None if model == "default" else model, "cpu")
+        why = not_covered(lm.model)
+        path = {"model": lm.name, "fingerprint": lm.fingerprint, "pack": "predict" if why else "coded",
+                "integer_path": None if why else f"specification {SPEC}", "why_not": why}
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows if path is None else {"path": path, "profiles": rows}, indent=2))
         return
+    if path is not None:
+        say(f"{path['model']}: " + (f"coded chunks (integer model, {path['integer_path']})" if not path["why_not"]
+                                    else f"predicted chunks: the integer path does not cover it ({path['why_not']})"))
     if not rows:
         say("no capacity profiles yet (run vecarc calibrate)")
         return

@@ -173,7 +173,8 @@ def info_archive(name: str, s: dict) -> None:
         ["split", f"vectors {size(s['vector_bytes'])} · corrections {size(s['corrections_bytes'])} · "
                   f"coded {size(s['coded_bytes'])} · literal {size(s['literal_bytes'])} · "
                   f"header+checksum {size(s['overhead_bytes'])}"],
-        ["format", f"version {s['format_version']}"],
+        ["format", f"version {s['format_version']}" + (" · coded chunks under the integer model (specification 1)"
+                                                        if s["format_version"] == 5 else "")],
         ["model", m["name"]],
         ["source", m["source"]],
         ["fingerprint", m["fingerprint"]],
