@@ -124,7 +124,7 @@ def table(results: list[dict]) -> str:
              "|" + "---|" * 12]
     for r in results:
         by = {m["method"]: m for m in r["methods"]}
-        c, p, lim, own = by.get("vecarc coded"), by.get("vecarc predict"), r["model_limit"], by.get(
+        c, p, lim, own = by.get("vecarc coded"), by.get("vecarc predicted"), r["model_limit"], by.get(
             "integer model limit")
         cell = lambda m: f"{m['bytes']:,} ({m['ratio']:.2f}x)" if m else "—"  # noqa: E731
         secs = lambda k, pair=(c, p): " / ".join(  # noqa: E731

@@ -27,7 +27,7 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     src.write_bytes(TEXT)
     out = tmp_path / "r.json"
     code, text = run("bench", src, "--model", tiny_dir, "--json", out, "--zstd-levels", "3,19",
-                     "--vector-dtypes", "fp16,fp32,int8r16,predict", "--archive", tmp_path / "arch", *BENCH_FAST)
+                     "--vector-dtypes", "fp16,fp32,int8r16,predict,coded", "--archive", tmp_path / "arch", *BENCH_FAST)
     assert code == 0, text
     res = json.loads(out.read_text())[0]
     assert res["bytes"] == len(TEXT)
@@ -59,6 +59,11 @@ def test_bench_json_fields_and_consistency(tmp_path, tiny_dir, monkeypatch):
     pred = by["vecarc predicted"]
     assert pred["verify_ok"] is True and pred["vectors"] == 0 and pred["bits_stored_per_vector"] is None
     assert pred["corrections_bytes"] + pred["literal_bytes"] + pred["header_bytes"] == pred["bytes"]
+    coded = by["vecarc coded"]
+    assert coded["verify_ok"] is True and coded["coded_bytes"] + coded["literal_bytes"] + coded["header_bytes"] == \
+        coded["bytes"]
+    own = by["integer model limit"]  # the integer model's cross-entropy is close to the float model's
+    assert abs(own["ce_bits"] - res["model_limit"]["ce_bits"]) < 0.05 * res["model_limit"]["ce_bits"]
     low = by["vecarc int8 rank 16"]  # 16 stored numbers per vector instead of 64
     assert low["verify_ok"] is True and low["bits_stored_per_vector"] <= (16 + 2) * 8
     assert res["model_limit"]["ce_bits"] > 0

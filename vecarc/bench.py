@@ -147,12 +147,13 @@ def vecarc_row(
     s = summary(archive)
     steps = [c.steps for c in archive.chunks if c.kind == "vector" and c.steps is not None]
     row = _row(
-        f"vecarc {archive.header.cram.get('mode')}" if cfg.predicted else
+        {"coded": "vecarc coded"}.get(archive.header.cram.get("mode"), "vecarc predicted") if cfg.predicted else
         f"vecarc {archive.header.vectors.dtype}" + (f" rank {r}" if (r := archive.header.vectors.rank) else ""),
         len(data), archive.size, pack_s, unpack_s,
         vector_bytes=s["vector_bytes"], literal_bytes=s["literal_bytes"], header_bytes=s["overhead_bytes"],
+        coded_bytes=s["coded_bytes"],
         corrections_bytes=s["corrections_bytes"], corrections=s["chunks"]["corrections"],
-        predicted_tokens=s["chunks"]["predicted_tokens"],
+        predicted_tokens=s["chunks"]["predicted_tokens"], coded_tokens=s["chunks"]["coded_tokens"],
         vectors=archive.header.vectors.count, per_chunk=archive.header.vectors.per_chunk,
         literal_chunks=s["chunks"]["tokens"] + s["chunks"]["bytes"],
         tokens_per_vector=s["chunks"]["tokens_per_vector"],

@@ -259,6 +259,10 @@ def _bench_note(m: dict) -> str | None:
         return (f"{m['method']}: corrections {m['corrections_bytes']:,} B + header {m['header_bytes']:,} B + "
                 f"literal {m['literal_bytes']:,} B; {n:,} corrections for {toks:,} predicted tokens"
                 + (f" ({m['corrections_bytes'] * 8 / n:.1f} bits each)" if n else "") + check)
+    if m["method"] == "vecarc coded":
+        return (f"{m['method']}: coded {m['coded_bytes']:,} B + header {m['header_bytes']:,} B + literal "
+                f"{m['literal_bytes']:,} B; {m['coded_bytes'] * 8 / max(1, m['coded_tokens']):.2f} bits "
+                f"per token stored" + check)
     if m["method"].startswith("vecarc"):
         tpv = m["tokens_per_vector"] or {}
         return (f"{m['method']}: vectors {m['vector_bytes']:,} B + header {m['header_bytes']:,} B + literal "
@@ -269,6 +273,8 @@ def _bench_note(m: dict) -> str | None:
     if m["method"].startswith("model limit"):
         return (f"model limit: {m['ce_bits']:,.0f} bits of cross-entropy without vectors, "
                 f"{m['bits_per_byte']:.2f} bits per byte")
+    if m["method"] == "integer model limit":
+        return f"integer model limit: {m['ce_bits']:,.0f} bits of the integer model's own cross-entropy"
     return None
 
 
