@@ -138,9 +138,10 @@ def packed(r, s: dict | None, verbose: bool) -> None:
             for i, ch in enumerate(r.archive.chunks)])
     c = s["chunks"]
     say(f"{r.output}: {size(s['original_bytes'])} -> {size(r.archive_bytes)} "
-        f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); {c['vector']} vector / {c['predicted']} "
-        f"predicted ({c['corrections']} corrections) / {c['tokens'] + c['bytes']} literal chunks, "
-        f"{r.retries} retries, {r.seconds:.1f} s")
+        f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); "
+        + (f"{c['coded']} coded" if c["coded"] or s["format_version"] == 5 else
+           f"{c['vector']} vector / {c['predicted']} predicted ({c['corrections']} corrections)")
+        + f" / {c['tokens'] + c['bytes']} literal chunks, {r.retries} retries, {r.seconds:.1f} s")
 
 
 # ---------------------------------------------------------------- verify
