@@ -58,3 +58,16 @@ def test_header_dictionary_is_the_documented_one(tmp_path, monkeypatch, packed):
     monkeypatch.setattr(archive, "_dict_cache", {})
     with pytest.raises(VecarcError, match="is damaged"):
         read_archive(packed)
+
+
+def test_the_format_5_archive_decodes_without_a_model():
+    import zlib
+
+    data = bytes.fromhex(_block("Test vector: a format-5 archive", "hex"))
+    assert zlib.crc32(data[:-4]).to_bytes(4, "little") == data[-4:]
+    a = parse_archive(data)
+    assert a.header.version == 5 and a.header.model.fingerprint == "fp2:2d73a2563b4b59cd"
+    assert (a.header.model.vocab_size, a.header.model.hidden_size, a.header.model.sink_token_id) == (49152, 576, 0)
+    assert [(d.name, d.size, d.encoding) for d in a.documents] == [("a.bin", 7, "bytes")]
+    assert literal_bytes(a, 0) == b"vecarc\n"
+    assert hashlib.sha256(b"vecarc\n").hexdigest().startswith(a.documents[0].sha256)
