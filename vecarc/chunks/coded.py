@@ -28,7 +28,9 @@ from .record import ChunkRecord, Dims, Hooks, Item, Settled
 
 OUTCOMES = ("coded", "tokens")
 PACK_ROWS, PACK_CELLS = 8, 4096  # rows of a teacher-forced batch, and rows x tokens
-DECODE_ROWS = 16
+# Rows decoded side by side, and rows x tokens: the KV cache holds binary64 keys and value halves,
+# ~290 KB a position for the default model, so 8,192 cells are ~2.3 GB.
+DECODE_ROWS, DECODE_CELLS = 16, 8192
 
 
 def integer_model(lm: LoadedModel) -> IntegerModel:
@@ -121,7 +123,7 @@ def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None
     im, out = integer_model(lm), {}
     lengths = [archive.chunks[i].tokens for i in todo]
     total, done = sum(lengths), 0
-    for group in length_batches(lengths, DECODE_ROWS):
+    for group in length_batches(lengths, DECODE_ROWS, DECODE_CELLS):
         idx = [todo[g] for g in group]
         sizes = [archive.chunks[i].tokens for i in idx]
         decoders = [Decoder(archive.literals[i]) for i in idx]
