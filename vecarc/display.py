@@ -56,7 +56,8 @@ def _on_event(bar: Progress, tasks: dict[str, int], e: dict) -> None:
                    info=f"step {e['step']} · {e['active']} active · acc {e['accuracy']:.0%} · loss {e['loss']:.3f}")
     elif kind in ("predict", "shard") and "cram" in tasks:
         bar.update(tasks["cram"], completed=e["done"], total=e["total"],
-                   info="predicted and checked" if kind == "predict" else "crammed and checked")
+                   info=("coded" if e.get("coded") else "predicted and checked") if kind == "predict" else
+                   "crammed and checked")
     elif kind == "calibrate":
         if "cal" not in tasks:
             tasks["cal"] = bar.add_task("calibrating", total=None, info="")

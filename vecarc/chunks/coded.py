@@ -33,17 +33,17 @@ PACK_ROWS, PACK_CELLS = 8, 4096  # rows of a teacher-forced batch, and rows x to
 DECODE_ROWS, DECODE_CELLS = 16, 8192
 
 
-def integer_model(lm: LoadedModel) -> IntegerModel:
+def integer_model(lm: LoadedModel, progress=None) -> IntegerModel:
     """The loaded model's integer evaluation, quantised once per process."""
     if "integer" not in lm._variants:
         why = not_covered(lm.model)
         if why:
             raise VecarcError(f"{lm.name}: the integer path does not cover this model ({why})")
-        lm._variants["integer"] = _cached(lm)
+        lm._variants["integer"] = _cached(lm, progress)
     return lm._variants["integer"]
 
 
-def _cached(lm: LoadedModel) -> IntegerModel:
+def _cached(lm: LoadedModel, progress=None) -> IntegerModel:
     """Quantising takes seconds; the result, a pure function of the fingerprinted weights, is kept in the
     cache under that fingerprint (a damaged or foreign file is quantised again and replaced)."""
     from safetensors.torch import load_file, save_file
@@ -53,6 +53,7 @@ def _cached(lm: LoadedModel) -> IntegerModel:
         return IntegerModel(lm.model, lm.device, load_file(str(path)))
     except Exception:  # noqa: BLE001 - any unreadable cache file is rebuilt
         pass
+    emit(progress, event="note", message=f"quantising {lm.name} for the integer path (once: kept in {path.parent})")
     im = IntegerModel(lm.model, lm.device)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
     """One teacher-forced pass of the integer model per batch of like-length chunks; each chunk's stream
     (or a literal block, where that is smaller) handed over as it is coded."""
     hooks = hooks or Hooks()
-    im, done = integer_model(lm), 0
+    im, done = integer_model(lm, hooks.progress), 0
     for group in length_batches([len(t) for _, t in items], PACK_ROWS, PACK_CELLS):
         toks = [list(items[i][1]) for i in group]
         n = max(len(t) for t in toks)
@@ -98,7 +99,7 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
         if hooks.final is not None:
             hooks.final({"step": 0})
         done += len(group)
-        emit(hooks.progress, event="predict", done=done, total=hooks.total or len(items))
+        emit(hooks.progress, event="predict", done=done, total=hooks.total or len(items), coded=True)
 
 
 def fate(tag, tokens: Sequence[int], stream: bytes) -> ChunkRecord:
@@ -120,7 +121,7 @@ def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
 def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None) -> dict[int, list[int]]:
     """The coded chunks `todo`, side by side in batches, a step per token; a stream that names no
     token is refused as corrupt."""
-    im, out = integer_model(lm), {}
+    im, out = integer_model(lm, progress), {}
     lengths = [archive.chunks[i].tokens for i in todo]
     total, done = sum(lengths), 0
     for group in length_batches(lengths, DECODE_ROWS, DECODE_CELLS):
