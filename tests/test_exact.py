@@ -56,6 +56,26 @@ def test_isqrt_and_bit_length_are_exact():
     assert ops.bit_length(x).tolist() == [int(v).bit_length() for v in x.tolist()]
 
 
+def same_however_computed(im: IntegerModel, seq: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The whole pass's tables for seq (1, T), asserted equal to KV-cached steps, to row 37 of a batch of 64
+    and to a pass on one thread."""
+    whole = im.forward(seq)
+    caches = [[] for _ in im.layers]
+    steps = torch.cat([im.forward(seq[:, i : i + 1], caches, start=i) for i in range(seq.shape[1])], 1)
+    assert torch.equal(steps, whole)
+    others = torch.randint(0, vocab, (63, seq.shape[1]), generator=torch.Generator().manual_seed(1))
+    batch = im.forward(torch.cat([others[:37], seq, others[37:]]))
+    assert torch.equal(batch[37:38], whole)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = im.forward(seq)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, whole)
+    return whole
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory):
     folder = build_tiny_model(tmp_path_factory.mktemp(request.param), seed=3, train_steps=40, family=request.param)
@@ -67,22 +87,9 @@ def test_frequencies_are_identical_however_they_are_computed(family):
     im = IntegerModel(family.model)
     ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
     seq = torch.tensor([[family.sink_id] + ids])
-    whole = im.forward(seq)
+    whole = same_however_computed(im, seq, family.vocab_size)
     assert whole.dtype == torch.int64 and int(whole.min()) >= 1
     assert int(whole.sum(-1).max()) <= FREQ_TOTAL
-    caches = [[] for _ in im.layers]
-    steps = torch.cat([im.forward(seq[:, i : i + 1], caches, start=i) for i in range(seq.shape[1])], 1)
-    assert torch.equal(steps, whole)
-    others = torch.randint(0, family.vocab_size, (63, seq.shape[1]), generator=torch.Generator().manual_seed(1))
-    batch = im.forward(torch.cat([others[:37], seq, others[37:]]))  # 64 rows, the chunk in row 37
-    assert torch.equal(batch[37:38], whole)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = im.forward(seq)
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(one, whole)
     assert digest(whole) == digest(IntegerModel(family.model).forward(seq))  # quantising again changes nothing
 
 
@@ -162,20 +169,7 @@ def test_default_model_frequencies_are_identical_however_they_are_computed():
     lm = vecarc.load_model(None, device="cpu")
     im = integer_model(lm)
     ids = lm.tokenizer("The integer model gives every machine the same frequencies.", add_special_tokens=False)
-    seq = torch.tensor([[lm.sink_id] + ids["input_ids"]])
-    whole = im.forward(seq)
-    caches = [[] for _ in im.layers]
-    steps = torch.cat([im.forward(seq[:, i : i + 1], caches, start=i) for i in range(seq.shape[1])], 1)
-    assert torch.equal(steps, whole)
-    others = torch.randint(0, lm.vocab_size, (63, seq.shape[1]), generator=torch.Generator().manual_seed(1))
-    batch = im.forward(torch.cat([others[:37], seq, others[37:]]))  # 64 rows, the chunk in row 37
-    assert torch.equal(batch[37:38], whole)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert torch.equal(im.forward(seq), whole)
-    finally:
-        torch.set_num_threads(threads)
+    same_however_computed(im, torch.tensor([[lm.sink_id] + ids["input_ids"]]), lm.vocab_size)
 
 
 def test_coded_volumes_and_members_unpack(trained_tiny, tmp_path, monkeypatch):
