@@ -150,7 +150,7 @@ def linear_plain(x: torch.Tensor, lin: Linear) -> torch.Tensor:
     """The layer on a Q16 input, quantised per row to 15 bits first."""
     a, s = ops.quantise_rows(x)
     acc = ops.int_matmul(a.reshape(-1, a.shape[-1]), lin.q).reshape(*a.shape[:-1], -1)
-    y = ops.shift_down(acc.mul_(lin.mult), lin.shift - s[..., None])
+    y = ops.shift_round(acc.mul_(lin.mult), lin.shift - s[..., None])
     return y if lin.bias is None else y + lin.bias
 
 

@@ -16,8 +16,8 @@ A_BITS = 15  # activations enter matmuls as |a| <= A_MAX: a high and a low int8 
 A_MAX = 32639  # the largest a whose halves (a - lo) / 256 and lo both fit in int8
 
 
-def shift_round(x: torch.Tensor, n: int) -> torch.Tensor:
-    """x / 2^n rounded half up (n >= 0)."""
+def shift_round(x: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+    """x / 2^n rounded half up, n >= 0 (or a tensor of such shifts that broadcasts against x)."""
     return (x + (1 << n >> 1)) >> n
 
 
@@ -33,11 +33,6 @@ def bit_length(x: torch.Tensor) -> torch.Tensor:
     return torch.where((e > 0) & ((1 << (e - 1).clamp(min=0)) > x), e - 1, e)
 
 
-def shift_down(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """x / 2^n rounded half up, for a tensor of shifts n >= 0 that broadcasts against x."""
-    return (x + ((1 << n) >> 1)) >> n
-
-
 def quantise_rows(x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row (or each of `groups` equal parts of it) as a * 2^s with |a| <= A_MAX; returns (a, s),
     s shaped like the rows (with a last axis of `groups` when there are several).
@@ -49,7 +44,7 @@ def quantise_rows(x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch
     g = x.reshape(*shape[:-1], groups, shape[-1] // groups)
     top = g.abs().amax(-1, keepdim=True)
     s = (bit_length(top) - A_BITS).clamp(min=0)
-    a = shift_down(g, s).clamp_(-A_MAX, A_MAX)
+    a = shift_round(g, s).clamp_(-A_MAX, A_MAX)
     s = s.squeeze(-1)
     return a.reshape(shape), s.squeeze(-1) if groups == 1 else s
 
@@ -82,11 +77,6 @@ def int_matmul(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out[:m] * 256 + out[m:]
 
 
-def float_exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Batched a @ b of integer tensors whose partial sums the caller bounds below 2^53, as int64."""
-    return torch.matmul(a.double(), b.double()).to(torch.int64)
-
-
 X_CLAMP = 1 << 21  # e^-32 is 0 in Q30: larger arguments change nothing
 
 
@@ -94,8 +84,3 @@ def exp_neg(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """e^(-x) for x >= 0 in Q16, from a pinned table: EXP[(min(x, 2^21) * LOG2E_Q24) >> 30]."""
     return table[(x.clamp(max=X_CLAMP) * LOG2E_Q24) >> 30]
 
-
-def sigmoid_q30(x: torch.Tensor, exp30: torch.Tensor) -> torch.Tensor:
-    """1 / (1 + e^-x) in Q30 for x in Q16: 2^60 / (2^30 + e^-|x|) for x >= 0, one minus it below zero."""
-    pos = round_div(torch.full_like(x, 1 << 60), (1 << 30) + exp_neg(x.abs(), exp30))
-    return torch.where(x >= 0, pos, (1 << 30) - pos)

@@ -15,7 +15,6 @@ import torch
 
 P = 128  # fractional bits of the exact computations
 ONE = 1 << P
-EXP_BITS = 30  # exp tables: Q30
 ROPE_BITS = 24  # cos/sin tables: Q24
 
 
@@ -91,15 +90,6 @@ def _round(value: int, bits: int) -> int:
     if abs(frac - (1 << (shift - 1))) < (1 << (shift - 64)):
         raise ArithmeticError("a table entry lies too close to a rounding tie to be defined by this precision")
     return (value + (1 << (shift - 1))) >> shift
-
-
-@cache
-def exp2_tables() -> tuple[torch.Tensor, torch.Tensor]:
-    """HI[i] = round(2^30 * 2^(-i/256)), LO[i] = round(2^30 * 2^(-i/65536)), i < 256: 2^-f for f in Q16
-    is HI[f >> 8] * LO[f & 255] >> 30."""
-    hi = [_round(exp_fixed(-(LN2 * i) // 256), EXP_BITS) for i in range(256)]
-    lo = [_round(exp_fixed(-(LN2 * i) // 65536), EXP_BITS) for i in range(256)]
-    return torch.tensor(hi, dtype=torch.int64), torch.tensor(lo, dtype=torch.int64)
 
 
 LOG2E_Q24 = _round((ONE << P) // LN2, 24)  # round(2^24 / ln 2)
