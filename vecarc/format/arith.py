@@ -1,4 +1,4 @@
-"""A multi-symbol range coder over exact integer frequencies (docs/format.md, "Coded chunks").
+"""A multi-symbol range coder over exact integer frequencies (docs/format.md, "Multi-symbol range coder").
 
 A 64-bit range, renormalised a byte at a time below 2^56, so a total up to 2^28 costs
 under 2^-28 of a bit per symbol in rounding. The stream ends with the fewest bytes that
@@ -13,7 +13,6 @@ BITS = 64
 FULL = 1 << BITS
 MASK = FULL - 1
 BOTTOM = 1 << (BITS - 8)
-MAX_TOTAL = 1 << 28
 
 
 class Encoder:
@@ -74,7 +73,3 @@ class Decoder:
             self.code = ((self.code << 8) | byte) & MASK
             self.range <<= 8
 
-    @property
-    def overrun(self) -> int:
-        """Bytes read past the stream's end (zeros), beyond the 8 a final interval may need."""
-        return max(0, self.at - len(self.data) - 8)
