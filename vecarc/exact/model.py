@@ -183,6 +183,7 @@ class IntegerModel:
         self.exp20, self.exp30 = exp_table(ATTN_BITS).to(self.device), exp_table(30).to(self.device)
         self.sig = sigmoid_table().to(self.device)
         self._rope_at: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.native = None  # fast.library(...) where the compiled loops run: the same integers, sooner
 
     def state(self) -> dict[str, torch.Tensor]:
         """The quantised weights as flat tensors (what `saved` takes back): a cache of the slow part."""
@@ -219,13 +220,18 @@ class IntegerModel:
 
     def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """x (B, T, n, hd) in Q16 rotated by position, with pinned Q24 tables."""
-        need = max(256, 1 << int(pos[-1]).bit_length())
-        if self._rope_at is None or self._rope_at[0].shape[0] < need:
-            self._rope_at = tuple(t.to(x.device) for t in rope_tables(self.shape.theta, self.shape.head_dim, need))
-        c, s = self._rope_at[0][pos][None, :, None], self._rope_at[1][pos][None, :, None]
+        cos, sin = self.rope_for(int(pos[-1]))
+        c, s = cos[pos][None, :, None], sin[pos][None, :, None]
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
         return torch.cat([ops.shift_round(x1 * c - x2 * s, 24), ops.shift_round(x2 * c + x1 * s, 24)], -1)
+
+    def rope_for(self, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The COS and SIN tables through position `last` at least (grown by doubling)."""
+        need = max(256, 1 << last.bit_length())
+        if self._rope_at is None or self._rope_at[0].shape[0] < need:
+            self._rope_at = tuple(t.to(self.device) for t in rope_tables(self.shape.theta, self.shape.head_dim, need))
+        return self._rope_at
 
     def _attention(self, lay: dict, x: torch.Tensor, start: int, cache: list) -> torch.Tensor:
         sh = self.shape
@@ -292,6 +298,10 @@ class IntegerModel:
         if start + T > self.max_positions:
             raise ValueError(f"the integer path evaluates at most {self.max_positions} positions of this model")
         caches = caches if caches is not None else [[] for _ in self.layers]
+        if self.native is not None:
+            from . import fast
+
+            return fast.hidden(self, tokens, caches, start)
         x = self.embed[tokens]
         for lay, cache in zip(self.layers, caches):
             x = x + self._attention(lay, x, start, cache)
@@ -304,6 +314,10 @@ class IntegerModel:
         """Next-token frequencies (B, T, V): the whole table at every position (tests, a decoder's step)."""
         x = self.hidden(tokens, caches, start)
         flat = x.reshape(-1, x.shape[-1])
+        if self.native is not None:
+            from . import fast
+
+            return fast.frequencies(self, flat).reshape(*x.shape[:2], -1)
         return torch.cat([frequencies(*self._logits(flat[i : i + HEAD_ROWS]), self.exp30)
                           for i in range(0, flat.shape[0], HEAD_ROWS)]).reshape(*x.shape[:2], -1)
 
@@ -312,6 +326,10 @@ class IntegerModel:
         what an encoder needs, without keeping whole tables (B T V int64 would be large)."""
         x = self.hidden(tokens).reshape(-1, self.shape.hidden)
         flat = targets.to(self.device).reshape(-1, 1)
+        if self.native is not None:
+            from . import fast
+
+            return fast.symbols(self, x, flat.reshape(-1)).reshape(*targets.shape, 3)
         out = []
         for i in range(0, x.shape[0], HEAD_ROWS):
             f = frequencies(*self._logits(x[i : i + HEAD_ROWS]), self.exp30)

@@ -1,0 +1,159 @@
+"""The integer model's forward pass with its elementwise stages in compiled loops (native.cpp).
+
+model.py's tensor code is the reference: ~300 small int64 operations per layer, which is
+what a token step costs on a CPU (each operation's dispatch outweighs its arithmetic) and
+what a teacher-forced pass costs in memory traffic. Here each stage between two matmuls is
+one loop over the rows, computing the same integers (tests compare the two on every
+family and on the default model). The library is built once with the system's C++
+compiler and kept in the cache; where there is none, or on a GPU, the reference runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from .model import FREQ_TOTAL, KV_CLAMP, MLP_CLAMP, QK_CLAMP, QUERY_BLOCK, IntegerModel, Linear, _remember
+from .tables import LOG2E_Q24
+
+SOURCE = Path(__file__).with_name("native.cpp")
+FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")  # no -march: the cached library may move between machines
+HEAD_BLOCK = 64  # head rows per product: (2 x 64, 49,152) int32 is 25 MB
+
+
+@cache
+def library(folder: Path) -> ctypes.CDLL | None:
+    """The compiled loops, built into `folder` on first use; None where they cannot be (no compiler,
+    VECARC_NATIVE=0, a failed build): callers then run the reference."""
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if os.environ.get("VECARC_NATIVE", "1") == "0" or not cxx:
+        return None
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, timeout=60, check=True).stdout
+        key = hashlib.sha256(SOURCE.read_bytes() + version + " ".join(FLAGS).encode()
+                             + platform.machine().encode()).hexdigest()[:16]
+        path = folder / f"integer-{key}.so"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f"integer-{key}.{os.getpid()}.tmp"
+            subprocess.run([cxx, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, timeout=300, check=True)
+            os.replace(tmp, path)
+        lib = ctypes.CDLL(str(path))
+        torch._int_mm(torch.ones(2, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+    except (OSError, subprocess.SubprocessError, RuntimeError):
+        return None
+    for name in ("split_rows", "normed", "plain_add", "qkv_post", "attend_mid", "attend_out", "mlp_mid",
+                 "head_freqs", "head_symbols"):
+        getattr(lib, name).restype = ctypes.c_int
+    return lib
+
+
+def _arg(x):
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        assert x.is_contiguous() and x.device.type == "cpu"
+        return ctypes.c_void_p(x.data_ptr())
+    return ctypes.c_int64(int(x))
+
+
+def _call(lib: ctypes.CDLL, name: str, *args) -> None:
+    if getattr(lib, name)(*map(_arg, args)):
+        raise ValueError(f"a value left the integer model's bounds ({name})")
+
+
+def _split(lib, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows quantised into int8 halves (2M, K), with their shifts, or their RMSNorm roots given eps."""
+    M, K = x.shape
+    both, s = torch.empty(2 * M, K, dtype=torch.int8), torch.empty(M, dtype=torch.int64)
+    _call(lib, "split_rows", x, M, K, both, None if eps is not None else s, eps, s if eps is not None else None)
+    return both, s
+
+
+def _product(both: torch.Tensor, lin: Linear) -> torch.Tensor:
+    return torch._int_mm(both, lin.q.t())
+
+
+def hidden(im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: int) -> torch.Tensor:
+    """model.IntegerModel.hidden, stage by stage in the compiled loops."""
+    lib = im.native
+    B, T = tokens.shape
+    x = im.embed[tokens.reshape(-1)].contiguous()
+    for lay, cache in zip(im.layers, caches):
+        _attention(im, lib, lay, x, B, T, start, cache)
+        both, root = _split(lib, x, im.eps)
+        acc = _product(both, lay["gate_up"])
+        inner = acc.shape[1] // 2
+        h, s = torch.empty(2 * B * T, inner, dtype=torch.int8), torch.empty(B * T, dtype=torch.int64)
+        gu = lay["gate_up"]
+        _call(lib, "mlp_mid", acc, B * T, inner, gu.mult, gu.shift, root, gu.bias, im.sig, MLP_CLAMP, h, s)
+        _add(lib, x, _product(h, lay["down"]), lay["down"], s)
+    return x.reshape(B, T, -1)
+
+
+def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor) -> None:
+    _call(lib, "plain_add", acc, x.shape[0], x.shape[1], lin.mult, lin.shift, s, lin.bias, x)
+
+
+def _attention(im: IntegerModel, lib, lay: dict, x: torch.Tensor, B: int, T: int, start: int, cache: list) -> None:
+    sh = im.shape
+    H, Hk, hd, g, M = sh.heads, sh.kv_heads, sh.head_dim, sh.heads // sh.kv_heads, B * T
+    both, root = _split(lib, x, im.eps)
+    acc = _product(both, lay["qkv"])
+    qkv = lay["qkv"]
+    y = torch.empty(M, acc.shape[1], dtype=torch.int64)
+    _call(lib, "normed", acc, M, acc.shape[1], qkv.mult, qkv.shift, root, qkv.bias, y)
+    cos, sin = im.rope_for(start + T - 1)
+    aq = torch.empty(B, Hk, g, T, hd, dtype=torch.float64)
+    n = torch.empty(B, Hk, g, T, dtype=torch.int64)
+    k = torch.empty(B, Hk, T, hd, dtype=torch.float64)
+    v = torch.empty(B, Hk, T, 2 * hd, dtype=torch.float64)
+    _call(lib, "qkv_post", y, B, T, H, Hk, hd, start, cos, sin, im.score_mult, QK_CLAMP, KV_CLAMP, aq, n, k, v)
+    _remember(cache, k, v)
+    out = torch.empty(B, T, H * hd, dtype=torch.int64)
+    for i in range(0, T, QUERY_BLOCK):
+        t = min(QUERY_BLOCK, T - i)
+        L = start + i + t
+        q = aq[:, :, :, i : i + t].reshape(B, Hk, g * t, hd)
+        dot = torch.matmul(q, cache[0][:, :, :L].transpose(2, 3)).contiguous()
+        e, esum = torch.empty_like(dot), torch.empty(B * Hk * g * t, dtype=torch.int64)
+        _call(lib, "attend_mid", dot, B * Hk * g * t, t, L, start + i, n[:, :, :, i : i + t].contiguous(),
+              im.exp20, LOG2E_Q24, e, esum)
+        sums = torch.matmul(e, cache[1][:, :, :L]).contiguous()
+        _call(lib, "attend_out", sums, B, Hk, g, t, hd, esum, T, i, out)
+    both, s = _split(lib, out.reshape(M, -1))
+    _add(lib, x, _product(both, lay["o"]), lay["o"], s)
+
+
+def _head(im: IntegerModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    both, root = _split(im.native, x, im.eps)
+    return _product(both, im.head), root
+
+
+def frequencies(im: IntegerModel, x: torch.Tensor) -> torch.Tensor:
+    """model.frequencies of the head's rows x (R, d): (R, V) int64."""
+    out = torch.empty(x.shape[0], im.shape.vocab, dtype=torch.int64)
+    for i in range(0, x.shape[0], HEAD_BLOCK):
+        acc, root = _head(im, x[i : i + HEAD_BLOCK].contiguous())
+        _call(im.native, "head_freqs", acc, acc.shape[0] // 2, acc.shape[1], im.head.mult, im.head.shift, root,
+              im.exp30, LOG2E_Q24, FREQ_TOTAL, out[i : i + HEAD_BLOCK])
+    return out
+
+
+def symbols(im: IntegerModel, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each target's (start, size, total) under the frequencies of its row of x (R, d): (R, 3)."""
+    out = torch.empty(x.shape[0], 3, dtype=torch.int64)
+    for i in range(0, x.shape[0], HEAD_BLOCK):
+        acc, root = _head(im, x[i : i + HEAD_BLOCK].contiguous())
+        _call(im.native, "head_symbols", acc, acc.shape[0] // 2, acc.shape[1], im.head.mult, im.head.shift, root,
+              im.exp30, LOG2E_Q24, FREQ_TOTAL, targets[i : i + HEAD_BLOCK].contiguous(), out[i : i + HEAD_BLOCK])
+    return out
+
