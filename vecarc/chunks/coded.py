@@ -17,6 +17,7 @@ import torch
 from ..config import PackConfig
 from ..errors import VecarcError
 from ..events import emit
+from ..exact import fast
 from ..exact.model import SPEC, IntegerModel, not_covered
 from ..format import Archive, Chunk, encode_tokens, token_hash
 from ..format.arith import Decoder, Encoder
@@ -39,7 +40,10 @@ def integer_model(lm: LoadedModel, progress=None) -> IntegerModel:
         why = not_covered(lm.model)
         if why:
             raise VecarcError(f"{lm.name}: the integer path does not cover this model ({why})")
-        lm._variants["integer"] = _cached(lm, progress)
+        im = _cached(lm, progress)
+        if im.device.type == "cpu":
+            im.native = fast.library(cache_dir() / "native")
+        lm._variants["integer"] = im
     return lm._variants["integer"]
 
 
