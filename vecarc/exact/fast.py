@@ -21,14 +21,20 @@ from pathlib import Path
 
 import torch
 
-from .model import FREQ_TOTAL, KV_CLAMP, MLP_CLAMP, QK_CLAMP, QUERY_BLOCK, IntegerModel, Linear, _remember
+from .model import FREQ_TOTAL, KV_CLAMP, MLP_CLAMP, QK_CLAMP, QUERY_BLOCK, IntegerModel, Linear
 from .tables import LOG2E_Q24
 
 SOURCE = Path(__file__).with_name("native.cpp")
 # Built for this CPU: the cache key names its features, so a shared cache holds one build per kind
 # of machine. Vector instructions change no value here: every sum is of integers.
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC", "-pthread")
 HEAD_BLOCK = 64  # head rows per product: (2 x 64, 49,152) int32 is 25 MB
+STEP_QUERIES = 16  # up to this many queries attend in one loop; more go through binary64 products
+SIGNATURES = {  # p: a pointer (a tensor or None), i: an int64
+    "split_rows": "piipppp", "plain_add": "piipipppppp", "qkv": "piipippiiiippiiippppii",
+    "attend_small": "ppppiiiiiiipip", "attend_mid": "piiiippipp", "attend_out": "piiiiipiip",
+    "mlp_mid": "piipipppipp", "head_freqs": "piipippiip", "head_symbols": "piipippiipp",
+}
 
 
 def _cpu() -> bytes:
@@ -60,19 +66,15 @@ def library(folder: Path) -> ctypes.CDLL | None:
         torch._int_mm(torch.ones(2, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
     except (OSError, subprocess.SubprocessError, RuntimeError):
         return None
-    for name in ("split_rows", "normed", "plain_add", "qkv_post", "attend_mid", "attend_out", "mlp_mid",
-                 "head_freqs", "head_symbols"):
-        getattr(lib, name).restype = ctypes.c_int
+    for name, sig in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p if c == "p" else ctypes.c_int64 for c in sig]
     return lib
 
 
 def _arg(x):
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        assert x.is_contiguous() and x.device.type == "cpu"
-        return ctypes.c_void_p(x.data_ptr())
-    return ctypes.c_int64(int(x))
+    return x.data_ptr() if isinstance(x, torch.Tensor) else x
 
 
 def _call(lib: ctypes.CDLL, name: str, *args) -> None:
@@ -92,56 +94,77 @@ def _product(both: torch.Tensor, lin: Linear) -> torch.Tensor:
     return torch._int_mm(both, lin.q.t())
 
 
+def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor,
+         eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x += the layer's output, in place; returns the new rows split for the next layer, with roots."""
+    M, N = x.shape
+    both, root = torch.empty(2 * M, N, dtype=torch.int8), torch.empty(M, dtype=torch.int64)
+    _call(lib, "plain_add", acc, M, N, lin.mult, lin.shift, s, lin.bias, x, both, eps, root)
+    return both, root
+
+
 def hidden(im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: int) -> torch.Tensor:
     """model.IntegerModel.hidden, stage by stage in the compiled loops."""
     lib = im.native
     lib.set_threads(torch.get_num_threads())
     B, T = tokens.shape
     x = im.embed[tokens.reshape(-1)].contiguous()
+    both, root = _split(lib, x, im.eps)
     for lay, cache in zip(im.layers, caches):
-        _attention(im, lib, lay, x, B, T, start, cache)
-        both, root = _split(lib, x, im.eps)
+        both, root = _add(lib, x, *_attention(im, lib, lay, both, root, B, T, start, cache), im.eps)
         acc = _product(both, lay["gate_up"])
-        inner = acc.shape[1] // 2
+        gu, inner = lay["gate_up"], acc.shape[1] // 2
         h, s = torch.empty(2 * B * T, inner, dtype=torch.int8), torch.empty(B * T, dtype=torch.int64)
-        gu = lay["gate_up"]
         _call(lib, "mlp_mid", acc, B * T, inner, gu.mult, gu.shift, root, gu.bias, im.sig, MLP_CLAMP, h, s)
-        _add(lib, x, _product(h, lay["down"]), lay["down"], s)
+        both, root = _add(lib, x, _product(h, lay["down"]), lay["down"], s, im.eps)
     return x.reshape(B, T, -1)
 
 
-def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor) -> None:
-    _call(lib, "plain_add", acc, x.shape[0], x.shape[1], lin.mult, lin.shift, s, lin.bias, x)
+def _reserve(cache: list, B: int, Hk: int, hd: int, T: int) -> int:
+    """Room for T more positions in a layer's cache [keys (B Hk hd cap), values (B Hk cap hd), length] of
+    int32, grown by doubling; returns where they go. Not model._remember's layout: a cache belongs to the
+    path that made it."""
+    if not cache:
+        cache[:] = [torch.empty(B, Hk, hd, 0, dtype=torch.int32), torch.empty(B, Hk, 0, hd, dtype=torch.int32), 0]
+    n = cache[2]
+    if n + T > cache[1].shape[2]:
+        cap = max(64, 1 << (n + T - 1).bit_length())
+        keys, values = cache[0].new_empty(B, Hk, hd, cap), cache[1].new_empty(B, Hk, cap, hd)
+        keys[..., :n], values[:, :, :n] = cache[0][..., :n], cache[1][:, :, :n]
+        cache[0], cache[1] = keys, values
+    cache[2] = n + T
+    return n
 
 
-def _attention(im: IntegerModel, lib, lay: dict, x: torch.Tensor, B: int, T: int, start: int, cache: list) -> None:
+def _attention(im: IntegerModel, lib, lay: dict, both: torch.Tensor, root: torch.Tensor, B: int, T: int, start: int,
+               cache: list) -> tuple[torch.Tensor, Linear, torch.Tensor]:
+    """The attention block up to its output layer's product: (that product, the layer, the rows' shifts)."""
     sh = im.shape
     H, Hk, hd, g, M = sh.heads, sh.kv_heads, sh.head_dim, sh.heads // sh.kv_heads, B * T
-    both, root = _split(lib, x, im.eps)
-    acc = _product(both, lay["qkv"])
-    qkv = lay["qkv"]
-    y = torch.empty(M, acc.shape[1], dtype=torch.int64)
-    _call(lib, "normed", acc, M, acc.shape[1], qkv.mult, qkv.shift, root, qkv.bias, y)
+    acc, qkv = _product(both, lay["qkv"]), lay["qkv"]
+    at = _reserve(cache, B, Hk, hd, T)
     cos, sin = im.rope_for(start + T - 1)
     aq = torch.empty(B, Hk, g, T, hd, dtype=torch.float64)
     n = torch.empty(B, Hk, g, T, dtype=torch.int64)
-    k = torch.empty(B, Hk, T, hd, dtype=torch.float64)
-    v = torch.empty(B, Hk, T, 2 * hd, dtype=torch.float64)
-    _call(lib, "qkv_post", y, B, T, H, Hk, hd, start, cos, sin, im.score_mult, QK_CLAMP, KV_CLAMP, aq, n, k, v)
-    _remember(cache, k, v)
+    _call(lib, "qkv", acc, B, T, qkv.mult, qkv.shift, root, qkv.bias, H, Hk, hd, start, cos, sin, im.score_mult,
+          QK_CLAMP, KV_CLAMP, aq, n, cache[0], cache[1], cache[1].shape[2], at)
     out = torch.empty(B, T, H * hd, dtype=torch.int64)
-    for i in range(0, T, QUERY_BLOCK):
+    if T <= STEP_QUERIES:
+        _call(lib, "attend_small", aq, n, cache[0], cache[1], B, Hk, g, T, hd, cache[1].shape[2], start, im.exp20,
+              LOG2E_Q24, out)
+    for i in range(0, T if T > STEP_QUERIES else 0, QUERY_BLOCK):
         t = min(QUERY_BLOCK, T - i)
         L = start + i + t
         q = aq[:, :, :, i : i + t].reshape(B, Hk, g * t, hd)
-        dot = torch.matmul(q, cache[0][:, :, :L].transpose(2, 3)).contiguous()
+        dot = torch.matmul(q, cache[0][..., :L].double()).contiguous()
         e, esum = torch.empty_like(dot), torch.empty(B * Hk * g * t, dtype=torch.int64)
         _call(lib, "attend_mid", dot, B * Hk * g * t, t, L, start + i, n[:, :, :, i : i + t].contiguous(),
               im.exp20, LOG2E_Q24, e, esum)
-        sums = torch.matmul(e, cache[1][:, :, :L]).contiguous()
+        v = cache[1][:, :, :L].long()  # in 8192s and remainders, so that binary64 sums stay exact
+        sums = torch.matmul(e, torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double())
         _call(lib, "attend_out", sums, B, Hk, g, t, hd, esum, T, i, out)
     both, s = _split(lib, out.reshape(M, -1))
-    _add(lib, x, _product(both, lay["o"]), lay["o"], s)
+    return _product(both, lay["o"]), lay["o"], s
 
 
 def _head(im: IntegerModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

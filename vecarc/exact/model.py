@@ -13,6 +13,7 @@ docs/format.md ("Integer model") specifies every rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from fractions import Fraction
 from typing import Any
 
@@ -271,7 +272,7 @@ class IntegerModel:
         num = both[..., :hd].mul_(8192).add_(both[..., hd:])
         return ops.round_div(num.reshape(B, Hk, g, T, hd), e.sum(-1, keepdim=True))
 
-    @property
+    @cached_property
     def score_mult(self) -> int:
         """round(2^16 / sqrt(head_dim)), from an exact integer square root."""
         hd = self.shape.head_dim

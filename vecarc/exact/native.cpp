@@ -1,9 +1,13 @@
-// The integer model's elementwise stages fused into plain loops (vecarc/exact/fast.py calls them).
+// The integer model's stages between two matmuls, as plain loops (vecarc/exact/fast.py calls them).
 //
 // Each function computes exactly what the reference tensor code in model.py and ops.py computes:
-// int64 arithmetic only (arithmetic right shifts, floor division), so the results are the same
-// integers on any compiler and CPU. The matmuls stay in torch (exact int8 and binary64 products).
-// A nonzero return is a bound the reference would also have broken: the caller raises.
+// integer arithmetic only (arithmetic right shifts, floor division, exact sums), so the results are
+// the same integers on any compiler and CPU, whatever it vectorises. The large matmuls stay in torch
+// (exact int8 products). A nonzero return is a bound the reference would also have broken.
+//
+// Each stage is a function of a range of independent rows with its sizes passed by value (so the
+// compiler knows no output aliases them); `rows` may give the ranges to several threads.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -27,8 +31,8 @@ static inline i64 isqrt(i64 n) {
     return r;
 }
 
-// x / d for a divisor used across a row, floor, without a hardware division per element: a binary64
-// estimate, then corrected until exact.
+// floor(n / d) for a divisor used across a row, without a hardware division per element: a binary64
+// estimate, corrected until exact.
 struct Divider {
     i64 d;
     double inv;
@@ -41,7 +45,7 @@ struct Divider {
     }
 };
 
-// round_div(x, root) for one row's root: floor((2x + root) / (2 root)).
+// ops.round_div(x, root) for one row's root: floor((2x + root) / (2 root)).
 struct RoundDiv {
     i64 root;
     Divider two;
@@ -51,37 +55,36 @@ struct RoundDiv {
 
 static int THREADS = 1;
 
-// fn(first, last) over row ranges, on up to THREADS threads when there is enough work: rows are
-// independent, so the split changes nothing but the time. Returns the first nonzero fn result.
+// fn(first, last) over row ranges, on up to THREADS threads when there is enough work. Threads are
+// started per call, which pays only for a teacher-forced pass's large stages.
 template <class Fn>
 static int rows(i64 M, i64 work, Fn fn) {
-    int n = (int)std::min<i64>(THREADS, M);
-    if (n <= 1 || work < (i64(1) << 15)) return fn(0, M);
+    const int n = (int)std::min<i64>(THREADS, M);
+    if (n <= 1 || work < (i64(1) << 16)) return fn(0, M);
     std::atomic<int> err{0};
     std::vector<std::thread> pool;
-    i64 per = (M + n - 1) / n;
+    const i64 per = (M + n - 1) / n;
     for (int t = 1; t < n; t++) {
-        i64 a = t * per, b = std::min(M, a + per);
-        if (a < b) pool.emplace_back([&, a, b] { int e = fn(a, b); if (e) err = e; });
+        const i64 a = t * per, b = std::min(M, a + per);
+        if (a < b) pool.emplace_back([&fn, &err, a, b] { if (int e = fn(a, b)) err = e; });
     }
-    int e0 = fn(0, std::min(M, per));
+    const int e0 = fn(0, std::min(M, per));
     for (auto& th : pool) th.join();
     return e0 ? e0 : err.load();
 }
 
-// Quantise a row of n values to 15 bits (shift s) and write its int8 halves: hi to `hi`, lo to `lo`.
-// Returns s; *ms gets the sum of squares of the quantised values when ms is given.
+// ops.quantise_rows of one row of n values (shift s, |a| <= A_MAX); writes the int8 halves of a
+// (a = 256 hi + lo) where hi is given, a itself where a_out is; *ms gets the sum of a^2. Returns s.
 static i64 quantise(const i64* x, i64 n, i8* hi, i8* lo, i64* ms, i64* a_out) {
     i64 top = 0;
-    for (i64 j = 0; j < n; j++) { i64 v = x[j] < 0 ? -x[j] : x[j]; if (v > top) top = v; }
-    i64 s = bitlen(top) - A_BITS;
-    if (s < 0) s = 0;
+    for (i64 j = 0; j < n; j++) top = std::max(top, x[j] < 0 ? -x[j] : x[j]);
+    const i64 s = std::max<i64>(bitlen(top) - A_BITS, 0);
     i64 sum = 0;
     for (i64 j = 0; j < n; j++) {
-        i64 a = clampv(sr(x[j], s), -A_MAX, A_MAX);
+        const i64 a = clampv(sr(x[j], s), -A_MAX, A_MAX);
         if (a_out) a_out[j] = a;
         if (hi) {
-            i64 l = ((a + 128) & 255) - 128;
+            const i64 l = ((a + 128) & 255) - 128;
             lo[j] = (i8)l;
             hi[j] = (i8)((a - l) >> 8);
         }
@@ -91,198 +94,269 @@ static i64 quantise(const i64* x, i64 n, i8* hi, i8* lo, i64* ms, i64* a_out) {
     return s;
 }
 
-extern "C" {
+// RMSNorm's root of a quantised row (model._norm): isqrt(floor(ms 2^16 / K) + EPS[s]).
+static inline i64 norm_root(i64 ms, i64 K, i64 s, const i64* eps) { return isqrt(fdiv(ms << (2 * NORM), K) + eps[s]); }
 
-void set_threads(int n) { THREADS = n < 1 ? 1 : n; }
-
-// Rows of x (M, K) quantised for a matmul: int8 halves into both (2M, K), hi rows first; the shift of
-// each row into s. With eps given, root gets RMSNorm's root in Q8 instead (model._norm).
-int split_rows(const i64* x, i64 M, i64 K, i8* both, i64* s, const i64* eps, i64* root) {
-    return rows(M, M * K, [&](i64 r0, i64 r1) {
-        for (i64 r = r0; r < r1; r++) {
-            i64 ms;
-            i64 sh = quantise(x + r * K, K, both + r * K, both + (M + r) * K, &ms, nullptr);
-            if (s) s[r] = sh;
-            if (root) root[r] = isqrt(fdiv(ms << (2 * NORM), K) + eps[sh]);
-        }
-        return 0;
-    });
-}
-
-// The int32 halves of a product (2M, N) back to int64 rows times the layer's multipliers.
+// Row r, column j of a product of int8 halves (2M rows of N: hi rows, then lo rows), as int64.
 static inline i64 acc_at(const i32* acc, i64 M, i64 N, i64 r, i64 j) {
     return (i64)acc[r * N + j] * 256 + (i64)acc[(M + r) * N + j];
 }
 
-// linear_normed: y = round_div(shift_round(acc mult, shift - F) << 8, root) + bias.
-int normed(const i32* acc, i64 M, i64 N, const i64* mult, i64 shift, const i64* root, const i64* bias, i64* y) {
-    return rows(M, M * N, [&](i64 r0, i64 r1) {
-        for (i64 r = r0; r < r1; r++) {
-            RoundDiv div(root[r]);
-            for (i64 j = 0; j < N; j++) {
-                i64 v = div(sr(acc_at(acc, M, N, r, j) * mult[j], shift - F) << NORM);
-                y[r * N + j] = bias ? v + bias[j] : v;
-            }
-        }
-        return 0;
-    });
-}
-
-// linear_plain, added to the residual x in place: x += shift_round(acc mult, shift - s) + bias.
-int plain_add(const i32* acc, i64 M, i64 N, const i64* mult, i64 shift, const i64* s, const i64* bias, i64* x) {
-    return rows(M, M * N, [&](i64 r0, i64 r1) {
-        for (i64 r = r0; r < r1; r++) {
-            i64 n = shift - s[r];
-            if (n < 0) return 1;
-            for (i64 j = 0; j < N; j++) {
-                i64 v = sr(acc_at(acc, M, N, r, j) * mult[j], n);
-                x[r * N + j] += bias ? v + bias[j] : v;
-            }
-        }
-        return 0;
-    });
-}
-
-// After the qkv layer (y: B T rows of (H + 2 Hk) hd): clamp, RoPE at positions start.., queries scaled
-// and quantised per head (aq: B Hk g T hd in binary64, n = 16 - shift: B Hk g T), keys clamped
-// (k: B Hk T hd), values clamped and split into 8192s and remainders (v: B Hk T 2hd).
-int qkv_post(const i64* y, i64 B, i64 T, i64 H, i64 Hk, i64 hd, i64 start, const i64* cos, const i64* sin,
-             i64 score_mult, i64 qk_clamp, i64 kv_clamp, double* aq, i64* n, double* k, double* v) {
-    const i64 half = hd / 2, g = H / Hk, W = (H + 2 * Hk) * hd;
-    return rows(B * T, B * T * W, [&](i64 r0, i64 r1) {
-        std::vector<i64> rot(hd), sq(hd), a(hd);
-        for (i64 bt = r0; bt < r1; bt++) {
-            const i64 b = bt / T, t = bt % T;
-            const i64* row = y + bt * W;
-            const i64* c = cos + (start + t) * half;
-            const i64* si = sin + (start + t) * half;
-            for (i64 h = 0; h < H + Hk; h++) {
-                const i64* x = row + h * hd;
-                for (i64 j = 0; j < half; j++) {
-                    i64 x1 = clampv(x[j], -qk_clamp, qk_clamp), x2 = clampv(x[j + half], -qk_clamp, qk_clamp);
-                    rot[j] = sr(x1 * c[j] - x2 * si[j], 24);
-                    rot[j + half] = sr(x2 * c[j] + x1 * si[j], 24);
-                }
-                if (h < H) {
-                    for (i64 j = 0; j < hd; j++) sq[j] = sr(rot[j] * score_mult, 16);
-                    i64 s = quantise(sq.data(), hd, nullptr, nullptr, nullptr, a.data());
-                    i64 at = ((b * Hk + h / g) * g + h % g) * T + t;
-                    n[at] = 16 - s;
-                    for (i64 j = 0; j < hd; j++) aq[at * hd + j] = (double)a[j];
-                } else {
-                    double* kr = k + ((b * Hk + (h - H)) * T + t) * hd;
-                    for (i64 j = 0; j < hd; j++) kr[j] = (double)clampv(rot[j], -kv_clamp, kv_clamp);
-                }
-            }
-            for (i64 h = 0; h < Hk; h++) {
-                const i64* x = row + (H + Hk + h) * hd;
-                double* vr = v + ((b * Hk + h) * T + t) * 2 * hd;
-                for (i64 j = 0; j < hd; j++) {
-                    i64 val = clampv(x[j], -kv_clamp, kv_clamp);
-                    vr[j] = (double)(val >> 13);
-                    vr[hd + j] = (double)(val & 8191);
-                }
-            }
-        }
-        return 0;
-    });
-}
-
-// Scores to attention weights: dot (R rows of L, R = B Hk g T, queries at first..first+T-1 in each
-// B Hk g block) shifted by n with rounding, later keys masked, EXP20 of the gap to the row's top;
-// e (binary64, for the next product) and its sums.
-int attend_mid(const double* dot, i64 R, i64 T, i64 L, i64 first, const i64* n, const i64* exp20,
-               i64 log2e, double* e, i64* esum) {
-    const i64 far = exp20[((i64(1) << 21) * log2e) >> 30];  // a masked key: its gap is clamped
-    return rows(R, R * L, [&](i64 r0, i64 r1) {
-        for (i64 r = r0; r < r1; r++) {
-            i64 t = r % T, nn = n[r], seen = T > 1 ? std::min(L, first + t + 1) : L;
-            const double* d = dot + r * L;
-            double* er = e + r * L;
-            i64 top = INT64_MIN;
-            for (i64 j = 0; j < seen; j++) {
-                i64 s = ((i64)d[j] + ((i64(1) << nn) >> 1)) >> nn;
-                er[j] = (double)s;  // exact: |s| < 2^53
-                if (s > top) top = s;
-            }
-            i64 sum = far * (L - seen);
-            for (i64 j = 0; j < seen; j++) {
-                i64 gap = top - (i64)er[j];
-                if (gap > (i64(1) << 21)) gap = i64(1) << 21;
-                i64 w = exp20[(gap * log2e) >> 30];
-                er[j] = (double)w;
-                sum += w;
-            }
-            for (i64 j = seen; j < L; j++) er[j] = (double)far;
-            esum[r] = sum;
-        }
-        return 0;
-    });
-}
-
-// Weighted value sums (B Hk g T rows of 2hd: 8192s, remainders) divided by the weights' sums, written
-// to out (B, Tall, H hd) at positions t0..t0+T-1.
-int attend_out(const double* both, i64 B, i64 Hk, i64 g, i64 T, i64 hd, const i64* esum, i64 Tall, i64 t0,
-               i64* out) {
-    for (i64 b = 0; b < B; b++)
-        for (i64 kv = 0; kv < Hk; kv++)
-            for (i64 gi = 0; gi < g; gi++)
-                for (i64 t = 0; t < T; t++) {
-                    i64 r = ((b * Hk + kv) * g + gi) * T + t;
-                    const double* x = both + r * 2 * hd;
-                    i64* o = out + (b * Tall + t0 + t) * (Hk * g * hd) + (kv * g + gi) * hd;
-                    RoundDiv div(esum[r]);
-                    for (i64 j = 0; j < hd; j++) o[j] = div((i64)x[j] * 8192 + (i64)x[hd + j]);
-                }
+static int split_range(const i64* x, i64 M, i64 K, i8* both, i64* s, const i64* eps, i64* root, i64 r0, i64 r1) {
+    for (i64 r = r0; r < r1; r++) {
+        i64 ms;
+        const i64 sh = quantise(x + r * K, K, both + r * K, both + (M + r) * K, &ms, nullptr);
+        if (s) s[r] = sh;
+        if (root) root[r] = norm_root(ms, K, sh, eps);
+    }
     return 0;
 }
 
-// The MLP between its two layers: gate and up (normed, clamped), SiLU from the sigmoid table, their
-// product clamped, then quantised rows for the down layer (both, s) as split_rows does.
-int mlp_mid(const i32* acc, i64 M, i64 I, const i64* mult, i64 shift, const i64* root, const i64* bias,
-            const i64* sig, i64 clamp, i8* both, i64* s) {
-    const i64 N = 2 * I;
-    return rows(M, M * N, [&](i64 r0, i64 r1) {
-        std::vector<i64> h(I);
-        for (i64 r = r0; r < r1; r++) {
-            RoundDiv div(root[r]);
-            for (i64 j = 0; j < I; j++) {
-                i64 gate = div(sr(acc_at(acc, M, N, r, j) * mult[j], shift - F) << NORM);
-                i64 up = div(sr(acc_at(acc, M, N, r, I + j) * mult[I + j], shift - F) << NORM);
-                if (bias) { gate += bias[j]; up += bias[I + j]; }
-                gate = clampv(gate, -clamp, clamp);
-                up = clampv(up, -clamp, clamp);
-                i64 w = sig[clampv((gate >> (F - 12)) + 65536, 0, 2 * 65536 - 1)];
-                i64 silu = sr(w * gate, 30);
-                h[j] = clampv(sr(silu * up, F), -clamp, clamp);
-            }
-            s[r] = quantise(h.data(), I, both + r * I, both + (M + r) * I, nullptr, nullptr);
+static int add_range(const i32* acc, i64 M, i64 N, const i64* mult, i64 shift, const i64* s, const i64* bias, i64* x,
+                     i8* both, const i64* eps, i64* root, i64 r0, i64 r1) {
+    for (i64 r = r0; r < r1; r++) {
+        const i64 n = shift - s[r];
+        if (n < 0) return 1;
+        i64* xr = x + r * N;
+        for (i64 j = 0; j < N; j++) xr[j] += sr(acc_at(acc, M, N, r, j) * mult[j], n) + (bias ? bias[j] : 0);
+        if (both) {
+            i64 ms;
+            const i64 sh = quantise(xr, N, both + r * N, both + (M + r) * N, &ms, nullptr);
+            root[r] = norm_root(ms, N, sh, eps);
         }
-        return 0;
-    });
+    }
+    return 0;
 }
 
-// The head's rows to frequencies (model.frequencies): f = 1 + (EXP30[gap c >> 46] K >> 32).
+static int qkv_range(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, const i64* root, const i64* bias,
+                     i64 H, i64 Hk, i64 hd, i64 start, const i64* cos, const i64* sin, i64 score_mult, i64 qk_clamp,
+                     i64 kv_clamp, double* aq, i64* n, i32* kc, i32* vc, i64 cap, i64 at, i64 r0, i64 r1) {
+    const i64 half = hd / 2, g = H / Hk, W = (H + 2 * Hk) * hd, M = B * T;
+    std::vector<i64> y(W), rot(hd), sq(hd), a(hd);
+    for (i64 bt = r0; bt < r1; bt++) {
+        const i64 b = bt / T, t = bt % T;
+        const RoundDiv div(root[bt]);
+        for (i64 j = 0; j < W; j++)
+            y[j] = div(sr(acc_at(acc, M, W, bt, j) * mult[j], shift - F) << NORM) + (bias ? bias[j] : 0);
+        const i64* c = cos + (start + t) * half;
+        const i64* si = sin + (start + t) * half;
+        for (i64 h = 0; h < H + Hk; h++) {
+            const i64* x = y.data() + h * hd;
+            for (i64 j = 0; j < half; j++) {
+                const i64 x1 = clampv(x[j], -qk_clamp, qk_clamp), x2 = clampv(x[j + half], -qk_clamp, qk_clamp);
+                rot[j] = sr(x1 * c[j] - x2 * si[j], 24);
+                rot[j + half] = sr(x2 * c[j] + x1 * si[j], 24);
+            }
+            if (h < H) {
+                for (i64 j = 0; j < hd; j++) sq[j] = sr(rot[j] * score_mult, 16);
+                const i64 s = quantise(sq.data(), hd, nullptr, nullptr, nullptr, a.data());
+                const i64 q = ((b * Hk + h / g) * g + h % g) * T + t;
+                n[q] = 16 - s;
+                for (i64 j = 0; j < hd; j++) aq[q * hd + j] = (double)a[j];
+            } else {
+                i32* kr = kc + (b * Hk + (h - H)) * hd * cap + at + t;
+                for (i64 j = 0; j < hd; j++) kr[j * cap] = (i32)clampv(rot[j], -kv_clamp, kv_clamp);
+            }
+        }
+        for (i64 h = 0; h < Hk; h++) {
+            const i64* x = y.data() + (H + Hk + h) * hd;
+            i32* vr = vc + ((b * Hk + h) * cap + at + t) * hd;
+            for (i64 j = 0; j < hd; j++) vr[j] = (i32)clampv(x[j], -kv_clamp, kv_clamp);
+        }
+    }
+    return 0;
+}
+
+// Sums of products of integers in binary64 are exact while every partial sum stays below 2^53, and
+// binary64 vectorises where int64 products do not: scores (< 2^47) in binary64 whole, weighted values
+// (terms < 2^46) in blocks of 64 keys (< 2^52) added to int64 totals.
+static const i64 VALUE_BLOCK = 64;
+
+static int attend_small_range(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 Hk, i64 g, i64 T,
+                              i64 hd, i64 cap, i64 start, const i64* exp20, i64 log2e, i64* out, i64 p0, i64 p1) {
+    std::vector<double> dot(start + T), part(hd);
+    std::vector<i64> w(start + T), num(hd);
+    for (i64 p = p0; p < p1; p++) {  // p = b Hk + kv
+        const i64 b = p / Hk, kv = p % Hk;
+        const i32* kb = kc + p * hd * cap;
+        const i32* vb = vc + p * cap * hd;
+        for (i64 gi = 0; gi < g; gi++)
+            for (i64 t = 0; t < T; t++) {
+                const i64 q = (p * g + gi) * T + t, L = start + t + 1, nn = n[q];
+                const double* qr = aq + q * hd;
+                std::fill(dot.begin(), dot.begin() + L, 0.0);
+                for (i64 d = 0; d < hd; d++) {
+                    const double qd = qr[d];
+                    const i32* kd = kb + d * cap;
+                    for (i64 j = 0; j < L; j++) dot[j] += qd * (double)kd[j];
+                }
+                i64 top = INT64_MIN;
+                for (i64 j = 0; j < L; j++) {
+                    w[j] = ((i64)dot[j] + ((i64(1) << nn) >> 1)) >> nn;
+                    top = std::max(top, w[j]);
+                }
+                i64 sum = 0;
+                for (i64 j = 0; j < L; j++) {
+                    w[j] = exp20[(std::min<i64>(top - w[j], i64(1) << 21) * log2e) >> 30];
+                    sum += w[j];
+                }
+                std::fill(num.begin(), num.end(), 0);
+                for (i64 j0 = 0; j0 < L; j0 += VALUE_BLOCK) {
+                    std::fill(part.begin(), part.end(), 0.0);
+                    for (i64 j = j0; j < std::min(L, j0 + VALUE_BLOCK); j++) {
+                        if (!w[j]) continue;
+                        const double e = (double)w[j];
+                        const i32* vr = vb + j * hd;
+                        for (i64 d = 0; d < hd; d++) part[d] += e * (double)vr[d];
+                    }
+                    for (i64 d = 0; d < hd; d++) num[d] += (i64)part[d];
+                }
+                const RoundDiv div(sum);
+                i64* o = out + (b * T + t) * (Hk * g * hd) + (kv * g + gi) * hd;
+                for (i64 d = 0; d < hd; d++) o[d] = div(num[d]);
+            }
+    }
+    return 0;
+}
+
+static int attend_mid_range(const double* dot, i64 T, i64 L, i64 first, const i64* n, const i64* exp20, i64 log2e,
+                            double* e, i64* esum, i64 r0, i64 r1) {
+    const i64 far = exp20[((i64(1) << 21) * log2e) >> 30];  // a masked key: its gap is clamped
+    for (i64 r = r0; r < r1; r++) {
+        const i64 t = r % T, nn = n[r], seen = T > 1 ? std::min(L, first + t + 1) : L;
+        const double* d = dot + r * L;
+        double* er = e + r * L;
+        i64 top = INT64_MIN;
+        for (i64 j = 0; j < seen; j++) {
+            const i64 s = ((i64)d[j] + ((i64(1) << nn) >> 1)) >> nn;
+            er[j] = (double)s;  // exact: |s| < 2^53
+            top = std::max(top, s);
+        }
+        i64 sum = far * (L - seen);
+        for (i64 j = 0; j < seen; j++) {
+            const i64 w = exp20[(std::min<i64>(top - (i64)er[j], i64(1) << 21) * log2e) >> 30];
+            er[j] = (double)w;
+            sum += w;
+        }
+        for (i64 j = seen; j < L; j++) er[j] = (double)far;
+        esum[r] = sum;
+    }
+    return 0;
+}
+
+static int mlp_range(const i32* acc, i64 M, i64 I, const i64* mult, i64 shift, const i64* root, const i64* bias,
+                     const i64* sig, i64 clamp, i8* both, i64* s, i64 r0, i64 r1) {
+    const i64 N = 2 * I;
+    std::vector<i64> h(I);
+    for (i64 r = r0; r < r1; r++) {
+        const RoundDiv div(root[r]);
+        for (i64 j = 0; j < I; j++) {
+            i64 gate = div(sr(acc_at(acc, M, N, r, j) * mult[j], shift - F) << NORM) + (bias ? bias[j] : 0);
+            i64 up = div(sr(acc_at(acc, M, N, r, I + j) * mult[I + j], shift - F) << NORM) + (bias ? bias[I + j] : 0);
+            gate = clampv(gate, -clamp, clamp);
+            up = clampv(up, -clamp, clamp);
+            const i64 w = sig[clampv((gate >> (F - 12)) + 65536, 0, 2 * 65536 - 1)];
+            h[j] = clampv(sr(sr(w * gate, 30) * up, F), -clamp, clamp);
+        }
+        s[r] = quantise(h.data(), I, both + r * I, both + (M + r) * I, nullptr, nullptr);
+    }
+    return 0;
+}
+
+// model.frequencies of the head's row r: f = 1 + (EXP30[gap c >> 46] K >> 32).
 static void freq_row(const i32* acc, i64 R, i64 V, i64 r, const i64* mult, i64 shift, i64 root, const i64* exp30,
                      i64 log2e, i64 total, i64* f) {
     i64 top = INT64_MIN;
     for (i64 j = 0; j < V; j++) {
         f[j] = sr(acc_at(acc, R, V, r, j) * mult[j], shift - F);
-        if (f[j] > top) top = f[j];
+        top = std::max(top, f[j]);
     }
-    i64 cap = (root << 21) >> NORM, c = fdiv(log2e << (NORM + 16), root), sum = 0;
+    const i64 cap = (root << 21) >> NORM, c = fdiv(log2e << (NORM + 16), root);
+    i64 sum = 0;
     for (i64 j = 0; j < V; j++) {
-        i64 gap = top - f[j];
-        if (gap > cap) gap = cap;
-        f[j] = exp30[(gap * c) >> 46];
+        f[j] = exp30[(std::min(top - f[j], cap) * c) >> 46];
         sum += f[j];
     }
-    i64 K = fdiv((total - V) << 32, sum);
+    const i64 K = fdiv((total - V) << 32, sum);
     for (i64 j = 0; j < V; j++) f[j] = ((f[j] * K) >> 32) + 1;
 }
 
-int head_freqs(const i32* acc, i64 R, i64 V, const i64* mult, i64 shift, const i64* root, const i64* exp30,
-               i64 log2e, i64 total, i64* f) {
+extern "C" {
+
+void set_threads(int n) { THREADS = n < 1 ? 1 : n; }
+
+// Rows of x (M, K) quantised for a matmul: int8 halves into both (2M, K), hi rows first, and the shift
+// of each row into s; or, with eps given, RMSNorm's root of each row into root (model._norm).
+int split_rows(const i64* x, i64 M, i64 K, i8* both, i64* s, const i64* eps, i64* root) {
+    return rows(M, M * K, [&](i64 a, i64 b) { return split_range(x, M, K, both, s, eps, root, a, b); });
+}
+
+// linear_plain added to the residual x in place: x += shift_round(acc mult, shift - s) + bias; then,
+// where `both` is given, the new rows split for the next layer with their roots, as split_rows.
+int plain_add(const i32* acc, i64 M, i64 N, const i64* mult, i64 shift, const i64* s, const i64* bias, i64* x,
+              i8* both, const i64* eps, i64* root) {
+    return rows(M, M * N, [&](i64 a, i64 b) {
+        return add_range(acc, M, N, mult, shift, s, bias, x, both, eps, root, a, b);
+    });
+}
+
+// The qkv layer's product (2 B T rows of (H + 2 Hk) hd) normed as linear_normed, then: clamp, RoPE at
+// positions start.., queries scaled and quantised per head (aq: B Hk g T hd in binary64, n = 16 - shift:
+// B Hk g T), keys and values clamped (|k|, |v| < 2^26) into int32 caches at position `at`: keys as
+// columns of kc (B Hk hd cap), so that a query's scores are one pass along rows, values as rows of vc
+// (B Hk cap hd). A step reads the whole cache: int32 is a quarter of binary64 halves' traffic.
+int qkv(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, const i64* root, const i64* bias, i64 H, i64 Hk,
+        i64 hd, i64 start, const i64* cos, const i64* sin, i64 score_mult, i64 qk_clamp, i64 kv_clamp, double* aq,
+        i64* n, i32* kc, i32* vc, i64 cap, i64 at) {
+    return rows(B * T, B * T * (H + 2 * Hk) * hd, [&](i64 a, i64 b) {
+        return qkv_range(acc, B, T, mult, shift, root, bias, H, Hk, hd, start, cos, sin, score_mult, qk_clamp,
+                         kv_clamp, aq, n, kc, vc, cap, at, a, b);
+    });
+}
+
+// The whole attention of a few queries (a token step's) from the int32 caches: exact scores shifted
+// by n, EXP20 of the gap to the row's top, and the weighted value sums (< 2^20 2^26 2^13 = 2^59: the
+// integers model._attend gets from its two halves) divided by the weights' sum into out (B, T, H hd). Keys after a query's position are skipped: their weight, EXP20
+// of the clamped gap, is 0 (checked). One thread: starting one per layer of a step costs more.
+int attend_small(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 B, i64 Hk, i64 g, i64 T, i64 hd,
+                 i64 cap, i64 start, const i64* exp20, i64 log2e, i64* out) {
+    if (exp20[((i64(1) << 21) * log2e) >> 30] != 0) return 1;
+    return attend_small_range(aq, n, kc, vc, Hk, g, T, hd, cap, start, exp20, log2e, out, 0, B * Hk);
+}
+
+// A block of queries' scores (dot: R rows of L, R = B Hk g T, queries at first.. in each B Hk g block)
+// shifted by n with rounding, later keys masked, EXP20 of the gap to the row's top: e (binary64, for the
+// product with the values) and its sums.
+int attend_mid(const double* dot, i64 R, i64 T, i64 L, i64 first, const i64* n, const i64* exp20, i64 log2e,
+               double* e, i64* esum) {
+    return rows(R, R * L, [&](i64 a, i64 b) { return attend_mid_range(dot, T, L, first, n, exp20, log2e, e, esum, a, b); });
+}
+
+// Weighted value sums (B Hk g T rows of 2hd: in 8192s, then remainders) divided by the weights' sums,
+// written to out (B, Tall, H hd) at positions t0..t0+T-1.
+int attend_out(const double* both, i64 B, i64 Hk, i64 g, i64 T, i64 hd, const i64* esum, i64 Tall, i64 t0, i64* out) {
+    for (i64 r = 0; r < B * Hk * g * T; r++) {
+        const i64 t = r % T, head = r / T % (Hk * g), b = r / T / (Hk * g);
+        const double* x = both + r * 2 * hd;
+        i64* o = out + (b * Tall + t0 + t) * (Hk * g * hd) + head * hd;
+        const RoundDiv div(esum[r]);
+        for (i64 j = 0; j < hd; j++) o[j] = div((i64)x[j] * 8192 + (i64)x[hd + j]);
+    }
+    return 0;
+}
+
+// The MLP between its two layers: gate and up normed and clamped, SiLU from the sigmoid table, their
+// product clamped, then split for the down layer (both, s) as split_rows.
+int mlp_mid(const i32* acc, i64 M, i64 I, const i64* mult, i64 shift, const i64* root, const i64* bias, const i64* sig,
+            i64 clamp, i8* both, i64* s) {
+    return rows(M, 2 * M * I, [&](i64 a, i64 b) {
+        return mlp_range(acc, M, I, mult, shift, root, bias, sig, clamp, both, s, a, b);
+    });
+}
+
+// The head's product (2R rows of V) to frequency tables f (R, V).
+int head_freqs(const i32* acc, i64 R, i64 V, const i64* mult, i64 shift, const i64* root, const i64* exp30, i64 log2e,
+               i64 total, i64* f) {
     return rows(R, R * V, [&](i64 r0, i64 r1) {
         for (i64 r = r0; r < r1; r++) freq_row(acc, R, V, r, mult, shift, root[r], exp30, log2e, total, f + r * V);
         return 0;
@@ -295,10 +369,14 @@ int head_symbols(const i32* acc, i64 R, i64 V, const i64* mult, i64 shift, const
     return rows(R, R * V, [&](i64 r0, i64 r1) {
         std::vector<i64> f(V);
         for (i64 r = r0; r < r1; r++) {
-            freq_row(acc, R, V, r, mult, shift, root[r], exp30, log2e, total, f.data());
-            i64 t = targets[r], below = 0, all = 0;
+            const i64 t = targets[r];
             if (t < 0 || t >= V) return 1;
-            for (i64 j = 0; j < V; j++) { if (j == t) below = all; all += f[j]; }
+            freq_row(acc, R, V, r, mult, shift, root[r], exp30, log2e, total, f.data());
+            i64 below = 0, all = 0;
+            for (i64 j = 0; j < V; j++) {
+                below += j < t ? f[j] : 0;
+                all += f[j];
+            }
             out[3 * r] = below;
             out[3 * r + 1] = f[t];
             out[3 * r + 2] = all;
