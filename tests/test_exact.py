@@ -3,6 +3,7 @@ it covers; damaged coded sections are refused, and models it does not cover fall
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import replace
 from fractions import Fraction
@@ -13,7 +14,7 @@ from helpers import TRAIN_TEXT, run_cli
 
 import vecarc
 from vecarc.chunks.coded import integer_model
-from vecarc.exact import ops, tables
+from vecarc.exact import fast, ops, tables
 from vecarc.exact.model import FREQ_TOTAL, IntegerModel
 from vecarc.format import parse_archive, serialize
 from vecarc.tiny import FAMILIES, build_tiny_model
@@ -76,6 +77,35 @@ def same_however_computed(im: IntegerModel, seq: torch.Tensor, vocab: int) -> to
     return whole
 
 
+def reference(im: IntegerModel) -> IntegerModel:
+    """The same quantised model on model.py's tensor code."""
+    ref = copy.copy(im)
+    ref.native = None
+    return ref
+
+
+def in_pieces(im: IntegerModel, seq: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Tables for seq fed through one KV cache in pieces of these sizes (then one token at a time)."""
+    caches, out, at = [[] for _ in im.layers], [], 0
+    while at < seq.shape[1]:
+        k = sizes[len(out)] if len(out) < len(sizes) else 1
+        out.append(im.forward(seq[:, at : at + k], caches, start=at))
+        at += k
+    return torch.cat(out, 1)
+
+
+def same_as_reference(im: IntegerModel, seq: torch.Tensor) -> None:
+    """The compiled loops against the tensor code: a whole pass, steps of one token, three tokens (a small
+    block's attention) and twenty (the batched attention, after a cached prefix), the encoder's intervals."""
+    ref = reference(im)
+    assert im.native is not None
+    assert torch.equal(im.forward(seq), ref.forward(seq))
+    sizes = [1, 3, 20]
+    assert torch.equal(in_pieces(im, seq, sizes), in_pieces(ref, seq, sizes))
+    targets = torch.roll(seq, -1, 1)
+    assert torch.equal(im.symbols(seq, targets), ref.symbols(seq, targets))
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request, tmp_path_factory):
     folder = build_tiny_model(tmp_path_factory.mktemp(request.param), seed=3, train_steps=40, family=request.param)
@@ -91,6 +121,26 @@ def test_frequencies_are_identical_however_they_are_computed(family):
     assert whole.dtype == torch.int64 and int(whole.min()) >= 1
     assert int(whole.sum(-1).max()) <= FREQ_TOTAL
     assert digest(whole) == digest(IntegerModel(family.model).forward(seq))  # quantising again changes nothing
+
+
+def test_compiled_loops_compute_the_reference_integers(family, tmp_path):
+    lib = fast.library(tmp_path / "native")
+    if lib is None:
+        pytest.skip("no C++ compiler here: the tensor code runs alone")
+    im = IntegerModel(family.model)
+    im.native = lib
+    ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
+    seq = torch.tensor([[family.sink_id] + ids, [family.sink_id] + ids[::-1]])
+    same_as_reference(im, seq)
+
+
+def test_without_a_compiler_the_tensor_code_runs(tmp_path, monkeypatch):
+    fast.library.cache_clear()
+    monkeypatch.setenv("VECARC_NATIVE", "0")
+    try:
+        assert fast.library(tmp_path / "native") is None
+    finally:
+        fast.library.cache_clear()
 
 
 def test_coded_round_trip_on_every_family(family, tmp_path):
@@ -168,8 +218,12 @@ def test_uncovered_model_falls_back_to_predicted_chunks(tmp_path):
 def test_default_model_frequencies_are_identical_however_they_are_computed():
     lm = vecarc.load_model(None, device="cpu")
     im = integer_model(lm)
-    ids = lm.tokenizer("The integer model gives every machine the same frequencies.", add_special_tokens=False)
-    same_however_computed(im, torch.tensor([[lm.sink_id] + ids["input_ids"]]), lm.vocab_size)
+    ids = lm.tokenizer("The integer model gives every machine the same frequencies, on any CPU, with any "
+                       "number of threads.", add_special_tokens=False)
+    seq = torch.tensor([[lm.sink_id] + ids["input_ids"]])
+    same_however_computed(im, seq, lm.vocab_size)
+    if im.native is not None:
+        same_as_reference(im, seq)
 
 
 def test_coded_volumes_and_members_unpack(trained_tiny, tmp_path, monkeypatch):

@@ -42,9 +42,23 @@ def integer_model(lm: LoadedModel, progress=None) -> IntegerModel:
             raise VecarcError(f"{lm.name}: the integer path does not cover this model ({why})")
         im = _cached(lm, progress)
         if im.device.type == "cpu":
-            im.native = fast.library(cache_dir() / "native")
+            im.native = _loops(progress)
         lm._variants["integer"] = im
     return lm._variants["integer"]
+
+
+def _loops(progress=None):
+    """The compiled loops of the integer model (built once per machine, seconds); without them the
+    tensor code computes the same integers, several times slower."""
+    folder = cache_dir() / "native"
+    path = fast.built_path(folder)
+    if path is not None and not path.exists():
+        emit(progress, event="note", message=f"compiling the integer model's loops (once: kept in {folder})")
+    lib = fast.library(folder)
+    if lib is None and folder in fast.FAILED:
+        emit(progress, event="note", message=f"the integer model's loops did not compile ({fast.FAILED[folder]}): "
+                                             "coded chunks take longer, with the same bytes")
+    return lib
 
 
 def _cached(lm: LoadedModel, progress=None) -> IntegerModel:

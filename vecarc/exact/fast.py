@@ -45,26 +45,54 @@ def _cpu() -> bytes:
         return platform.processor().encode()
 
 
+def _compiler() -> str | None:
+    if os.environ.get("VECARC_NATIVE", "1") == "0":
+        return None
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
 @cache
-def library(folder: Path) -> ctypes.CDLL | None:
-    """The compiled loops, built into `folder` on first use; None where they cannot be (no compiler,
-    VECARC_NATIVE=0, a failed build): callers then run the reference."""
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if os.environ.get("VECARC_NATIVE", "1") == "0" or not cxx:
+def built_path(folder: Path) -> Path | None:
+    """Where this source, compiler and CPU's library is kept (None: no compiler, or VECARC_NATIVE=0)."""
+    cxx = _compiler()
+    if cxx is None:
         return None
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, timeout=60, check=True).stdout
-        key = hashlib.sha256(SOURCE.read_bytes() + version + " ".join(FLAGS).encode()
-                             + platform.machine().encode() + _cpu()).hexdigest()[:16]
-        path = folder / f"integer-{key}.so"
+    except (OSError, subprocess.SubprocessError):
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + version + " ".join(FLAGS).encode() + platform.machine().encode()
+                         + _cpu()).hexdigest()[:16]
+    return folder / f"integer-{key}.so"
+
+
+FAILED: dict[Path, str] = {}  # why a folder's library could not be had, for the caller's note
+
+
+@cache
+def library(folder: Path) -> ctypes.CDLL | None:
+    """The compiled loops, built into `folder` on first use; None where they cannot be (no compiler,
+    VECARC_NATIVE=0, a failed build, FAILED says why): callers then run the tensor code."""
+    path = built_path(folder)
+    if path is None:
+        return None
+    try:
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f"integer-{key}.{os.getpid()}.tmp"
-            subprocess.run([cxx, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, timeout=300, check=True)
+            tmp = folder / f"{path.stem}.{os.getpid()}.tmp"
+            flags = FLAGS
+            for flags in (FLAGS, tuple(f for f in FLAGS if not f.startswith("-march"))):
+                done = subprocess.run([_compiler(), *flags, "-o", str(tmp), str(SOURCE)], capture_output=True,
+                                      timeout=300)
+                if done.returncode == 0:
+                    break
+            else:
+                raise OSError(done.stderr.decode(errors="replace").strip().splitlines()[-1:] or "compiler failed")
             os.replace(tmp, path)
         lib = ctypes.CDLL(str(path))
         torch._int_mm(torch.ones(2, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
-    except (OSError, subprocess.SubprocessError, RuntimeError):
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        FAILED[folder] = str(e).splitlines()[0] if str(e) else type(e).__name__
         return None
     for name, sig in SIGNATURES.items():
         fn = getattr(lib, name)
@@ -110,8 +138,8 @@ def hidden(im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: in
     B, T = tokens.shape
     x = im.embed[tokens.reshape(-1)].contiguous()
     both, root = _split(lib, x, im.eps)
-    for lay, cache in zip(im.layers, caches):
-        both, root = _add(lib, x, *_attention(im, lib, lay, both, root, B, T, start, cache), im.eps)
+    for lay, kv in zip(im.layers, caches):
+        both, root = _add(lib, x, *_attention(im, lib, lay, both, root, B, T, start, kv), im.eps)
         acc = _product(both, lay["gate_up"])
         gu, inner = lay["gate_up"], acc.shape[1] // 2
         h, s = torch.empty(2 * B * T, inner, dtype=torch.int8), torch.empty(B * T, dtype=torch.int64)

@@ -13,8 +13,8 @@ docs/format.md ("Integer model") specifies every rounding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 import torch
