@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from vecarc import PackConfig, load_model
@@ -28,6 +30,16 @@ from vecarc.bench import bench_file, classic_rows, machine, model_limit, plot
 HERE = Path(__file__).resolve().parent
 CORPORA = HERE.parent.parent / "shared" / "corpora"  # the whole corpora, outside the repository
 SLICES = HERE / "slices"  # the vendored slices: benchmarks/slices/README.md
+
+
+@contextmanager
+def chdir(folder: Path):
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 FILES = ("jargon.txt", "python-tutorial.rst", "fortunes.txt")
 # offset -> how many bytes of the corpus its vendored slice was cut from (then cut after its last line)
 SLICE_BYTES = {0.1: 65536, 0.3: 16384, 0.5: 16384, 0.7: 16384}
@@ -98,8 +110,9 @@ def main() -> None:
             path = out / f"{name}.{size}"
             path.write_bytes(piece)
             t = time.perf_counter()
-            if size <= args.pack_max:
-                res = bench_file(path, lm, config=PackConfig(), vector_dtypes=args.forms.split(","))
+            if size <= args.pack_max:  # from its folder, as `vecarc bench NAME` there: the stored name is NAME
+                with chdir(out):
+                    res = bench_file(path.name, lm, config=PackConfig(), vector_dtypes=args.forms.split(","))
             else:
                 rows = classic_rows(piece, (3, 19))
                 lim = model_limit(lm, piece)

@@ -285,6 +285,35 @@ def test_unpack_and_verify_on_ray_with_a_worker_killed(cluster, trained_tiny, tm
     assert not marker.exists() and any("a worker died on shard" in n for n in notes) and decoded[-1] == chunks
     r = vecarc.verify("u.vec", model=trained_tiny, engine=vecarc.RayEngine(workers=2))
     assert r.ok and r.min_margin >= 0.5
+    notes.clear()
+    strict = vecarc.verify("u.vec", ["fox.txt"], model=trained_tiny, engine=vecarc.RayEngine(workers=2), strict=True,
+                           progress=on)
+    assert strict.ok and strict.stress and any(n.startswith("stress shard 1 of") for n in notes)
     code, out = __import__("helpers").run_cli("verify", "u.vec", "more.txt", "--engine", "ray", "--workers", "2",
                                               "--model", trained_tiny.folder)
     assert code == 0 and "OK (1 document" in out
+
+
+def test_coded_chunks_unpack_on_ray_with_a_worker_killed(cluster, trained_tiny, tmp_path, monkeypatch):
+    """Coded chunks spread over the pool a decode batch (16 chunks) a shard; a dead worker's shard is decoded
+    again; the documents are the packed bytes, checked on the driver."""
+    monkeypatch.chdir(tmp_path)
+    docs = {**DOCS, "more.txt": (TRAIN_TEXT * 2).encode()[:3000]}
+    vecarc.pack(_inputs(tmp_path, docs), "c.vec", vecarc.PackConfig(chunk_tokens=16), model=trained_tiny)
+    chunks = sum(c.kind == "coded" for c in vecarc.read_archive("c.vec").chunks)
+    assert chunks > 16  # more than one shard
+    marker = tmp_path / "die-once"
+    marker.touch()
+    notes, decoded = [], []
+
+    def on(e):
+        if e["event"] == "note":
+            notes.append(e["message"])
+        elif e["event"] == "decode":
+            decoded.append(e["done"])
+
+    written = vecarc.unpack("c.vec", "out", model=trained_tiny, progress=on,
+                            engine=vecarc.RayEngine(workers=2, fault_marker=str(marker)))
+    assert {p.relative_to("out").as_posix(): p.read_bytes() for p in written} == docs
+    assert not marker.exists() and any("a worker died on shard" in n for n in notes) and decoded[-1] == chunks
+    assert vecarc.verify("c.vec", model=trained_tiny, engine=vecarc.RayEngine(workers=2)).ok

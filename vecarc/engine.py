@@ -25,16 +25,20 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .capacity import search_samples
-from .chunks import MODES, ChunkRecord, Item
+from .chunks import MODES, ChunkRecord, Item, coded
 from .config import PackConfig
 from .decode import decode_many
 from .errors import VecarcError, VerificationError, describe
 from .events import Progress, emit
+from .format import Archive
 from .models import LoadedModel, load_model
+from .robust import ConditionReport, combine, stress
 from .search import SearchSettings
 
 Record = tuple[dict, dict]  # (meta, tensors): a ChunkRecord as the journal stores it
 DecodeShard = tuple[list, list[int], list | None]  # prefix vectors, lengths, corrections of up to 64 chunks
+CodedShard = tuple[list[int], list[bytes], list[int]]  # chunk indices, streams, token counts: one decode batch
+StressShard = tuple[list, list[list[int]], list | None]  # prefix vectors, tokens, corrections of up to 64 chunks
 
 
 def work_shard(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item]) -> list[Record]:
@@ -74,6 +78,16 @@ class ShardWorker:
         self._ready(fault_marker)
         vectors, lengths, corrections = shard
         return decode_many(self.lm, vectors, lengths, corrections=corrections)
+
+    def stress(self, shard: StressShard, fault_marker: str | None = None) -> list[ConditionReport]:
+        self._ready(fault_marker)
+        vectors, tokens, corrections = shard
+        return stress(self.lm, vectors, tokens, corrections=corrections)
+
+    def decode_coded(self, shard: CodedShard, fault_marker: str | None = None) -> list[list[int]]:
+        self._ready(fault_marker)
+        indices, streams, lengths = shard
+        return coded.decode_streams(self.lm, streams, lengths, indices)
 
     def _ready(self, fault_marker: str | None) -> None:
         if self.error is not None:
@@ -165,6 +179,42 @@ class RayEngine:
         pool.drive([shard for _, shard in shards], lambda w, shard: w.decode.remote(shard, self.fault_marker), back,
                    progress)
         return tokens, margins
+
+    def stress(self, lm: LoadedModel, jobs: Sequence[tuple[list[int], list, list | None]], tokens: dict[int, list[int]],
+               progress: Progress | None = None) -> list[ConditionReport]:
+        """verify --strict's decodes under other conditions (vecarc.robust.stress), a batch (64 chunks) a
+        shard; the reports combined as a local verify combines them."""
+        shards = [(vecs[i : i + 64], [tokens[c] for c in idx[i : i + 64]],
+                   None if corrections is None else corrections[i : i + 64])
+                  for idx, vecs, corrections in jobs for i in range(0, len(idx), 64)]
+        parts: list[list[ConditionReport]] = [[] for _ in shards]
+
+        def back(k: int, result: list[ConditionReport]) -> None:
+            parts[k] = result
+            emit(progress, event="note", message=f"stress shard {k + 1} of {len(shards)} checked")
+
+        if shards:
+            pool = self._pool(lm, PackConfig())
+            pool.drive(shards, lambda w, shard: w.stress.remote(shard, self.fault_marker), back, progress)
+        return combine(parts)
+
+    def decode_coded(self, lm: LoadedModel, archive: Archive, todo: Sequence[int],
+                     progress: Progress | None = None) -> dict[int, list[int]]:
+        """Coded chunks on the pool, a decode batch (16 chunks side by side) a shard; tokens by chunk index,
+        their hashes checked by the driver as a local unpack's are."""
+        rows = coded.DECODE_ROWS
+        shards = [(list(part), [archive.literals[i] for i in part], [archive.chunks[i].tokens for i in part])
+                  for part in (todo[i : i + rows] for i in range(0, len(todo), rows))]
+        tokens: dict[int, list[int]] = {}
+
+        def back(k: int, result: list[list[int]]) -> None:
+            tokens.update(zip(shards[k][0], result))
+            emit(progress, event="decode", done=len(tokens), total=len(todo))
+
+        if shards:
+            pool = self._pool(lm, PackConfig())
+            pool.drive(shards, lambda w, shard: w.decode_coded.remote(shard, self.fault_marker), back, progress)
+        return tokens
 
     def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
         ray = _ray()

@@ -68,7 +68,8 @@ def decode_archive(
                           and d.name not in wanted for i in mine}
     todo = [i for i, c in enumerate(archive.chunks) if c.kind == "coded" and i not in skip]
     if todo:
-        tokens.update(coded.decode(lm, archive, todo, progress))
+        tokens.update(coded.decode(lm, archive, todo, progress) if engine is None else
+                      engine.decode_coded(lm, archive, todo, progress))
     jobs = greedy_jobs(archive, skip)
     if engine is not None and jobs:
         got_tokens, got_margins = engine.decode(lm, jobs, [c.tokens for c in archive.chunks], progress)
@@ -208,9 +209,10 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
             r.problems.append(f"{len(low)} chunk(s) decode with a margin below the recorded {need:g} "
                               f"(smallest {min(r.margins.values()):.4f}, chunk {low[0]})")
         undecoded = set(range(len(a.chunks))) - set(r.tokens)
-        parts = [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, corrections=corrections)
-                 for idx, vecs, corrections in greedy_jobs(a, undecoded)]
-        r.stress = combine(parts)
+        jobs = greedy_jobs(a, undecoded)
+        r.stress = engine.stress(lm, jobs, r.tokens, progress) if engine is not None else combine(
+            [stress(lm, vecs, [r.tokens[i] for i in idx], progress=progress, corrections=corrections)
+             for idx, vecs, corrections in jobs])
         for rep in r.stress:
             if rep.binding and rep.flips:
                 r.problems.append(f"under {rep.name}, {rep.flips} of {rep.chunks} chunks decode to other tokens")

@@ -135,27 +135,33 @@ def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
     return Settled(Chunk(d, "coded", b - a, token_hash(tokens)), stream=rec.stream, replayed=replayed)
 
 
-@torch.no_grad()
 def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None) -> dict[int, list[int]]:
-    """The coded chunks `todo`, side by side in batches, a step per token; a stream that names no
-    token is refused as corrupt."""
-    im, out = integer_model(lm, progress), {}
-    lengths = [archive.chunks[i].tokens for i in todo]
+    """The coded chunks `todo`, by chunk index (see decode_streams)."""
+    got = decode_streams(lm, [archive.literals[i] for i in todo], [archive.chunks[i].tokens for i in todo], todo,
+                         progress)
+    return dict(zip(todo, got))
+
+
+@torch.no_grad()
+def decode_streams(lm: LoadedModel, streams: Sequence[bytes], lengths: Sequence[int], names: Sequence[int],
+                   progress=None) -> list[list[int]]:
+    """Coded streams back to their tokens, side by side in batches, a step per token; a stream that names
+    no token is refused as corrupt (named by its chunk index in `names`)."""
+    im, out = integer_model(lm, progress), [None] * len(streams)
     total, done = sum(lengths), 0
-    for group in length_batches(lengths, DECODE_ROWS, DECODE_CELLS):
-        idx = [todo[g] for g in group]
-        sizes = [archive.chunks[i].tokens for i in idx]
-        decoders = [Decoder(archive.literals[i]) for i in idx]
-        got: list[list[int]] = [[] for _ in idx]
+    for group in length_batches(list(lengths), DECODE_ROWS, DECODE_CELLS):
+        sizes = [lengths[g] for g in group]
+        decoders = [Decoder(streams[g]) for g in group]
+        got: list[list[int]] = [[] for _ in group]
         caches = [[] for _ in im.layers]
-        nxt = torch.full((len(idx), 1), lm.sink_id)
+        nxt = torch.full((len(group), 1), lm.sink_id)
         for step in range(max(sizes)):
             freqs = im.forward(nxt, caches, start=step)[:, 0]
             cum = freqs.cumsum(1)
             live = [r for r, n in enumerate(sizes) if step < n]
-            values = torch.zeros(len(idx), 1, dtype=torch.int64)
+            values = torch.zeros(len(group), 1, dtype=torch.int64)
             for r in live:
-                values[r, 0] = _target(decoders[r], int(cum[r, -1]), idx[r])
+                values[r, 0] = _target(decoders[r], int(cum[r, -1]), names[group[r]])
             tok = torch.searchsorted(cum, values.to(cum.device), right=True)
             ends = cum.gather(1, tok)
             sizes_now = freqs.gather(1, tok)
@@ -166,9 +172,10 @@ def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None
             if progress is not None and step % 16 == 15:
                 progress({"event": "tokens", "done": done + sum(min(n, step + 1) for n in sizes), "total": total})
         done += sum(sizes)
-        out.update(zip(idx, got))
+        for r, g in enumerate(group):
+            out[g] = got[r]
         if progress is not None:
-            progress({"event": "decode", "done": len(out), "total": len(todo)})
+            progress({"event": "decode", "done": sum(x is not None for x in out), "total": len(streams)})
     return out
 
 

@@ -69,8 +69,27 @@ def built_path(folder: Path) -> Path | None:
 FAILED: dict[Path, str] = {}  # why a folder's library could not be had, for the caller's note
 
 
+class Loops:
+    """The compiled library, as IntegerModel.native holds it: its functions, and the passes built on them."""
+
+    def __init__(self, cdll: ctypes.CDLL) -> None:
+        self.cdll = cdll
+
+    def __getattr__(self, name: str):
+        return getattr(self.cdll, name)
+
+    def hidden(self, im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: int) -> torch.Tensor:
+        return hidden(im, tokens, caches, start)
+
+    def frequencies(self, im: IntegerModel, x: torch.Tensor) -> torch.Tensor:
+        return frequencies(im, x)
+
+    def symbols(self, im: IntegerModel, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return symbols(im, x, targets)
+
+
 @cache
-def library(folder: Path) -> ctypes.CDLL | None:
+def library(folder: Path) -> Loops | None:
     """The compiled loops, built into `folder` on first use; None where they cannot be (no compiler,
     VECARC_NATIVE=0, a failed build, FAILED says why): callers then run the tensor code."""
     path = built_path(folder)
@@ -98,15 +117,15 @@ def library(folder: Path) -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p if c == "p" else ctypes.c_int64 for c in sig]
-    return lib
+    return Loops(lib)
 
 
 def _arg(x):
     return x.data_ptr() if isinstance(x, torch.Tensor) else x
 
 
-def _call(lib: ctypes.CDLL, name: str, *args) -> None:
-    if getattr(lib, name)(*map(_arg, args)):
+def _call(lib: Loops, name: str, *args) -> None:
+    if getattr(lib.cdll, name)(*map(_arg, args)):
         raise ValueError(f"a value left the integer model's bounds ({name})")
 
 
@@ -134,7 +153,7 @@ def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor,
 def hidden(im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: int) -> torch.Tensor:
     """model.IntegerModel.hidden, stage by stage in the compiled loops."""
     lib = im.native
-    lib.set_threads(torch.get_num_threads())
+    lib.cdll.set_threads(torch.get_num_threads())
     B, T = tokens.shape
     x = im.embed[tokens.reshape(-1)].contiguous()
     both, root = _split(lib, x, im.eps)

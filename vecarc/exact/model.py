@@ -300,9 +300,7 @@ class IntegerModel:
             raise ValueError(f"the integer path evaluates at most {self.max_positions} positions of this model")
         caches = caches if caches is not None else [[] for _ in self.layers]
         if self.native is not None:
-            from . import fast
-
-            return fast.hidden(self, tokens, caches, start)
+            return self.native.hidden(self, tokens, caches, start)
         x = self.embed[tokens]
         for lay, cache in zip(self.layers, caches):
             x = x + self._attention(lay, x, start, cache)
@@ -316,9 +314,7 @@ class IntegerModel:
         x = self.hidden(tokens, caches, start)
         flat = x.reshape(-1, x.shape[-1])
         if self.native is not None:
-            from . import fast
-
-            return fast.frequencies(self, flat).reshape(*x.shape[:2], -1)
+            return self.native.frequencies(self, flat).reshape(*x.shape[:2], -1)
         return torch.cat([frequencies(*self._logits(flat[i : i + HEAD_ROWS]), self.exp30)
                           for i in range(0, flat.shape[0], HEAD_ROWS)]).reshape(*x.shape[:2], -1)
 
@@ -328,9 +324,7 @@ class IntegerModel:
         x = self.hidden(tokens).reshape(-1, self.shape.hidden)
         flat = targets.to(self.device).reshape(-1, 1)
         if self.native is not None:
-            from . import fast
-
-            return fast.symbols(self, x, flat.reshape(-1)).reshape(*targets.shape, 3)
+            return self.native.symbols(self, x, flat.reshape(-1)).reshape(*targets.shape, 3)
         out = []
         for i in range(0, x.shape[0], HEAD_ROWS):
             f = frequencies(*self._logits(x[i : i + HEAD_ROWS]), self.exp30)
