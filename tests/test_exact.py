@@ -247,3 +247,33 @@ def test_unsafe_names_in_a_coded_archive_are_refused(coded, name):
     a.header.documents[0].name = name
     with pytest.raises(vecarc.VecarcError):
         parse_archive(serialize(a))
+
+
+def test_chunks_read_their_context(trained_tiny, tmp_path, monkeypatch):
+    """--context: each chunk coded after the tokens before it in its document. Smaller on repeated text,
+    byte-identical back, side by side across documents, one member alone, and said by info."""
+    monkeypatch.chdir(tmp_path)
+    docs = {"a.txt": TEXT * 3, "b.txt": TEXT[:150] + b"qz7 Xv9 Kp2 wj4 Rm8 " * 12 + TEXT[150:], "c.txt": TEXT[:60]}
+    for name, data in docs.items():
+        (tmp_path / name).write_bytes(data)
+    plain = vecarc.pack(list(docs), "p.vec", vecarc.PackConfig(chunk_tokens=32), model=trained_tiny)
+    r = vecarc.pack(list(docs), "c.vec", vecarc.PackConfig(chunk_tokens=32, context_tokens=24), model=trained_tiny)
+    assert r.archive.header.cram == {"mode": "coded", "chunk_tokens": 32, "context_tokens": 24}
+    assert r.archive.size < plain.archive.size
+    again = vecarc.read_archive("c.vec")
+    assert again.header.cram["context_tokens"] == 24 and again.header.version == 5
+    events = []
+    written = vecarc.unpack("c.vec", "out", model=trained_tiny, progress=events.append)
+    assert {p.name: p.read_bytes() for p in written} == docs
+    done = [e["done"] for e in events if e["event"] == "decode"]
+    assert done == sorted(done) and done[-1] == sum(c.kind == "coded" for c in again.chunks)
+    assert [p.read_bytes() for p in vecarc.unpack("c.vec", "one", ["b.txt"], model=trained_tiny)] == [docs["b.txt"]]
+    code, out = run_cli("info", "c.vec")
+    assert code == 0 and "each after the 24 tokens before it" in out
+
+
+def test_context_needs_coded_chunks(trained_dir, tmp_path):
+    (tmp_path / "t.txt").write_bytes(TEXT)
+    code, out = run_cli("pack", tmp_path / "t.txt", "--mode", "predict", "--context", "8", "--model", trained_dir)
+    assert code == 2 and "--context needs coded chunks" in out and "Traceback" not in out
+    assert not (tmp_path / "t.txt.vec").exists()

@@ -317,3 +317,8 @@ def test_coded_chunks_unpack_on_ray_with_a_worker_killed(cluster, trained_tiny, 
     assert {p.relative_to("out").as_posix(): p.read_bytes() for p in written} == docs
     assert not marker.exists() and any("a worker died on shard" in n for n in notes) and decoded[-1] == chunks
     assert vecarc.verify("c.vec", model=trained_tiny, engine=vecarc.RayEngine(workers=2)).ok
+    # chunks that read their context go in waves, each wave over the same workers
+    vecarc.pack(_inputs(tmp_path, docs), "x.vec", vecarc.PackConfig(chunk_tokens=16, context_tokens=8),
+                model=trained_tiny)
+    written = vecarc.unpack("x.vec", "out2", model=trained_tiny, engine=vecarc.RayEngine(workers=2))
+    assert {p.relative_to("out2").as_posix(): p.read_bytes() for p in written} == docs

@@ -206,10 +206,11 @@ def check_dtypes(dtypes: Sequence[str]) -> None:
 
 
 def _config_for(base: PackConfig, form: str) -> PackConfig:
-    if form in PREDICT_FORMS:
-        return replace(base, mode={"default": PackConfig.mode}.get(form, form))
+    if form in PREDICT_FORMS:  # --context applies to coded chunks alone
+        mode = {"default": PackConfig.mode}.get(form, form)
+        return replace(base, mode=mode, context_tokens=base.context_tokens if mode == "coded" else 0)
     dtype, rank = parse_form(form)
-    return replace(base, mode="vectors", search=replace(base.search, vector_dtype=dtype, rank=rank))
+    return replace(base, mode="vectors", search=replace(base.search, vector_dtype=dtype, rank=rank), context_tokens=0)
 
 
 def bench_file(

@@ -71,6 +71,9 @@ def main() -> None:
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
               help=f"Equal chunks of N tokens (predict mode's default: {PREDICT_TOKENS}; vectors mode: instead "
                    f"of the capacity plan).")
+@click.option("--context", "context_tokens", default=0, show_default=True, type=click.IntRange(0),
+              help="Coded chunks: code each chunk after the last N tokens before it in its document (smaller; a "
+                   "document's chunks then unpack one after another, not side by side).")
 @click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
               help="A chunk that fails is split in halves down to this size, then stored as literal tokens.")
 @click.option("--fill", default=DEFAULT_FILL, show_default=True, type=click.FloatRange(0, 4, min_open=True),
@@ -92,8 +95,8 @@ def main() -> None:
 @verbose_opt
 @handled
 def pack(inputs, output, name, exclude, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens,
-         min_chunk_tokens, fill, margin, max_steps, batch_size, search_dtype, compile_, resume, checkpoint_every,
-         volume_size, engine, address, workers, as_json, quiet, verbose):
+         context_tokens, min_chunk_tokens, fill, margin, max_steps, batch_size, search_dtype, compile_, resume,
+         checkpoint_every, volume_size, engine, address, workers, as_json, quiet, verbose):
     """Pack text files (a folder: every regular file under it, as tar names them) into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
@@ -102,8 +105,9 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
     search = SearchSettings(vectors=vectors, vector_dtype=vector_dtype, rank=rank, max_steps=max_steps,
                             batch_size=batch_size, seed=seed, search_dtype=search_dtype, compile=compile_)
     config = PackConfig(mode=mode, margin=margin, search=search, chunk_tokens=chunk_tokens,
-                        min_chunk_tokens=min_chunk_tokens, fill=fill, checkpoint_every=checkpoint_every,
-                        volume_size=volume_size, engine=engine_for(engine, address, workers))
+                        context_tokens=context_tokens, min_chunk_tokens=min_chunk_tokens, fill=fill,
+                        checkpoint_every=checkpoint_every, volume_size=volume_size,
+                        engine=engine_for(engine, address, workers))
     if as_json and output == "-":
         raise VecarcError("--json and -o - both want standard output: give -o FILE for --json")
     with streams(list(inputs), output, name, resume) as (ins, out):
@@ -263,14 +267,15 @@ def list_(archive, as_json, verbose):
 @click.option("--archive", type=click.Path(), help="Reuse (or create) packed archive(s) here: a .vec or a folder.")
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
+@click.option("--context", "context_tokens", default=0, type=click.IntRange(0), help="As pack's --context.")
 @seed_opt
 @model_opt
 @device_opt
 @quiet_opt
 @verbose_opt
 @handled
-def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps, chunk_tokens, seed, model, device,
-          quiet, verbose):
+def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps, chunk_tokens, context_tokens, seed,
+          model, device, quiet, verbose):
     """Compare vecarc with zstd and xz on the same files: sizes, times, the model's own limit."""
     try:
         levels = [int(x) for x in zstd_levels.split(",") if x.strip()]
@@ -283,7 +288,7 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
     for p in inputs:
         check_input(p)  # before the model loads: a typo should not cost seconds
     lm = load_model(model, device)
-    config = PackConfig(search=SearchSettings(seed=seed), chunk_tokens=chunk_tokens)
+    config = PackConfig(search=SearchSettings(seed=seed), chunk_tokens=chunk_tokens, context_tokens=context_tokens)
     with progress_bar(quiet) as on:
         results = [B.bench_file(p, lm, zstd_levels=levels, vector_dtypes=dtypes, config=config, archive=archive,
                                 single=len(inputs) == 1, reps=reps, progress=on) for p in inputs]

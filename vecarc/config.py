@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from . import overrides
 from .errors import VecarcError
 from .exact.model import not_covered
+from .format.compact import MAX_CONTEXT
 from .models import LoadedModel
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for
 from .search.settings import SearchSettings
@@ -27,6 +28,7 @@ DEFAULT_FILL = 0.9  # the capacity plan cuts chunks to this fraction of the cali
 # Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
 # (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
 DEFAULT_VOLUME_SIZE = 32 << 20
+MAX_CONTEXT_TOKENS = MAX_CONTEXT  # format 5's bound on the context a coded chunk is read after
 
 
 class Engine(Protocol):
@@ -50,6 +52,9 @@ class PackConfig:
     margin: float = 0.5  # every choice the decoder makes leads by this much in the logits
     search: SearchSettings = field(default_factory=SearchSettings)  # vector chunks only
     chunk_tokens: int | None = None  # equal chunks of N tokens; None: the mode's default (vectors: capacity plan)
+    # coded chunks only: each chunk is coded after the last N tokens before it in its document (smaller
+    # archives; a document's chunks then decode one after another instead of side by side)
+    context_tokens: int = 0
     min_chunk_tokens: int = MIN_CHUNK_TOKENS  # a vector chunk that fails is split down to this, then kept literal
     fill: float = DEFAULT_FILL
     checkpoint_every: float = 60.0  # seconds between snapshots of the search in the journal
@@ -76,6 +81,10 @@ class PackConfig:
                               f"{self.search.margin:g}: set margin= on the PackConfig")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise VecarcError("chunk size must be at least one token")
+        if self.context_tokens and self.mode != "coded":
+            raise VecarcError(f"--context needs coded chunks (--mode coded), not --mode {self.mode}")
+        if not 0 <= self.context_tokens <= MAX_CONTEXT_TOKENS:
+            raise VecarcError(f"--context must be from 0 to {MAX_CONTEXT_TOKENS} tokens, got {self.context_tokens}")
         if self.min_chunk_tokens < 1:
             raise VecarcError("--min-chunk-tokens must be at least 1")
         if not 0 < self.fill <= 4:
@@ -101,7 +110,8 @@ class PackConfig:
         """The header's settings record ("cram"): what decides a predicted archive's chunks, or the
         whole search for a vector archive. Informational; its keys and their order are format 4's."""
         if self.mode == "coded":
-            return {"mode": self.mode, "chunk_tokens": chunk_tokens}
+            return {"mode": self.mode, "chunk_tokens": chunk_tokens} | (
+                {"context_tokens": self.context_tokens} if self.context_tokens else {})
         if self.predicted:
             return {"mode": self.mode, "margin": self.margin, "chunk_tokens": chunk_tokens}
         rec = self.search.record()
@@ -126,5 +136,5 @@ def fallback(cfg: PackConfig, lm: LoadedModel, warn: Callable[[str], None] | Non
         return cfg
     if warn is not None:
         warn(f"{lm.name}: packing predicted chunks: the integer path that coded chunks need does not cover "
-             f"this model ({why})")
-    return replace(cfg, mode="predict")
+             f"this model ({why})" + (" and --context has no effect on them" if cfg.context_tokens else ""))
+    return replace(cfg, mode="predict", context_tokens=0)

@@ -176,7 +176,8 @@ def info_archive(name: str, s: dict) -> None:
                   f"coded {size(s['coded_bytes'])} · literal {size(s['literal_bytes'])} · "
                   f"header+checksum {size(s['overhead_bytes'])}"],
         ["format", f"version {s['format_version']}" + (" · coded chunks under the integer model (specification 1)"
-                                                        if s["format_version"] == 5 else "")],
+                                                        if s["format_version"] == 5 else "")
+         + (f" · each after the {ctx} tokens before it" if (ctx := s["cram"].get("context_tokens")) else "")],
         ["model", m["name"]],
         ["source", m["source"]],
         ["fingerprint", m["fingerprint"]],

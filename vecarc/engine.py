@@ -21,7 +21,7 @@ import re
 import socket
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .capacity import search_samples
@@ -37,7 +37,7 @@ from .search import SearchSettings
 
 Record = tuple[dict, dict]  # (meta, tensors): a ChunkRecord as the journal stores it
 DecodeShard = tuple[list, list[int], list | None]  # prefix vectors, lengths, corrections of up to 64 chunks
-CodedShard = tuple[list[int], list[bytes], list[int]]  # chunk indices, streams, token counts: one decode batch
+CodedShard = tuple[list[int], list[bytes], list[int], list[list[int]]]  # indices, streams, lengths, contexts
 StressShard = tuple[list, list[list[int]], list | None]  # prefix vectors, tokens, corrections of up to 64 chunks
 
 
@@ -86,8 +86,8 @@ class ShardWorker:
 
     def decode_coded(self, shard: CodedShard, fault_marker: str | None = None) -> list[list[int]]:
         self._ready(fault_marker)
-        indices, streams, lengths = shard
-        return coded.decode_streams(self.lm, streams, lengths, indices)
+        indices, streams, lengths, contexts = shard
+        return coded.decode_streams(self.lm, streams, lengths, indices, contexts=contexts)
 
     def _ready(self, fault_marker: str | None) -> None:
         if self.error is not None:
@@ -200,21 +200,32 @@ class RayEngine:
 
     def decode_coded(self, lm: LoadedModel, archive: Archive, todo: Sequence[int],
                      progress: Progress | None = None) -> dict[int, list[int]]:
-        """Coded chunks on the pool, a decode batch (16 chunks side by side) a shard; tokens by chunk index,
-        their hashes checked by the driver as a local unpack's are."""
-        rows = coded.DECODE_ROWS
-        shards = [(list(part), [archive.literals[i] for i in part], [archive.chunks[i].tokens for i in part])
-                  for part in (todo[i : i + rows] for i in range(0, len(todo), rows))]
-        tokens: dict[int, list[int]] = {}
+        """Coded chunks on the pool, a decode batch (16 chunks side by side) a shard, as coded.decode orders
+        them (one wave after another where chunks read their context); tokens by chunk index, their hashes
+        checked by the driver as a local unpack's are."""
+        pool: _Pool | None = None
 
-        def back(k: int, result: list[list[int]]) -> None:
-            tokens.update(zip(shards[k][0], result))
-            emit(progress, event="decode", done=len(tokens), total=len(todo))
+        def run(indices: list[int], streams: list[bytes], lengths: list[int], contexts: list[list[int]],
+                on: Progress | None) -> list:
+            nonlocal pool
+            rows = coded.DECODE_ROWS
+            shards = [(indices[i : i + rows], streams[i : i + rows], lengths[i : i + rows], contexts[i : i + rows])
+                      for i in range(0, len(indices), rows)]
+            got: list = [None] * len(shards)
 
-        if shards:
-            pool = self._pool(lm, PackConfig())
-            pool.drive(shards, lambda w, shard: w.decode_coded.remote(shard, self.fault_marker), back, progress)
-        return tokens
+            def back(k: int, result: list[list[int]]) -> None:
+                got[k] = result
+                emit(on, event="decode", done=sum(len(g) for g in got if g is not None), total=len(indices))
+
+            pool = pool or self._pool(lm, PackConfig())
+            pool.drive(shards, lambda w, shard: w.decode_coded.remote(shard, self.fault_marker), back, on, keep=True)
+            return [tokens for part in got for tokens in part]
+
+        try:
+            return coded.decode(lm, archive, todo, progress, run)
+        finally:
+            if pool is not None:
+                pool.close()
 
     def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
         ray = _ray()
@@ -243,13 +254,17 @@ class _Pool:
     start: Callable[[], Any]
     size: int
     retries: int
+    kept: list = field(default_factory=list)  # idle workers a `keep` drive left for the next one
 
     def drive(self, shards: Sequence[Any], submit: Callable[[Any, Any], Any], back: Callable[[int, Any], None],
-              progress: Progress | None) -> None:
+              progress: Progress | None, keep: bool = False) -> None:
+        """Every shard through the workers; they are stopped at the end, or with keep, left idle for the next
+        drive (close() stops them)."""
         from ray.exceptions import RayActorError, RayTaskError
 
         ray = self.ray
-        idle = [self.start() for _ in range(min(self.size, len(shards)))]
+        idle, self.kept = self.kept, []
+        idle += [self.start() for _ in range(min(self.size, len(shards)) - len(idle))]
         queue, failures = deque(range(len(shards))), [0] * len(shards)
         running: dict = {}  # object ref -> (worker, shard index)
         try:
@@ -276,9 +291,16 @@ class _Pool:
                     continue
                 back(k, result)
                 idle.append(w)
+            if keep:
+                self.kept, idle = idle, []
         finally:
             for w in [w for w, _ in running.values()] + idle:
                 ray.kill(w, no_restart=True)
+
+    def close(self) -> None:
+        for w in self.kept:
+            self.ray.kill(w, no_restart=True)
+        self.kept = []
 
 
 def _ray():

@@ -117,7 +117,8 @@ def _resume(journal: Journal | None, ledger: Ledger, lm: LoadedModel, cfg: PackC
     plan = ledger.plan
     journal.start(identity(
         vecarc=__version__, documents=[(x.name, x.sha256) for x in plan.documents], model=lm.fingerprint,
-        settings={**cfg.search.record(), "mode": cfg.mode}, chunk_tokens=size,
+        settings={**cfg.search.record(), "mode": cfg.mode} | (
+            {"context_tokens": cfg.context_tokens} if cfg.context_tokens else {}), chunk_tokens=size,
         min_chunk_tokens=cfg.min_chunk_tokens, budget=vars(budget) if budget else None, spans=plan.spans))
     ledger.replay(journal.results)
     if journal.state is not None:
@@ -133,7 +134,8 @@ def _compute(lm: LoadedModel, cfg: PackConfig, ledger: Ledger, state: dict | Non
     # engine) leave only the chunks the ledger does not cover.
     snapshot = state is not None and "slots" in state and cfg.engine is None
     spans = plan.spans if snapshot else ledger.todo()
-    items = [((d, a, b), plan.tokens[d][a:b]) for d, a, b in spans]
+    # A chunk's item holds its tokens, after the context it is coded under (coded chunks with --context)
+    items = [((d, a, b), plan.tokens[d][max(0, a - cfg.context_tokens) : b]) for d, a, b in spans]
     if cfg.engine is not None:
         cfg.engine.run(lm, cfg, items, lambda shard, records: _take_shard(ledger, shard, records), progress)
     else:

@@ -25,6 +25,7 @@ from ..format.header import CODED_TOKENS_PER_BYTE
 from ..forward import length_batches
 from ..models import LoadedModel, cache_dir
 from ..plan import Plan
+from . import literal
 from .record import ChunkRecord, Dims, Hooks, Item, Settled
 
 OUTCOMES = ("coded", "tokens")
@@ -102,8 +103,9 @@ def encode(symbols: torch.Tensor) -> bytes:
 @torch.no_grad()
 def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: Callable[[ChunkRecord], None],
             hooks: Hooks | None = None) -> None:
-    """One teacher-forced pass of the integer model per batch of like-length chunks; each chunk's stream
-    (or a literal block, where that is smaller) handed over as it is coded."""
+    """One teacher-forced pass of the integer model per batch of like-length chunks (each after its context,
+    if any: items hold it before the chunk's own tokens); each chunk's stream (or a literal block, where that
+    is smaller) handed over as it is coded."""
     hooks = hooks or Hooks()
     im, done = integer_model(lm, hooks.progress), 0
     for group in length_batches([len(t) for _, t in items], PACK_ROWS, PACK_CELLS):
@@ -113,7 +115,9 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
         inputs = torch.cat([torch.full((len(toks), 1), lm.sink_id), targets[:, :-1]], 1)
         symbols = im.symbols(inputs, targets).cpu()
         for r, i in enumerate(group):
-            on_record(fate(items[i][0], toks[r], encode(symbols[r, : len(toks[r])])))
+            (_, a, b), t = items[i]
+            at = len(t) - (b - a)  # the context before the chunk: read, not coded
+            on_record(fate(items[i][0], toks[r][at:], encode(symbols[r, at : len(toks[r])])))
         if hooks.final is not None:
             hooks.final({"step": 0})
         done += len(group)
@@ -135,28 +139,76 @@ def settle(rec: ChunkRecord, plan: Plan, dims: Dims, replayed: bool) -> Settled:
     return Settled(Chunk(d, "coded", b - a, token_hash(tokens)), stream=rec.stream, replayed=replayed)
 
 
-def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None) -> dict[int, list[int]]:
-    """The coded chunks `todo`, by chunk index (see decode_streams)."""
-    got = decode_streams(lm, [archive.literals[i] for i in todo], [archive.chunks[i].tokens for i in todo], todo,
-                         progress)
-    return dict(zip(todo, got))
+# (chunk indices, streams, token counts, contexts, progress) -> tokens: a set of chunks decoded side by side
+Runner = Callable[[list[int], list[bytes], list[int], list[list[int]], Callable | None], list[list[int]]]
+
+
+def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None,
+           run: Runner | None = None) -> dict[int, list[int]]:
+    """The coded chunks `todo` by chunk index; `run(indices, streams, lengths, contexts)` decodes a set of
+    chunks whose contexts are equally long (default: here, decode_streams).
+
+    Where the archive's chunks read a context, the chunks of each document go in waves (the k-th chunk
+    of every document at once), each after the tokens before it in its document; `todo` must then hold
+    every coded chunk of the documents it touches."""
+    chunks, span = archive.chunks, archive.header.cram.get("context_tokens", 0)
+    run = run or (lambda idx, streams, lengths, contexts, on: decode_streams(lm, streams, lengths, idx, on, contexts))
+    done = [0, 0]  # tokens and chunks of the calls before: each call's progress is counted in the whole
+
+    def call(idx: list[int], contexts: list[list[int]]) -> list[list[int]]:
+        def on(e: dict) -> None:
+            at, total = (done[0], sum(chunks[i].tokens for i in todo)) if e["event"] == "tokens" else (
+                done[1], len(todo))
+            progress({**e, "done": at + e["done"], "total": total} if e["event"] in ("tokens", "decode") else e)
+
+        got = run(idx, [archive.literals[i] for i in idx], [chunks[i].tokens for i in idx], contexts,
+                  on if progress is not None else None)
+        done[0] += sum(chunks[i].tokens for i in idx)
+        done[1] += len(idx)
+        return got
+
+    if not span:
+        return dict(zip(todo, call(list(todo), [[] for _ in todo])))
+    want = set(todo)
+    docs = [mine for mine in archive.header.chunks_by_document() if want.intersection(mine)]
+    if any(chunks[i].kind == "coded" and i not in want for mine in docs for i in mine):
+        raise VecarcError("internal error: a document's coded chunks decode together when they read context")
+    out: dict[int, list[int]] = {}
+    before: list[list[int]] = [[] for _ in docs]  # each document's tokens so far
+    for k in range(max(len(mine) for mine in docs)):
+        waiting: dict[int, list[tuple[int, list[int]]]] = {}  # context length -> (chunk, context)
+        for d, mine in enumerate(docs):
+            if k < len(mine) and chunks[mine[k]].kind == "coded":
+                context = before[d][-span:]
+                waiting.setdefault(len(context), []).append((mine[k], context))
+        for pairs in waiting.values():
+            idx = [i for i, _ in pairs]
+            out.update(zip(idx, call(idx, [c for _, c in pairs])))
+        for d, mine in enumerate(docs):
+            if k < len(mine):
+                i = mine[k]
+                before[d] += out[i] if chunks[i].kind == "coded" else literal.tokens(archive, i)
+    return out
 
 
 @torch.no_grad()
 def decode_streams(lm: LoadedModel, streams: Sequence[bytes], lengths: Sequence[int], names: Sequence[int],
-                   progress=None) -> list[list[int]]:
-    """Coded streams back to their tokens, side by side in batches, a step per token; a stream that names
-    no token is refused as corrupt (named by its chunk index in `names`)."""
+                   progress=None, contexts: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """Coded streams back to their tokens, side by side in batches, a step per token, each after the sink and
+    its context (all contexts equally long); a stream that names no token is refused as corrupt (named by
+    its chunk index in `names`)."""
     im, out = integer_model(lm, progress), [None] * len(streams)
+    contexts = contexts or [[] for _ in streams]
     total, done = sum(lengths), 0
     for group in length_batches(list(lengths), DECODE_ROWS, DECODE_CELLS):
         sizes = [lengths[g] for g in group]
         decoders = [Decoder(streams[g]) for g in group]
         got: list[list[int]] = [[] for _ in group]
         caches = [[] for _ in im.layers]
-        nxt = torch.full((len(group), 1), lm.sink_id)
+        nxt, at = torch.tensor([[lm.sink_id, *contexts[g]] for g in group]), 0
         for step in range(max(sizes)):
-            freqs = im.forward(nxt, caches, start=step)[:, 0]
+            freqs = im.forward(nxt, caches, start=at, last=True)[:, 0]
+            at += nxt.shape[1]
             cum = freqs.cumsum(1)
             live = [r for r, n in enumerate(sizes) if step < n]
             values = torch.zeros(len(group), 1, dtype=torch.int64)

@@ -309,9 +309,12 @@ class IntegerModel:
                 x.shape)
         return x
 
-    def forward(self, tokens: torch.Tensor, caches: list[list] | None = None, start: int = 0) -> torch.Tensor:
-        """Next-token frequencies (B, T, V): the whole table at every position (tests, a decoder's step)."""
+    def forward(self, tokens: torch.Tensor, caches: list[list] | None = None, start: int = 0,
+                last: bool = False) -> torch.Tensor:
+        """Next-token frequencies (B, T, V): the whole table at every position (tests, a decoder's step), or
+        with `last` at the last position only (B, 1, V): a decoder's first step after a context."""
         x = self.hidden(tokens, caches, start)
+        x = x[:, -1:] if last else x
         flat = x.reshape(-1, x.shape[-1])
         if self.native is not None:
             return self.native.frequencies(self, flat).reshape(*x.shape[:2], -1)

@@ -31,6 +31,8 @@ from .names import check_name, check_names
 MAGIC = b"\x89VC"
 VERSION = 5
 FLAG_SOURCE = 1  # a model source string follows (absent: the default model)
+FLAG_CONTEXT = 2  # chunks are coded after the tokens before them: a context length follows the chunk size
+MAX_CONTEXT = 4096
 DEFAULT_SOURCE_MARK = "default"  # sources "default:..." are not stored: the default model, by its fingerprint
 FP_BYTES, DOC_HASH_BYTES = 8, 8
 KIND_CODED, KIND_TOKENS = 0, 1
@@ -97,11 +99,13 @@ def serialize(header: Header, blocks: dict[int, bytes]) -> bytes:
     m = header.model
     source = "" if m.source.startswith(DEFAULT_SOURCE_MARK + ":") else m.source
     digest = bytes.fromhex(m.fingerprint.partition(":")[2])[:FP_BYTES]
-    out = bytearray(MAGIC + bytes([VERSION, FLAG_SOURCE if source else 0]) + digest)
+    context = header.cram.get("context_tokens", 0)
+    flags = (FLAG_SOURCE if source else 0) | (FLAG_CONTEXT if context else 0)
+    out = bytearray(MAGIC + bytes([VERSION, flags]) + digest)
     if source:
         out += _varint(len(source.encode())) + source.encode()
-    out += b"".join(_varint(x) for x in (m.vocab_size, m.hidden_size, m.sink_token_id, header.cram["chunk_tokens"],
-                                         len(header.documents)))
+    sizes = [m.vocab_size, m.hidden_size, m.sink_token_id, header.cram["chunk_tokens"]] + ([context] if context else [])
+    out += b"".join(_varint(x) for x in [*sizes, len(header.documents)])
     by_doc = header.chunks_by_document()
     body = bytearray()
     for doc, mine in zip(header.documents, by_doc):
@@ -129,7 +133,7 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
     r = _Reader(data[:-4])
     r.take(4, "magic")
     flags = r.take(1, "flags")[0]
-    need(not flags & ~FLAG_SOURCE, "reserved flags are set")
+    need(not flags & ~(FLAG_SOURCE | FLAG_CONTEXT), "reserved flags are set")
     fingerprint = "fp2:" + r.take(FP_BYTES, "fingerprint").hex()
     source = r.text("model source") if flags & FLAG_SOURCE else DEFAULT_SOURCE_MARK
     vocab = r.varint("vocabulary size", 1 << 24)
@@ -138,6 +142,8 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
     sink = r.varint("sink token", vocab - 1)
     chunk = r.varint("chunk size", MAX_CHUNK_TOKENS)
     need(chunk >= 1, "chunk size out of range")
+    context = r.varint("context length", MAX_CONTEXT) if flags & FLAG_CONTEXT else 0
+    need(context >= 1 or not flags & FLAG_CONTEXT, "context length out of range")
     ndocs = r.varint("document count", len(data))  # each document takes more than a byte
     docs, chunks, blocks, offset = [], [], {}, 0
     for d in range(ndocs):
@@ -168,8 +174,9 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
         blocks[i] = body[c.offset : c.offset + c.length]
     name = "the default model" if source == DEFAULT_SOURCE_MARK else source.partition(":")[2].rsplit("/", 1)[-1]
     model = ModelRecord(name, source, fingerprint, "int", hidden, vocab, sink)
-    header = Header(model, VectorsRecord(1, "float32", hidden, 0), docs, chunks, {"mode": "coded",
-                    "chunk_tokens": chunk}, decode=DecodeRecord("integer", "int", None), version=VERSION)
+    cram = {"mode": "coded", "chunk_tokens": chunk} | ({"context_tokens": context} if context else {})
+    header = Header(model, VectorsRecord(1, "float32", hidden, 0), docs, chunks, cram,
+                    decode=DecodeRecord("integer", "int", None), version=VERSION)
     return header, blocks
 
 
