@@ -214,6 +214,17 @@ def test_uncovered_model_falls_back_to_predicted_chunks(tmp_path):
     assert {c.kind for c in r.archive.chunks} <= {"predicted", "tokens"}
 
 
+def test_weights_too_large_for_the_multipliers_fall_back(tmp_path):
+    lm = vecarc.load_model(str(build_tiny_model(tmp_path / "m", seed=5)), device="cpu")
+    with torch.no_grad():
+        lm.model.model.layers[0].mlp.down_proj.weight[0, 0] = 20000.0
+    (tmp_path / "t.txt").write_bytes(TEXT)
+    notes = []
+    r = vecarc.pack([tmp_path / "t.txt"], tmp_path / "t.vec", vecarc.PackConfig(chunk_tokens=32), model=lm,
+                    warn=notes.append)
+    assert len(notes) == 1 and "weights of 16256 or more" in notes[0] and r.archive.header.cram["mode"] == "predict"
+
+
 @pytest.mark.slow
 def test_default_model_frequencies_are_identical_however_they_are_computed():
     lm = vecarc.load_model(None, device="cpu")

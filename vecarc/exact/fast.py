@@ -95,22 +95,26 @@ def library(folder: Path) -> Loops | None:
     path = built_path(folder)
     if path is None:
         return None
+    tmp = folder / f"{path.stem}.{os.getpid()}.tmp"
     try:
         if not path.exists():
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f"{path.stem}.{os.getpid()}.tmp"
-            flags = FLAGS
             for flags in (FLAGS, tuple(f for f in FLAGS if not f.startswith("-march"))):
                 done = subprocess.run([_compiler(), *flags, "-o", str(tmp), str(SOURCE)], capture_output=True,
                                       timeout=300)
                 if done.returncode == 0:
                     break
             else:
-                raise OSError(done.stderr.decode(errors="replace").strip().splitlines()[-1:] or "compiler failed")
+                raise OSError(" ".join(done.stderr.decode(errors="replace").split()[-12:]) or "the compiler failed")
             os.replace(tmp, path)
-        lib = ctypes.CDLL(str(path))
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # a damaged build: the next process builds it again
+            raise
         torch._int_mm(torch.ones(2, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
     except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
         FAILED[folder] = str(e).splitlines()[0] if str(e) else type(e).__name__
         return None
     for name, sig in SIGNATURES.items():

@@ -12,6 +12,7 @@ docs/format.md ("Integer model") specifies every rounding.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -97,7 +98,31 @@ def not_covered(model: Any) -> str | None:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     if head_dim % 2 or cfg.intermediate_size >= 1 << 16 or cfg.hidden_size >= 1 << 16:
         return "its dimensions exceed the integer path's bounds"
+    if _too_large(model):
+        return f"weights of {W_LIMIT:g} or more (with their norm's gain): beyond the integer path's multipliers"
     return None
+
+
+W_LIMIT = W_MAX * (1 << (M_BITS - 16))  # quantise's shift stays >= 16 while every |w g| is below this
+_LARGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _too_large(model: Any) -> bool:
+    """Whether some layer quantise would refuse: its largest |w g| at or above W_LIMIT (checked once a model)."""
+    if model not in _LARGE:
+        pairs = [(model.get_output_embeddings().weight, model.model.norm.weight)]
+        for layer in model.model.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            pairs += [(p.weight, layer.input_layernorm.weight) for p in (at.q_proj, at.k_proj, at.v_proj)]
+            pairs += [(p.weight, layer.post_attention_layernorm.weight) for p in (mlp.gate_proj, mlp.up_proj)]
+            pairs += [(at.o_proj.weight, None), (mlp.down_proj.weight, None)]
+        def top(w: torch.Tensor, g: torch.Tensor | None) -> float:  # max |w_jk g_k|, exact: binary64 products
+            cols = torch.maximum(w.amax(0), -w.amin(0)).double()
+            return float((cols * g.double().abs() if g is not None else cols).max())
+
+        _LARGE[model] = any(top(w, g) >= W_LIMIT for w, g in pairs)
+    return _LARGE[model]
 
 
 @torch.no_grad()
