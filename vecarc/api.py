@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .capacity import capacity_budget
 from .config import PackConfig, fallback
+from .engine import releases_workers
 from .errors import VecarcError, VerificationError
 from .events import Progress, Trace, emit
 from .fingerprint import sha256_file
@@ -36,6 +37,7 @@ __all__ = ["PackResult", "cat", "pack", "pack_documents", "summary", "unpack", "
 Warn = Callable[[str], None]
 
 
+@releases_workers
 def pack(inputs: Sequence[Input], output: str | Path | None = None, config: PackConfig | None = None, *,
          model: str | LoadedModel | None = None, device: str = "auto", force: bool = False, resume: bool = False,
          exclude: Sequence[str] = (), progress: Progress | None = None, warn: Warn | None = None,

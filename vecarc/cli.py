@@ -337,8 +337,13 @@ def calibrate(model, device, vectors, vector_dtype, rank, margin, samples, texts
         if show and e["event"] == "calibrate":
             say(display.try_line(e))
 
-    entry = capacity.calibrate(lm, settings, texts=loaded or None, samples=samples, first_tokens=first_tokens,
-                               percentile=percentile, progress=on, engine=engine_for(engine, address, workers))
+    where = engine_for(engine, address, workers)
+    try:
+        entry = capacity.calibrate(lm, settings, texts=loaded or None, samples=samples, first_tokens=first_tokens,
+                                   percentile=percentile, progress=on, engine=where)
+    finally:
+        if where is not None:
+            where.close()
     path = capacity.save_entry(lm, entry)
     if as_json:
         click.echo(json.dumps({"profile": str(path), "model": lm.name, "fingerprint": lm.fingerprint, **entry},

@@ -15,6 +15,8 @@ Nothing here imports Ray until a RayEngine runs.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import re
@@ -109,6 +111,8 @@ class RayEngine:
     shard_chunks: int = 0  # chunks per shard; 0: a full batch, or an equal share when that is fewer
     retries: int = 2
     fault_marker: str | None = None  # tests only: a worker that finds this file removes it and exits
+    # workers kept across the calls of one command (volumes, waves), by model and settings; close() stops them
+    _pools: dict = field(default_factory=dict, repr=False, compare=False)
 
     def run(self, lm: LoadedModel, cfg: PackConfig, items: Sequence[Item],
             on_shard: Callable[[list[Item], list[ChunkRecord]], None], progress: Progress | None = None) -> None:
@@ -135,7 +139,7 @@ class RayEngine:
             done[0] += len(shards[k])
             emit(progress, event="predict" if cfg.predicted else "shard", done=done[0], total=len(items))
 
-        pool.drive(shards, lambda w, shard: w.run.remote(shard, self.fault_marker), back, progress)
+        pool.drive(shards, lambda w, shard: w.run.remote(shard, self.fault_marker), back, progress, keep=True)
 
     def calibrate(self, lm: LoadedModel, s: SearchSettings, windows: Sequence[tuple[str, list[int]]],
                   first_tokens: int, tol: float, progress: Progress | None = None) -> tuple[list, list]:
@@ -151,7 +155,8 @@ class RayEngine:
                      steps=t["steps"], ok=t["ok"], margin=None)
 
         pool.drive([[w] for w in windows], lambda w, shard: w.calibrate.remote(shard, first_tokens, tol,
-                                                                                self.fault_marker), back, progress)
+                                                                                self.fault_marker), back, progress,
+                   keep=True)
         return found, searches
 
     def decode(self, lm: LoadedModel, jobs: Sequence[tuple[list[int], list, list | None]], lengths: Sequence[int],
@@ -177,7 +182,7 @@ class RayEngine:
 
         pool = self._pool(lm, PackConfig())
         pool.drive([shard for _, shard in shards], lambda w, shard: w.decode.remote(shard, self.fault_marker), back,
-                   progress)
+                   progress, keep=True)
         return tokens, margins
 
     def stress(self, lm: LoadedModel, jobs: Sequence[tuple[list[int], list, list | None]], tokens: dict[int, list[int]],
@@ -195,7 +200,7 @@ class RayEngine:
 
         if shards:
             pool = self._pool(lm, PackConfig())
-            pool.drive(shards, lambda w, shard: w.stress.remote(shard, self.fault_marker), back, progress)
+            pool.drive(shards, lambda w, shard: w.stress.remote(shard, self.fault_marker), back, progress, keep=True)
         return combine(parts)
 
     def decode_coded(self, lm: LoadedModel, archive: Archive, todo: Sequence[int],
@@ -203,11 +208,8 @@ class RayEngine:
         """Coded chunks on the pool, a decode batch (16 chunks side by side) a shard, as coded.decode orders
         them (one wave after another where chunks read their context); tokens by chunk index, their hashes
         checked by the driver as a local unpack's are."""
-        pool: _Pool | None = None
-
         def run(indices: list[int], streams: list[bytes], lengths: list[int], contexts: list[list[int]],
                 on: Progress | None) -> list:
-            nonlocal pool
             rows = coded.DECODE_ROWS
             shards = [(indices[i : i + rows], streams[i : i + rows], lengths[i : i + rows], contexts[i : i + rows])
                       for i in range(0, len(indices), rows)]
@@ -217,17 +219,26 @@ class RayEngine:
                 got[k] = result
                 emit(on, event="decode", done=sum(len(g) for g in got if g is not None), total=len(indices))
 
-            pool = pool or self._pool(lm, PackConfig())
-            pool.drive(shards, lambda w, shard: w.decode_coded.remote(shard, self.fault_marker), back, on, keep=True)
+            self._pool(lm, PackConfig()).drive(shards, lambda w, shard: w.decode_coded.remote(shard, self.fault_marker),
+                                               back, on, keep=True)
             return [tokens for part in got for tokens in part]
 
-        try:
-            return coded.decode(lm, archive, todo, progress, run)
-        finally:
-            if pool is not None:
-                pool.close()
+        return coded.decode(lm, archive, todo, progress, run)
+
+    def close(self) -> None:
+        """Stop the workers kept for this engine's next call (api functions call it when they return)."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
     def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
+        key = (lm.fingerprint, lm.sink_id, repr(replace(cfg, engine=None)))
+        if key not in self._pools:
+            self.close()  # one pool at a time: kept workers hold their CPUs, which a new pool would wait for
+            self._pools[key] = self._new_pool(lm, cfg)
+        return self._pools[key]
+
+    def _new_pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
         ray = _ray()
         if not ray.is_initialized():
             _reachable(self.address)
@@ -301,6 +312,24 @@ class _Pool:
         for w in self.kept:
             self.ray.kill(w, no_restart=True)
         self.kept = []
+
+
+def releases_workers(fn: Callable) -> Callable:
+    """For a command that takes an engine (`engine=`, or `config.engine`): the workers its engine kept across
+    volumes and waves are stopped when the command returns or fails."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            given = signature.bind_partial(*args, **kwargs).arguments
+            engine = given.get("engine") or getattr(given.get("config"), "engine", None)
+            if callable(close := getattr(engine, "close", None)):
+                close()
+
+    return command
 
 
 def _ray():

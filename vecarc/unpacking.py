@@ -21,6 +21,7 @@ from typing import BinaryIO
 from .chunks import GREEDY, coded, literal
 from .config import Engine
 from .decode import decode_many
+from .engine import releases_workers
 from .errors import VecarcError, VerificationError
 from .events import Progress, emit
 from .fingerprint import scheme_of
@@ -180,6 +181,7 @@ def install_hint(source: str) -> str:
     return f"pass --model with the {'GGUF file' if kind == 'gguf' else 'model folder'} it was packed from ({where})"
 
 
+@releases_workers
 def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, *,
            model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
            strict: bool = False, engine: Engine | None = None) -> DecodeResult:
@@ -309,6 +311,7 @@ def _target(outdir: Path, name: str, force: bool) -> Path:
     return target
 
 
+@releases_workers
 def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", members: Sequence[str] | None = None,
            *, model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
            progress: Progress | None = None, engine: Engine | None = None) -> list[Path]:
@@ -369,6 +372,7 @@ def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, prog
             raise VerificationError(f"{d.name}: its parts do not match its SHA-256; nothing written")
 
 
+@releases_workers
 def cat(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, out: BinaryIO | None = None,
         *, model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
         engine: Engine | None = None) -> int:
