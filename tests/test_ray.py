@@ -150,6 +150,38 @@ def test_records_from_workers_are_decoded_again_on_the_driver(trained_tiny, tmp_
     assert "predicted" in {c.kind for c in honest.archive.chunks}  # the spoiled record was a predicted chunk's
 
 
+def test_coded_records_from_workers_are_confirmed_on_the_driver(trained_tiny, tmp_path, monkeypatch):
+    """Coded chunks from a worker are checked without decoding them: one teacher-forced pass on the driver
+    gives the intervals any decoder computes, and each stream must read them back. A stream spoiled in
+    transit (well-formed, another chunk's) is refused; honest records give a local pack's bytes, with or
+    without context."""
+    from vecarc.chunks import ChunkRecord
+    from vecarc.engine import work_shard
+    from vecarc.errors import VerificationError
+
+    class Worker:  # the RayEngine.run contract, computed here; `spoil` swaps two coded streams
+        def __init__(self, spoil: bool) -> None:
+            self.spoil = spoil
+
+        def run(self, lm, cfg, items, on_shard, progress=None):
+            records = work_shard(lm, replace(cfg, engine=None), items)
+            if self.spoil:
+                a, b = [i for i, (meta, _) in enumerate(records) if meta["outcome"] == "coded"][:2]
+                records[a][0]["info"], records[b][0]["info"] = records[b][0]["info"], records[a][0]["info"]
+            on_shard(items, [ChunkRecord.from_journal(meta, tensors) for meta, tensors in records])
+
+    monkeypatch.chdir(tmp_path)
+    inputs = _inputs(tmp_path)
+    with pytest.raises(VerificationError, match="does not decode to its tokens; nothing written"):
+        vecarc.pack(inputs, "w.vec", vecarc.PackConfig(chunk_tokens=32, engine=Worker(True)), model=trained_tiny)
+    assert not (tmp_path / "w.vec").exists()
+    for context in (0, 16):
+        cfg = vecarc.PackConfig(chunk_tokens=32, context_tokens=context)
+        local = vecarc.pack(inputs, "l.vec", cfg, model=trained_tiny, force=True)
+        remote = vecarc.pack(inputs, "r.vec", replace(cfg, engine=Worker(False)), model=trained_tiny, force=True)
+        assert local.data == remote.data
+
+
 DRIVER = textwrap.dedent("""
     import os, sys, ray, vecarc
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

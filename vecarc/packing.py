@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import zstandard
 
-from .chunks import MODES, Hooks, Settled
+from .chunks import MODES, Hooks, Settled, coded
 from .chunks.record import Dims
 from .config import PackConfig
 from .errors import VecarcError, VerificationError
@@ -96,7 +96,7 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
                       stored=torch.stack(body.coords if cfg.search.rank else body.rows) if body.rows else None)
     if body.rows:
         archive.vectors = torch.stack(body.rows)  # as the search verified them: checked against the reread
-    data, back = checked_bytes(archive, lm, body.decoded)
+    data, back = checked_bytes(archive, lm, body.decoded, body.claimed)
     return PackResult(None, back, len(data), time.perf_counter() - t0, ledger.retries, ledger.steps, data,
                       untokenizable=[plan.documents[d].name for d, raw in plan.literal.items() if _utf8(raw)])
 
@@ -177,6 +177,7 @@ class Assembly:
     literals: dict[int, bytes] = field(default_factory=dict)  # chunk index -> zstd frame
     corrections: dict[int, list[Correction]] = field(default_factory=dict)  # predicted chunk index -> its corrections
     decoded: dict[int, list[int]] = field(default_factory=dict)  # chunk index -> tokens this run's checks decoded
+    claimed: dict[int, Sequence[int]] = field(default_factory=dict)  # coded chunks from a worker or a journal
 
     def add(self, s: Settled, toks: Sequence[int]) -> None:
         """A vector or predicted chunk, with what its sections hold."""
@@ -191,6 +192,8 @@ class Assembly:
             self.corrections[len(self.chunks)] = s.corrections
         if not s.replayed:
             self.decoded[len(self.chunks)] = toks  # the plan's slice (4 bytes a token), not a list
+        elif s.record.kind == "coded":
+            self.claimed[len(self.chunks)] = toks
         self.chunks.append(s.record)
 
     def add_literal(self, d: int, toks: Sequence[int]) -> None:
@@ -253,12 +256,15 @@ def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, b
     )
 
 
-def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]]) -> tuple[bytes, Archive]:
+def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int]],
+                  claimed: dict[int, Sequence[int]] | None = None) -> tuple[bytes, Archive]:
     """Serialize, read back, and check that what will be written is what was verified.
 
     decoded: the tokens this process's greedy checks gave for some chunks; every other
     greedy chunk (one restored from a journal or sent by a worker) is decoded here, at the
-    margin. Returns the file bytes and the archive as a reader will see it.
+    margin. claimed: coded chunks from a worker or a journal, with the tokens they should
+    hold: confirmed by one teacher-forced pass here (coded.confirm), not by decoding them.
+    Returns the file bytes and the archive as a reader will see it.
     """
     data = serialize(archive)
     back = parse_archive(data)
@@ -266,6 +272,9 @@ def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int
         archive.vectors is not None and not torch.equal(archive.vectors, back.vectors)
     ):
         raise VerificationError("internal error: vectors changed on serialization; nothing written")
+    if claimed:
+        coded.confirm(lm, back, claimed, decoded)
+        decoded = {**decoded, **claimed}
     result = decode_archive(back, lm, known=decoded)
     if not result.ok:
         raise VerificationError(result.problems[0] + "; nothing written")

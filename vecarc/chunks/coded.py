@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..config import PackConfig
-from ..errors import VecarcError
+from ..errors import VecarcError, VerificationError
 from ..events import emit
 from ..exact import fast
 from ..exact.model import SPEC, IntegerModel, not_covered
@@ -91,13 +91,52 @@ def encode(symbols: torch.Tensor) -> bytes:
     for start, size, total in rows:
         enc.encode(start, size, total)
     stream = enc.finish()
-    dec = Decoder(stream)
-    for start, size, total in rows:
-        v = dec.target(total)
-        if not start <= v < start + size:
-            raise AssertionError("internal error: a coded stream does not read back")
-        dec.consume(start, size)
+    if not reads_back(stream, rows):
+        raise AssertionError("internal error: a coded stream does not read back")
     return stream
+
+
+def reads_back(stream: bytes, rows: Sequence[Sequence[int]]) -> bool:
+    """Whether a decoder given these (start, size, total) tables would take the stream's tokens to be the
+    ones they were made for: the decode of a chunk, with its model steps replaced by known intervals."""
+    dec = Decoder(stream)
+    try:
+        for start, size, total in rows:
+            if not start <= dec.target(total) < start + size:
+                return False
+            dec.consume(start, size)
+    except ValueError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def confirm(lm: LoadedModel, archive: Archive, claimed: dict[int, Sequence[int]],
+            known: dict[int, Sequence[int]]) -> None:
+    """Coded chunks computed elsewhere (a Ray worker, a journal) checked without decoding them: one
+    teacher-forced pass over the tokens each should hold gives the intervals every decoder computes,
+    and its stream must read them back. VerificationError names the first that does not."""
+    im, span = integer_model(lm), archive.header.cram.get("context_tokens", 0)
+    before: dict[int, list[int]] = {}  # chunk -> the tokens before it in its document
+    for mine in archive.header.chunks_by_document():
+        seen: list[int] = []
+        for i in mine:
+            before[i] = seen[-span:] if span else []
+            kind = archive.chunks[i].kind
+            if kind in ("coded", "tokens"):
+                seen += list(claimed[i] if i in claimed else known[i] if i in known else literal.tokens(archive, i))
+    todo = sorted(claimed)
+    rows = [before[i] + list(claimed[i]) for i in todo]
+    for group in length_batches([len(r) for r in rows], PACK_ROWS, PACK_CELLS):
+        n = max(len(rows[g]) for g in group)
+        targets = torch.tensor([rows[g] + [0] * (n - len(rows[g])) for g in group])
+        inputs = torch.cat([torch.full((len(group), 1), lm.sink_id), targets[:, :-1]], 1)
+        symbols = im.symbols(inputs, targets).cpu()
+        for r, g in enumerate(group):
+            i, at = todo[g], len(before[todo[g]])
+            if not reads_back(archive.literals[i], symbols[r, at : len(rows[g])].tolist()):
+                raise VerificationError(f"coded chunk {i}, computed by a worker or kept in the journal, does not "
+                                        "decode to its tokens; nothing written")
 
 
 @torch.no_grad()
