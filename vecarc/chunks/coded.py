@@ -266,6 +266,7 @@ def decode_streams(lm: LoadedModel, streams: Sequence[bytes], lengths: Sequence[
         for r, g in enumerate(group):
             out[g] = got[r]
         if progress is not None:
+            progress({"event": "tokens", "done": done, "total": total})
             progress({"event": "decode", "done": sum(x is not None for x in out), "total": len(streams)})
     return out
 
