@@ -59,9 +59,10 @@ def built_path(folder: Path) -> Path | None:
         return None
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, timeout=60, check=True).stdout
+        source = SOURCE.read_bytes()
     except (OSError, subprocess.SubprocessError):
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + version + " ".join(FLAGS).encode() + platform.machine().encode()
+    key = hashlib.sha256(source + version + " ".join(FLAGS).encode() + platform.machine().encode()
                          + _cpu()).hexdigest()[:16]
     return folder / f"integer-{key}.so"
 
