@@ -63,7 +63,8 @@ class PackConfig:
 
     @property
     def predicted(self) -> bool:
-        """Chunks decoded from the sink alone, in fixed sizes (coded and predicted chunks)."""
+        """Chunks in fixed sizes, decoded by the model from the sink (and, for coded chunks, any context):
+        coded and predicted chunks."""
         return self.mode in ("coded", "predict")
 
     @property

@@ -4,7 +4,9 @@ The integer model (vecarc.exact) computes the same frequencies on every machine,
 a chunk costs what the model's cross-entropy says, with no margin and no greedy
 confirmation: pack is one teacher-forced pass over all chunks at once, unpack steps
 token by token with a KV cache, and both see identical integers. A chunk is decoded
-from the sink token alone, like a predicted one.
+from the sink token alone, like a predicted one, or (pack --context N) after the N tokens
+before it in its document: then a document's chunks decode one after another, in waves
+across documents.
 """
 
 from __future__ import annotations
