@@ -28,7 +28,6 @@ DEFAULT_FILL = 0.9  # the capacity plan cuts chunks to this fraction of the cali
 # Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
 # (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
 DEFAULT_VOLUME_SIZE = 32 << 20
-MAX_CONTEXT_TOKENS = MAX_CONTEXT  # format 5's bound on the context a coded chunk is read after
 
 
 class Engine(Protocol):
@@ -84,8 +83,8 @@ class PackConfig:
             raise VecarcError("chunk size must be at least one token")
         if self.context_tokens and self.mode != "coded":
             raise VecarcError(f"--context needs coded chunks (--mode coded), not --mode {self.mode}")
-        if not 0 <= self.context_tokens <= MAX_CONTEXT_TOKENS:
-            raise VecarcError(f"--context must be from 0 to {MAX_CONTEXT_TOKENS} tokens, got {self.context_tokens}")
+        if not 0 <= self.context_tokens <= MAX_CONTEXT:  # format 5's bound
+            raise VecarcError(f"--context must be from 0 to {MAX_CONTEXT} tokens, got {self.context_tokens}")
         if self.min_chunk_tokens < 1:
             raise VecarcError("--min-chunk-tokens must be at least 1")
         if not 0 < self.fill <= 4:

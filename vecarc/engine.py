@@ -167,12 +167,8 @@ class RayEngine:
         """Greedy-decode chunks on the pool, a batch (64 rows) a shard: jobs as unpacking.greedy_jobs makes
         them, lengths by chunk index. Returns tokens and smallest margins by chunk index; the driver checks
         every chunk's hash and every document's SHA-256 as a local unpack does."""
-        shards: list[tuple[list[int], DecodeShard]] = []
-        for indices, vectors, corrections in jobs:
-            for i in range(0, len(indices), 64):
-                part = indices[i : i + 64]
-                shards.append((part, (vectors[i : i + 64], [lengths[c] for c in part],
-                                      None if corrections is None else corrections[i : i + 64])))
+        shards: list[tuple[list[int], DecodeShard]] = [
+            (part, (vecs, [lengths[c] for c in part], corrections)) for part, vecs, corrections in _batches(jobs)]
         tokens: dict[int, list[int]] = {}
         margins: dict[int, float] = {}
         if not shards:
@@ -192,9 +188,7 @@ class RayEngine:
                progress: Progress | None = None) -> list[ConditionReport]:
         """verify --strict's decodes under other conditions (vecarc.robust.stress), a batch (64 chunks) a
         shard; the reports combined as a local verify combines them."""
-        shards = [(vecs[i : i + 64], [tokens[c] for c in idx[i : i + 64]],
-                   None if corrections is None else corrections[i : i + 64])
-                  for idx, vecs, corrections in jobs for i in range(0, len(idx), 64)]
+        shards = [(vecs, [tokens[c] for c in part], corrections) for part, vecs, corrections in _batches(jobs)]
         parts: list[list[ConditionReport]] = [[] for _ in shards]
 
         def back(k: int, result: list[ConditionReport]) -> None:
@@ -315,6 +309,13 @@ class _Pool:
         for w in self.kept:
             self.ray.kill(w, no_restart=True)
         self.kept = []
+
+
+def _batches(jobs: Sequence[tuple[list[int], list, list | None]], size: int = 64):
+    """Greedy jobs (chunk indices, prefix vectors, corrections or None) cut into shards of one greedy batch."""
+    for idx, vecs, corrections in jobs:
+        for i in range(0, len(idx), size):
+            yield idx[i : i + size], vecs[i : i + size], None if corrections is None else corrections[i : i + size]
 
 
 def releases_workers(fn: Callable) -> Callable:

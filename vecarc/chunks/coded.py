@@ -32,8 +32,8 @@ from .record import ChunkRecord, Dims, Hooks, Item, Settled
 
 OUTCOMES = ("coded", "tokens")
 PACK_ROWS, PACK_CELLS = 8, 4096  # rows of a teacher-forced batch, and rows x tokens
-# Rows decoded side by side, and rows x tokens: the KV cache holds binary64 keys and value halves,
-# ~290 KB a position for the default model, so 8,192 cells are ~2.3 GB.
+# Rows decoded side by side, and rows x tokens: the tensor code's KV cache holds binary64 keys and value
+# halves, ~290 KB a position for the default model (8,192 cells ~2.3 GB); the compiled loops' int32, ~46 KB.
 DECODE_ROWS, DECODE_CELLS = 16, 8192
 
 
@@ -112,6 +112,15 @@ def reads_back(stream: bytes, rows: Sequence[Sequence[int]]) -> bool:
     return True
 
 
+def intervals(im: IntegerModel, sink: int, rows: Sequence[list[int]]) -> torch.Tensor:
+    """(B, T, 3): each token's (start, size, total) after the sink and the tokens before it in its row, by one
+    teacher-forced pass (rows padded to the longest; what follows a row's end is meaningless)."""
+    n = max(len(t) for t in rows)
+    targets = torch.tensor([t + [0] * (n - len(t)) for t in rows])
+    inputs = torch.cat([torch.full((len(rows), 1), sink), targets[:, :-1]], 1)
+    return im.symbols(inputs, targets).cpu()
+
+
 @torch.no_grad()
 def confirm(lm: LoadedModel, archive: Archive, claimed: dict[int, Sequence[int]],
             known: dict[int, Sequence[int]]) -> None:
@@ -130,10 +139,7 @@ def confirm(lm: LoadedModel, archive: Archive, claimed: dict[int, Sequence[int]]
     todo = sorted(claimed)
     rows = [before[i] + list(claimed[i]) for i in todo]
     for group in length_batches([len(r) for r in rows], PACK_ROWS, PACK_CELLS):
-        n = max(len(rows[g]) for g in group)
-        targets = torch.tensor([rows[g] + [0] * (n - len(rows[g])) for g in group])
-        inputs = torch.cat([torch.full((len(group), 1), lm.sink_id), targets[:, :-1]], 1)
-        symbols = im.symbols(inputs, targets).cpu()
+        symbols = intervals(im, lm.sink_id, [rows[g] for g in group])
         for r, g in enumerate(group):
             i, at = todo[g], len(before[todo[g]])
             if not reads_back(archive.literals[i], symbols[r, at : len(rows[g])].tolist()):
@@ -151,10 +157,7 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
     im, done = integer_model(lm, hooks.progress), 0
     for group in length_batches([len(t) for _, t in items], PACK_ROWS, PACK_CELLS):
         toks = [list(items[i][1]) for i in group]
-        n = max(len(t) for t in toks)
-        targets = torch.tensor([t + [0] * (n - len(t)) for t in toks])
-        inputs = torch.cat([torch.full((len(toks), 1), lm.sink_id), targets[:, :-1]], 1)
-        symbols = im.symbols(inputs, targets).cpu()
+        symbols = intervals(im, lm.sink_id, toks)
         for r, i in enumerate(group):
             (_, a, b), t = items[i]
             at = len(t) - (b - a)  # the context before the chunk: read, not coded
@@ -194,12 +197,11 @@ def decode(lm: LoadedModel, archive: Archive, todo: Sequence[int], progress=None
     every coded chunk of the documents it touches."""
     chunks, span = archive.chunks, archive.header.cram.get("context_tokens", 0)
     run = run or (lambda idx, streams, lengths, contexts, on: decode_streams(lm, streams, lengths, idx, on, contexts))
-    done = [0, 0]  # tokens and chunks of the calls before: each call's progress is counted in the whole
+    done, tokens = [0, 0], sum(chunks[i].tokens for i in todo)  # tokens and chunks of the calls before
 
     def call(idx: list[int], contexts: list[list[int]]) -> list[list[int]]:
-        def on(e: dict) -> None:
-            at, total = (done[0], sum(chunks[i].tokens for i in todo)) if e["event"] == "tokens" else (
-                done[1], len(todo))
+        def on(e: dict) -> None:  # a call's progress, counted in the whole decode's
+            at, total = (done[0], tokens) if e["event"] == "tokens" else (done[1], len(todo))
             progress({**e, "done": at + e["done"], "total": total} if e["event"] in ("tokens", "decode") else e)
 
         got = run(idx, [archive.literals[i] for i in idx], [chunks[i].tokens for i in idx], contexts,
