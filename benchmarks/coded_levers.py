@@ -20,7 +20,7 @@ import torch
 from benchmarks.corpora import FILES, corpus_slice
 from vecarc import load_model
 from vecarc.bench import tokenize_exact
-from vecarc.chunks.coded import encode, integer_model
+from vecarc.chunks.coded import encode, integer_model, intervals
 
 
 def coded_bytes(im, sink: int, ids: list[int], chunk: int, context: int) -> int:
@@ -28,10 +28,7 @@ def coded_bytes(im, sink: int, ids: list[int], chunk: int, context: int) -> int:
     for a in range(0, len(ids), chunk):
         part = ids[a : a + chunk]
         before = ids[max(0, a - context) : a]
-        seq = torch.tensor([[sink] + before + part])
-        targets = torch.tensor([before + part])
-        symbols = im.symbols(seq[:, :-1], targets)[0, len(before) :]
-        total += len(encode(symbols.cpu()))
+        total += len(encode(intervals(im, sink, [before + part])[0, len(before) :]))
     return total
 
 
