@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import types
 from dataclasses import replace
 from fractions import Fraction
 
@@ -15,7 +16,7 @@ from helpers import TRAIN_TEXT, run_cli
 import vecarc
 from vecarc.chunks.coded import integer_model
 from vecarc.exact import fast, ops, tables
-from vecarc.exact.model import FREQ_TOTAL, IntegerModel
+from vecarc.exact.model import FREQ_TOTAL, IntegerModel, Linear
 from vecarc.format import parse_archive, serialize
 from vecarc.tiny import FAMILIES, build_tiny_model
 
@@ -132,6 +133,47 @@ def test_compiled_loops_compute_the_reference_integers(family, tmp_path):
     ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
     seq = torch.tensor([[family.sink_id] + ids, [family.sink_id] + ids[::-1]])
     same_as_reference(im, seq)
+
+
+def test_token_steps_products_compute_torch_integers(tmp_path):
+    """gemv (token steps' products, AVX-512 VNNI) against torch._int_mm: every row count it takes, outputs
+    that are not whole blocks of 16, the extreme int8 values."""
+    lib = fast.library(tmp_path / "native")
+    if lib is None or not lib.vnni:
+        pytest.skip("no compiled gemv on this CPU: token steps use torch's products")
+    gen = torch.Generator().manual_seed(5)
+    for N, K in [(37, 20), (64, 64), (130, 96)]:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=gen)
+        w[0], w[-1] = 127, -127
+        lin = Linear(w, torch.ones(N, dtype=torch.int64), 16, None)
+        im = types.SimpleNamespace(native=lib, packed={})
+        for M in range(1, fast.STEP_PRODUCT_ROWS + 1):
+            a = torch.randint(-128, 128, (M, K), dtype=torch.int8, generator=gen)
+            a[0] = -128
+            lib.step_threads = 2
+            try:
+                got = fast._product(im, a, lin)
+            finally:
+                lib.step_threads = 0
+            assert torch.equal(got, torch._int_mm(a, w.t())), (N, K, M)
+
+
+def test_token_steps_give_the_reference_integers(family, tmp_path):
+    """Decoding's token steps (their products in gemv, small stages on the pool's threads) against the
+    tensor code, and torch's threads as they were afterwards."""
+    lib = fast.library(tmp_path / "native")
+    if lib is None:
+        pytest.skip("no C++ compiler here: the tensor code runs alone")
+    im = IntegerModel(family.model)
+    im.native = lib
+    ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
+    seq = torch.tensor([[family.sink_id] + ids, [family.sink_id] + ids[::-1]])
+    threads = torch.get_num_threads()
+    with fast.stepping(im, 2):
+        stepped = in_pieces(im, seq, [])
+        assert lib.vnni == (len(im.packed) > 0)
+    assert torch.get_num_threads() == threads and lib.step_threads == 0
+    assert torch.equal(stepped, reference(im).forward(seq))
 
 
 def test_without_a_compiler_the_tensor_code_runs(tmp_path, monkeypatch):

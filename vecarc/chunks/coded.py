@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import torch
 
@@ -249,23 +250,26 @@ def decode_streams(lm: LoadedModel, streams: Sequence[bytes], lengths: Sequence[
         got: list[list[int]] = [[] for _ in group]
         caches = [[] for _ in im.layers]
         nxt, at = torch.tensor([[lm.sink_id, *contexts[g]] for g in group]), 0
-        for step in range(max(sizes)):
-            freqs = im.forward(nxt, caches, start=at, last=True)[:, 0]
-            at += nxt.shape[1]
-            cum = freqs.cumsum(1)
-            live = [r for r, n in enumerate(sizes) if step < n]
-            values = torch.zeros(len(group), 1, dtype=torch.int64)
-            for r in live:
-                values[r, 0] = _target(decoders[r], int(cum[r, -1]), names[group[r]])
-            tok = torch.searchsorted(cum, values.to(cum.device), right=True)
-            ends = cum.gather(1, tok)
-            sizes_now = freqs.gather(1, tok)
-            for r in live:
-                decoders[r].consume(int(ends[r, 0] - sizes_now[r, 0]), int(sizes_now[r, 0]))
-                got[r].append(int(tok[r, 0]))
-            nxt = tok.cpu()
-            if progress is not None and step % 16 == 15:
-                progress({"event": "tokens", "done": done + sum(min(n, step + 1) for n in sizes), "total": total})
+        with ExitStack() as steps:  # after the first step (the sink and the context), steps of one token
+            for step in range(max(sizes)):
+                if step == 1:
+                    steps.enter_context(fast.stepping(im, len(group)))
+                freqs = im.forward(nxt, caches, start=at, last=True)[:, 0]
+                at += nxt.shape[1]
+                cum = freqs.cumsum(1)
+                live = [r for r, n in enumerate(sizes) if step < n]
+                values = torch.zeros(len(group), 1, dtype=torch.int64)
+                for r in live:
+                    values[r, 0] = _target(decoders[r], int(cum[r, -1]), names[group[r]])
+                tok = torch.searchsorted(cum, values.to(cum.device), right=True)
+                ends = cum.gather(1, tok)
+                sizes_now = freqs.gather(1, tok)
+                for r in live:
+                    decoders[r].consume(int(ends[r, 0] - sizes_now[r, 0]), int(sizes_now[r, 0]))
+                    got[r].append(int(tok[r, 0]))
+                nxt = tok.cpu()
+                if progress is not None and step % 16 == 15:
+                    progress({"event": "tokens", "done": done + sum(min(n, step + 1) for n in sizes), "total": total})
         done += sum(sizes)
         for r, g in enumerate(group):
             out[g] = got[r]

@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import subprocess
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -34,7 +35,9 @@ SIGNATURES = {  # p: a pointer (a tensor or None), i: an int64
     "split_rows": "piipppp", "plain_add": "piipipppppp", "qkv": "piipippiiiippiiippppii",
     "attend_small": "ppppiiiiiiipip", "attend_mid": "piiiippipp", "attend_out": "piiiiipiip",
     "mlp_mid": "piipipppipp", "head_freqs": "piipippiip", "head_symbols": "piipippiipp",
+    "stepping": "i", "vnni": "", "pack_weights": "piipp", "gemv": "piiippp",
 }
+STEP_PRODUCT_ROWS = 16  # products of at most this many rows (8 tokens' halves) go to gemv in token steps
 
 
 def _cpu() -> bytes:
@@ -75,6 +78,8 @@ class Loops:
 
     def __init__(self, cdll: ctypes.CDLL) -> None:
         self.cdll = cdll
+        self.vnni = bool(cdll.vnni())
+        self.step_threads = 0  # while token steps run (stepping): the threads their products take
 
     def __getattr__(self, name: str):
         return getattr(self.cdll, name)
@@ -142,8 +147,42 @@ def _split(lib, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch
     return both, s
 
 
-def _product(both: torch.Tensor, lin: Linear) -> torch.Tensor:
-    return torch._int_mm(both, lin.q.t())
+@contextmanager
+def stepping(im: IntegerModel, rows: int):
+    """Token steps of `rows` rows: their products go to the compiled gemv on the compiled loops' own
+    threads, and torch keeps one thread meanwhile (its idle workers would spin on the cores those need).
+    Elsewhere (large products, no AVX-512 VNNI, the tensor code) nothing changes."""
+    lib = im.native
+    if lib is None or not lib.vnni or 2 * rows > STEP_PRODUCT_ROWS:
+        yield
+        return
+    threads = torch.get_num_threads()
+    lib.step_threads = threads
+    lib.cdll.set_threads(threads)
+    lib.cdll.stepping(1)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        lib.cdll.stepping(0)
+        lib.step_threads = 0
+
+
+def _product(im: IntegerModel, both: torch.Tensor, lin: Linear) -> torch.Tensor:
+    """both (M, K) int8 times the layer's weights: int32 (M, N), exact however it is computed."""
+    lib, (N, K) = im.native, lin.q.shape
+    if not lib.step_threads or both.shape[0] > STEP_PRODUCT_ROWS or K % 4:
+        return torch._int_mm(both, lin.q.t())
+    if id(lin) not in im.packed:  # repacked on first use: a copy of the weights, kept with the model
+        blocks = (N + 15) // 16
+        P, sums = torch.empty(blocks * 16 * K, dtype=torch.int8), torch.empty(blocks * 16, dtype=torch.int32)
+        _call(lib, "pack_weights", lin.q.contiguous(), N, K, P, sums)
+        im.packed[id(lin)] = (lin, P, sums)
+    _, P, sums = im.packed[id(lin)]
+    out = torch.empty(both.shape[0], N, dtype=torch.int32)
+    _call(lib, "gemv", both.contiguous(), both.shape[0], K, N, P, sums, out)
+    return out
 
 
 def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor,
@@ -158,17 +197,17 @@ def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor,
 def hidden(im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: int) -> torch.Tensor:
     """model.IntegerModel.hidden, stage by stage in the compiled loops."""
     lib = im.native
-    lib.cdll.set_threads(torch.get_num_threads())
+    lib.cdll.set_threads(lib.step_threads or torch.get_num_threads())
     B, T = tokens.shape
     x = im.embed[tokens.reshape(-1)].contiguous()
     both, root = _split(lib, x, im.eps)
     for lay, kv in zip(im.layers, caches):
         both, root = _add(lib, x, *_attention(im, lib, lay, both, root, B, T, start, kv), im.eps)
-        acc = _product(both, lay["gate_up"])
+        acc = _product(im, both, lay["gate_up"])
         gu, inner = lay["gate_up"], acc.shape[1] // 2
         h, s = torch.empty(2 * B * T, inner, dtype=torch.int8), torch.empty(B * T, dtype=torch.int64)
         _call(lib, "mlp_mid", acc, B * T, inner, gu.mult, gu.shift, root, gu.bias, im.sig, MLP_CLAMP, h, s)
-        both, root = _add(lib, x, _product(h, lay["down"]), lay["down"], s, im.eps)
+        both, root = _add(lib, x, _product(im, h, lay["down"]), lay["down"], s, im.eps)
     return x.reshape(B, T, -1)
 
 
@@ -193,7 +232,7 @@ def _attention(im: IntegerModel, lib, lay: dict, both: torch.Tensor, root: torch
     """The attention block up to its output layer's product: (that product, the layer, the rows' shifts)."""
     sh = im.shape
     H, Hk, hd, g, M = sh.heads, sh.kv_heads, sh.head_dim, sh.heads // sh.kv_heads, B * T
-    acc, qkv = _product(both, lay["qkv"]), lay["qkv"]
+    acc, qkv = _product(im, both, lay["qkv"]), lay["qkv"]
     at = _reserve(cache, B, Hk, hd, T)
     cos, sin = im.rope_for(start + T - 1)
     aq = torch.empty(B, Hk, g, T, hd, dtype=torch.float64)
@@ -216,12 +255,12 @@ def _attention(im: IntegerModel, lib, lay: dict, both: torch.Tensor, root: torch
         sums = torch.matmul(e, torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double())
         _call(lib, "attend_out", sums, B, Hk, g, t, hd, esum, T, i, out)
     both, s = _split(lib, out.reshape(M, -1))
-    return _product(both, lay["o"]), lay["o"], s
+    return _product(im, both, lay["o"]), lay["o"], s
 
 
 def _head(im: IntegerModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     both, root = _split(im.native, x, im.eps)
-    return _product(both, im.head), root
+    return _product(im, both, im.head), root
 
 
 def frequencies(im: IntegerModel, x: torch.Tensor) -> torch.Tensor:

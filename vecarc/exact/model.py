@@ -210,6 +210,7 @@ class IntegerModel:
         self.sig = sigmoid_table().to(self.device)
         self._rope_at: tuple[torch.Tensor, torch.Tensor] | None = None
         self.native = None  # fast.library(...) where the compiled loops run: the same integers, sooner
+        self.packed: dict = {}  # the compiled loops' copy of weights for token steps (fast._product)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The quantised weights as flat tensors (what `saved` takes back): a cache of the slow part."""

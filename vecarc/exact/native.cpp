@@ -7,12 +7,31 @@
 //
 // Each stage is a function of a range of independent rows with its sizes passed by value (so the
 // compiler knows no output aliases them); `rows` may give the ranges to several threads.
+//
+// A token step's products are small (a few rows against all the weights) and bound by reading the
+// weights: `gemv` runs them with AVX-512 VNNI on weights repacked once, over a pool of threads kept
+// for token steps (see `stepping`), where torch's own kernels would read them at half the speed.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
+#include <unistd.h>
+#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define VNNI 1
+#endif
+
+static inline void relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
 
 typedef int64_t i64;
 typedef int32_t i32;
@@ -53,13 +72,85 @@ struct RoundDiv {
     i64 operator()(i64 x) const { return two.floor(2 * x + root); }
 };
 
-static int THREADS = 1;
+static int THREADS = 1, STEPPING = 0;
 
-// fn(first, last) over row ranges, on up to THREADS threads when there is enough work. Threads are
-// started per call, which pays only for a teacher-forced pass's large stages.
+// Threads kept between calls for token steps: each spins a moment for the next part (a step's
+// calls follow one another within microseconds), then sleeps, so that between steps and outside
+// them the cores are free. Never joined: the pool lives as long as the process (a forked child
+// makes its own).
+struct Pool {
+    std::vector<std::thread> threads;
+    std::atomic<i64> gen{0};
+    std::atomic<int> left{0};
+    std::mutex mu, busy;
+    std::condition_variable cv;
+    std::function<int(int)> task;
+    std::atomic<int> err{0};
+    pid_t pid = getpid();
+
+    explicit Pool(int workers) {
+        for (int w = 1; w <= workers; w++) threads.emplace_back([this, w] { serve(w); });
+        for (auto& t : threads) t.detach();
+    }
+    void serve(int part) {
+        i64 seen = 0;
+        for (;;) {
+            const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+            for (int spin = 0; gen.load(std::memory_order_acquire) == seen; spin++) {
+                relax();
+                if ((spin & 255) == 255 && std::chrono::steady_clock::now() > until) {
+                    std::unique_lock<std::mutex> lock(mu);
+                    cv.wait(lock, [&] { return gen.load() != seen; });
+                }
+            }
+            seen = gen.load(std::memory_order_acquire);
+            if (part < (int)threads.size() + 1 && part < parts) {
+                if (int e = task(part)) err = e;
+            }
+            left.fetch_sub(1, std::memory_order_acq_rel);
+        }
+    }
+    int parts = 1;
+    // task(0..n-1) on n threads (this one and n - 1 of the pool's), or here alone if another caller has it.
+    int run(int n, const std::function<int(int)>& fn) {
+        std::unique_lock<std::mutex> mine(busy, std::try_to_lock);
+        if (!mine.owns_lock() || n <= 1) {
+            int e = 0;
+            for (int p = 0; p < n && !e; p++) e = fn(p);
+            return e;
+        }
+        task = fn;
+        parts = n;
+        err = 0;
+        left.store((int)threads.size(), std::memory_order_release);
+        {
+            std::lock_guard<std::mutex> lock(mu);
+            gen.fetch_add(1, std::memory_order_acq_rel);
+        }
+        cv.notify_all();
+        const int e0 = fn(0);
+        while (left.load(std::memory_order_acquire) > 0) relax();
+        return e0 ? e0 : err.load();
+    }
+};
+
+static Pool* POOL = nullptr;
+
+static Pool& pool(int n) {
+    if (!POOL || POOL->pid != getpid() || (int)POOL->threads.size() < n - 1) POOL = new Pool(n - 1);
+    return *POOL;
+}
+
+// fn(first, last) over row ranges, on up to THREADS threads when there is enough work. Outside token
+// steps threads are started per call, which pays only for a teacher-forced pass's large stages; in
+// them the pool's threads take smaller stages too.
 template <class Fn>
 static int rows(i64 M, i64 work, Fn fn) {
     const int n = (int)std::min<i64>(THREADS, M);
+    if (n > 1 && STEPPING && work >= (i64(1) << 12)) {
+        const i64 per = (M + n - 1) / n;
+        return pool(n).run(n, [&](int p) { return p * per < M ? fn(p * per, std::min(M, (p + 1) * per)) : 0; });
+    }
     if (n <= 1 || work < (i64(1) << 16)) return fn(0, M);
     std::atomic<int> err{0};
     std::vector<std::thread> pool;
@@ -281,9 +372,98 @@ static void freq_row(const i32* acc, i64 R, i64 V, i64 r, const i64* mult, i64 s
     for (i64 j = 0; j < V; j++) f[j] = ((f[j] * K) >> 32) + 1;
 }
 
+#ifdef VNNI
+// MT rows of a (as unsigned: a + 128) against one block of 16 outputs: exact int32 dot products,
+// less 128 sum w, so that they are torch._int_mm's.
+template <int MT>
+static void gemv_block(const uint8_t* a, i64 K, const i8* P, const i32* sums, i32* out, i64 N, i64 b) {
+    __m512i acc[MT];
+    for (int m = 0; m < MT; m++) acc[m] = _mm512_setzero_si512();
+    const i8* w = P + b * K * 16;
+    for (i64 q = 0; q < K / 4; q++) {
+        const __m512i wq = _mm512_loadu_si512(w + q * 64);
+        for (int m = 0; m < MT; m++) {
+            i32 four;
+            __builtin_memcpy(&four, a + m * K + q * 4, 4);
+            acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_set1_epi32(four), wq);
+        }
+    }
+    const __m512i s = _mm512_loadu_si512(sums + b * 16);
+    const __mmask16 keep = N - b * 16 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (N - b * 16)) - 1);
+    for (int m = 0; m < MT; m++) _mm512_mask_storeu_epi32(out + m * N + b * 16, keep, _mm512_sub_epi32(acc[m], s));
+}
+
+template <int MT>
+static void gemv_rows(const uint8_t* a, i64 K, const i8* P, const i32* sums, i32* out, i64 N, i64 b0, i64 b1) {
+    for (i64 b = b0; b < b1; b++) gemv_block<MT>(a, K, P, sums, out, N, b);
+}
+
+typedef void (*GemvRows)(const uint8_t*, i64, const i8*, const i32*, i32*, i64, i64, i64);
+static const GemvRows GEMV_ROWS[] = {
+    gemv_rows<1>, gemv_rows<2>, gemv_rows<3>, gemv_rows<4>, gemv_rows<5>, gemv_rows<6>, gemv_rows<7>, gemv_rows<8>};
+#endif
+
 extern "C" {
 
 void set_threads(int n) { THREADS = n < 1 ? 1 : n; }
+
+// Token steps begin (1) or end (0): small stages then go to the pool's threads (see rows).
+void stepping(int on) { STEPPING = on; }
+
+// Whether gemv runs here (built for a CPU with AVX-512 VNNI); where it does not, torch's products do.
+int vnni() {
+#ifdef VNNI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// int8 weights w (N, K), K a multiple of 4, repacked for gemv: P (ceil(N / 16), K / 4, 16, 4), the four
+// weights of 16 outputs that one VNNI instruction takes, and sums[j] = 128 sum_k w[j][k] (a zero row
+// past N).
+int pack_weights(const i8* w, i64 N, i64 K, i8* P, i32* sums) {
+    if (K % 4) return 1;
+    const i64 blocks = (N + 15) / 16, K4 = K / 4;
+    for (i64 j = 0; j < blocks * 16; j++) {
+        i64 sum = 0;
+        for (i64 k = 0; k < K; k++) sum += j < N ? w[j * K + k] : 0;
+        sums[j] = (i32)(128 * sum);
+    }
+    for (i64 b = 0; b < blocks; b++)
+        for (i64 q = 0; q < K4; q++)
+            for (i64 j = 0; j < 16; j++)
+                for (i64 t = 0; t < 4; t++) {
+                    const i64 row = b * 16 + j;
+                    P[((b * K4 + q) * 16 + j) * 4 + t] = row < N ? w[row * K + q * 4 + t] : 0;
+                }
+    return 0;
+}
+
+
+// out (M, N) = a (M, K) times the weights packed by pack_weights, as torch._int_mm; M <= 16 (the rows are
+// taken 8 at a time from the same weights), the output blocks shared among THREADS threads.
+int gemv(const i8* a, i64 M, i64 K, i64 N, const i8* P, const i32* sums, i32* out) {
+#ifdef VNNI
+    if (M < 1 || M > 16 || K % 4) return 1;
+    std::vector<uint8_t> au(M * K);
+    for (i64 i = 0; i < M * K; i++) au[i] = (uint8_t)(a[i] + 128);
+    const i64 blocks = (N + 15) / 16;
+    auto part = [&](i64 b0, i64 b1) {
+        for (i64 m = 0; m < M; m += 8) {
+            const i64 mt = std::min<i64>(8, M - m);
+            GEMV_ROWS[mt - 1](au.data() + m * K, K, P, sums, out + m * N, N, b0, b1);
+        }
+        return 0;
+    };
+    const int n = (int)std::min<i64>(THREADS, blocks);
+    if (n <= 1) return part(0, blocks);
+    const i64 per = (blocks + n - 1) / n;
+    return pool(n).run(n, [&](int p) { return p * per < blocks ? part(p * per, std::min(blocks, (p + 1) * per)) : 0; });
+#else
+    return 1;
+#endif
+}
 
 // Rows of x (M, K) quantised for a matmul: int8 halves into both (2M, K), hi rows first, and the shift
 // of each row into s; or, with eps given, RMSNorm's root of each row into root (model._norm).
@@ -321,7 +501,8 @@ int qkv(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, const i64* roo
 int attend_small(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 B, i64 Hk, i64 g, i64 T, i64 hd,
                  i64 cap, i64 start, const i64* exp20, i64 log2e, i64* out) {
     if (exp20[((i64(1) << 21) * log2e) >> 30] != 0) return 1;
-    return attend_small_range(aq, n, kc, vc, Hk, g, T, hd, cap, start, exp20, log2e, out, 0, B * Hk);
+    auto part = [&](i64 a, i64 b) { return attend_small_range(aq, n, kc, vc, Hk, g, T, hd, cap, start, exp20, log2e, out, a, b); };
+    return STEPPING ? rows(B * Hk, B * Hk * g * T * (start + T) * hd, part) : part(0, B * Hk);
 }
 
 // A block of queries' scores (dot: R rows of L, R = B Hk g T, queries at first.. in each B Hk g block)
