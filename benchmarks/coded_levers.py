@@ -1,6 +1,7 @@
 """Coded chunks' levers on the tuning slices: chunk length and carried context against bytes and unpack steps.
 
     python -m benchmarks.coded_levers --size 4096 --offsets 0.5,0.7 --json docs/coded-levers.json
+    python -m benchmarks.coded_levers --steps-only --json docs/coded-steps.json
 
 For each slice and chunk length, the coded streams' bytes (exactly what pack would store)
 with no context and with the last C tokens of the chunk before as context. A chunk with
@@ -29,7 +30,7 @@ def coded_bytes(im, sink: int, ids: list[int], chunk: int, context: int) -> int:
     for a in range(0, len(ids), chunk):
         part = ids[a : a + chunk]
         before = ids[max(0, a - context) : a]
-        total += len(encode(intervals(im, sink, [before + part])[0, len(before) :]))
+        total += len(encode(intervals(im, [sink], [before + part])[0, len(before) :]))
     return total
 
 
@@ -53,11 +54,12 @@ def main() -> None:
     ap.add_argument("--chunks", default="128,256,512,1024")
     ap.add_argument("--contexts", default="0,128")
     ap.add_argument("--json")
+    ap.add_argument("--steps-only", action="store_true", help="time the token steps only")
     args = ap.parse_args()
     lm = load_model(None, device="cpu")
     im = integer_model(lm)
     rows = []
-    for name in FILES:
+    for name in FILES if not args.steps_only else ():
         for off in (float(x) for x in args.offsets.split(",")):
             ids = list(tokenize_exact(lm, corpus_slice(name, args.size, off)))
             for chunk in (int(x) for x in args.chunks.split(",")):

@@ -354,3 +354,20 @@ def test_coded_chunks_unpack_on_ray_with_a_worker_killed(cluster, trained_tiny, 
                 model=trained_tiny)
     written = vecarc.unpack("x.vec", "out2", model=trained_tiny, engine=vecarc.RayEngine(workers=2))
     assert {p.relative_to("out2").as_posix(): p.read_bytes() for p in written} == docs
+
+
+def test_a_dictionary_reaches_the_workers(cluster, trained_tiny, tmp_path, monkeypatch):
+    """Coded chunks read the driver's dictionary on every worker: a Ray pack's bytes are a local one's, and
+    a Ray unpack gives the documents back."""
+    from vecarc import dictionary as D
+
+    monkeypatch.chdir(tmp_path)
+    d = D.train(trained_tiny, [TRAIN_TEXT.encode()], D.TrainConfig(vectors=1, steps=2, chunk_tokens=32, held_out=0))
+    cfg = vecarc.PackConfig(chunk_tokens=16)
+    local = vecarc.pack(_inputs(tmp_path, DOCS), "l.vec", cfg, model=trained_tiny, dictionary=d.dictionary)
+    ray = vecarc.pack(_inputs(tmp_path, DOCS), "r.vec", replace(cfg, engine=vecarc.RayEngine(workers=2)),
+                      model=trained_tiny, dictionary=d.dictionary)
+    assert ray.data == local.data and local.archive.header.cram["dictionary"] == d.dictionary.id
+    written = vecarc.unpack("r.vec", "out", model=trained_tiny, engine=vecarc.RayEngine(workers=2),
+                            dictionary=d.dictionary)
+    assert {p.relative_to("out").as_posix(): p.read_bytes() for p in written} == DOCS

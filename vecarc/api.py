@@ -14,8 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from . import dictionary as dictionaries
+from . import prefix
 from .capacity import capacity_budget
 from .config import PackConfig, fallback
+from .dictionary import Dictionary
 from .engine import releases_workers
 from .errors import VecarcError, VerificationError
 from .events import Progress, Trace, emit
@@ -41,9 +44,10 @@ Warn = Callable[[str], None]
 def pack(inputs: Sequence[Input], output: str | Path | None = None, config: PackConfig | None = None, *,
          model: str | LoadedModel | None = None, device: str = "auto", force: bool = False, resume: bool = False,
          exclude: Sequence[str] = (), progress: Progress | None = None, warn: Warn | None = None,
-         trace: Trace | None = None) -> PackResult:
+         trace: Trace | None = None, dictionary: Dictionary | str | Path | None = None) -> PackResult:
     """Pack files (a folder: every regular file under it, less `exclude` patterns) into one .vec archive;
-    output defaults to FIRST_INPUT.vec.
+    output defaults to FIRST_INPUT.vec. With a dictionary (vecarc.dictionary), every coded chunk is
+    coded after its vectors, and reading the archive needs it.
 
     Work in progress is kept in OUTPUT.journal; resume=True continues it after an
     interruption, and the journal is removed once the archive is written. Inputs of
@@ -51,6 +55,7 @@ def pack(inputs: Sequence[Input], output: str | Path | None = None, config: Pack
     an index at OUTPUT, so that memory follows the volume, not the corpus.
     """
     cfg = (config or PackConfig()).checked()
+    d = dictionaries.load(dictionary)
     output = output_for(inputs, output)
     if output.exists() and not force:
         raise VecarcError(f"{output} exists (use -f to overwrite)")
@@ -62,15 +67,17 @@ def pack(inputs: Sequence[Input], output: str | Path | None = None, config: Pack
         else None
     _refuse_clobbering([p for p, _ in named], written_by(output, len(plans) if plans else 0))
     if plans is not None:
-        return _pack_volumes(sized, plans, output, cfg, model, device, force, resume, progress, warn, trace)
+        return _pack_volumes(sized, plans, output, cfg, model, device, force, resume, progress, warn, trace, d)
     docs = read_named(named)
     journal = Journal.open(output, resume, force)
     if resume and not journal.existed and warn:
         warn(f"no journal {journal.path}; starting from the beginning")
     t0 = time.perf_counter()
     try:
-        lm, cfg, budget = _prepare(model, device, cfg, progress, warn)
+        lm, cfg, budget = _prepare(model, device, cfg, progress, warn, d)
         r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
+        if cfg.learn_prefix:
+            r = prefix.choose(docs, lm, cfg, r, progress)
         write_atomic(output, r.data, force=force)
         journal.remove()
     finally:
@@ -88,10 +95,15 @@ def _say_untokenizable(names: Sequence[str], warn: Warn | None) -> None:
 
 
 def _prepare(model: str | LoadedModel | None, device: str, cfg: PackConfig, progress: Progress | None,
-             warn: Warn | None) -> tuple[LoadedModel, PackConfig, Budget | None]:
-    """The model, the config resolved for it (once a pack), and the capacity plan's budget (if it plans)."""
+             warn: Warn | None, dictionary: Dictionary | None = None) -> tuple[LoadedModel, PackConfig, Budget | None]:
+    """The model (with the dictionary, if any), the config resolved for it (once a pack), and the capacity
+    plan's budget (if it plans)."""
     lm = resolve_model(model, device)
     cfg = fallback(cfg, lm, warn).resolved(lm)  # checks --rank before calibrating
+    if dictionary is not None:
+        if cfg.mode != "coded":
+            raise VecarcError(f"--dict needs coded chunks, and this pack makes {cfg.mode} chunks")
+        lm = dictionaries.attach(lm, dictionary)
     budget = capacity_budget(lm, cfg.search, cfg.fill, progress, warn, cfg.engine) if cfg.planned else None
     return lm, cfg, budget
 
@@ -135,7 +147,7 @@ def _refuse_clobbering(inputs: Sequence[Path], written: Sequence[Path]) -> None:
 
 def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], output: Path, cfg: PackConfig,
                   model, device: str, force: bool, resume: bool, progress: Progress | None, warn: Warn | None,
-                  trace: Trace | None) -> PackResult:
+                  trace: Trace | None, dictionary: Dictionary | None) -> PackResult:
     """Volumes of about volume_size input bytes, each packed, checked and written before the next is
     read, then the index. With resume, a volume already written with its planned documents is kept.
     An input that changes meanwhile fails the pack before the index is written (tar's "file changed
@@ -145,7 +157,7 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
     for k in range(len(plans)):
         if volume_path(output, k).exists() and not (force or resume):
             raise VecarcError(f"{volume_path(output, k)} exists (use -f to overwrite, or --resume)")
-    lm, cfg, budget = _prepare(model, device, cfg, progress, warn)
+    lm, cfg, budget = _prepare(model, device, cfg, progress, warn, dictionary)
     volumes, retries, steps, untokenizable = [], 0, [], []
     hashes = {name: hashlib.sha256() for _, name, _ in inputs}  # of what was packed, part by part
     for k, plan in enumerate(plans):
@@ -155,12 +167,14 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
             hashes[name].update(data)
         emit(progress, event="note", message=f"volume {k + 1} of {len(plans)}: {path.name} "
                                              f"({sum(len(b) for _, b in docs):,} bytes)")
-        if resume and finished(path, docs, lm.fingerprint, cfg.mode, cfg.margin):
+        if resume and finished(path, docs, lm.fingerprint, cfg.mode, cfg.margin, dictionary and dictionary.id):
             data = path.read_bytes()
         else:
             journal = Journal.open(path, resume, force)
             try:
                 r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
+                if cfg.learn_prefix:
+                    r = prefix.choose(docs, lm, cfg, r, progress)
                 write_atomic(path, r.data, force=True)
                 journal.remove()
             finally:

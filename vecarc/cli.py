@@ -15,18 +15,20 @@ import click
 
 from . import api, capacity, display
 from . import bench as B
+from . import dictionary as dictionaries
 from .config import DEFAULT_FILL, DEFAULT_VOLUME_SIZE, MODES, PREDICT_TOKENS, PackConfig
 from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
 from .errors import VecarcError
 from .exact.model import SPEC, not_covered
 from .format import write_atomic
-from .inputs import check_input, output_for
+from .inputs import check_input, named_inputs, output_for, read_named
 from .journal import journal_path
 from .models import load_model
 from .options import (
     byte_size,
     device_opt,
+    dict_opt,
     engine_options,
     handled,
     model_opt,
@@ -74,6 +76,10 @@ def main() -> None:
 @click.option("--context", "context_tokens", default=0, show_default=True, type=click.IntRange(0),
               help="Coded chunks: code each chunk after the last N tokens before it in its document (smaller; a "
                    "document's chunks then unpack one after another, not side by side).")
+@dict_opt
+@click.option("--learn-prefix", default=0, show_default=True, type=click.IntRange(0, 64), metavar="K",
+              help="Coded chunks: learn K vectors on the input itself, store them in the archive and code every "
+                   "chunk after them, where the archive comes out smaller (large inputs); 0: never.")
 @click.option("--min-chunk-tokens", default=MIN_CHUNK_TOKENS, show_default=True, type=click.IntRange(1),
               help="A chunk that fails is split in halves down to this size, then stored as literal tokens.")
 @click.option("--fill", default=DEFAULT_FILL, show_default=True, type=click.FloatRange(0, 4, min_open=True),
@@ -95,8 +101,9 @@ def main() -> None:
 @verbose_opt
 @handled
 def pack(inputs, output, name, exclude, force, model, device, mode, seed, vectors, vector_dtype, rank, chunk_tokens,
-         context_tokens, min_chunk_tokens, fill, margin, max_steps, batch_size, search_dtype, compile_, resume,
-         checkpoint_every, volume_size, engine, address, workers, as_json, quiet, verbose):
+         context_tokens, dictionary, learn_prefix, min_chunk_tokens, fill, margin, max_steps, batch_size,
+         search_dtype, compile_, resume, checkpoint_every, volume_size, engine, address, workers, as_json, quiet,
+         verbose):
     """Pack text files (a folder: every regular file under it, as tar names them) into one .vec archive.
 
     Chunks follow the model's measured capacity (see `vecarc calibrate`); a model
@@ -105,7 +112,8 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
     search = SearchSettings(vectors=vectors, vector_dtype=vector_dtype, rank=rank, max_steps=max_steps,
                             batch_size=batch_size, seed=seed, search_dtype=search_dtype, compile=compile_)
     config = PackConfig(mode=mode, margin=margin, search=search, chunk_tokens=chunk_tokens,
-                        context_tokens=context_tokens, min_chunk_tokens=min_chunk_tokens, fill=fill,
+                        context_tokens=context_tokens, learn_prefix=learn_prefix, min_chunk_tokens=min_chunk_tokens,
+                        fill=fill,
                         checkpoint_every=checkpoint_every, volume_size=volume_size,
                         engine=engine_for(engine, address, workers))
     if as_json and output == "-":
@@ -115,7 +123,7 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
         try:
             with progress_bar(quiet) as on:
                 r = api.pack(ins, out, config, model=model, device=device, force=force, resume=resume,
-                             exclude=exclude, progress=on, warn=warner(quiet))
+                             exclude=exclude, progress=on, warn=warner(quiet), dictionary=dictionary)
         except KeyboardInterrupt:
             j = journal_path(target)
             kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""
@@ -150,7 +158,8 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
 @quiet_opt
 @verbose_opt
 @handled
-def unpack(archive, members, outdir, force, to_stdout, model, device, engine, address, workers, quiet, verbose):
+def unpack(archive, members, outdir, force, to_stdout, model, device, dictionary, engine, address, workers, quiet,
+           verbose):
     """Decode an archive (or a volume index), check every hash, then write the documents.
 
     MEMBERS (document names or shell globs, as tar takes them) unpack only those documents: only
@@ -158,10 +167,10 @@ def unpack(archive, members, outdir, force, to_stdout, model, device, engine, ad
     """
     where = engine_for(engine, address, workers)
     if to_stdout:
-        return _cat(archive, members, model, device, where, quiet)
+        return _cat(archive, members, model, device, where, quiet, dictionary)
     with progress_bar(quiet) as on:
         paths = api.unpack(archive, outdir, members, model=model, device=device, force=force, progress=on,
-                           engine=where)
+                           engine=where, dictionary=dictionary)
     if not quiet:
         for p in paths:
             say(f"wrote {p}")
@@ -178,7 +187,7 @@ def unpack(archive, members, outdir, force, to_stdout, model, device, engine, ad
 @quiet_opt
 @verbose_opt
 @handled
-def verify(archive, members, model, device, strict, engine, address, workers, as_json, quiet, verbose):
+def verify(archive, members, model, device, dictionary, strict, engine, address, workers, as_json, quiet, verbose):
     """Decode everything in memory (a volume index: volume by volume) and check it; exit 1 if anything differs.
 
     MEMBERS (document names or shell globs) verify only those documents.
@@ -186,7 +195,7 @@ def verify(archive, members, model, device, strict, engine, address, workers, as
     a = open_any(archive)
     with progress_bar(quiet or as_json) as on:
         r = api.verify(a, members, model=model, device=device, progress=on, strict=strict,
-                       engine=engine_for(engine, address, workers))
+                       engine=engine_for(engine, address, workers), dictionary=dictionary)
     names = [d.name for d in (a.index.documents if isinstance(a, Indexed) else a.documents)]
     wanted = set(names) if not members else select(names, members)
     docs, chunks, margin = len(wanted), None, None
@@ -227,15 +236,15 @@ def info(archive, as_json, verbose):
 @quiet_opt
 @verbose_opt
 @handled
-def cat(archive, members, model, device, engine, address, workers, quiet, verbose):
+def cat(archive, members, model, device, dictionary, engine, address, workers, quiet, verbose):
     """Write the documents' bytes (or the MEMBERS', names or globs) to standard output, in archive order,
     once every one has matched its SHA-256: never part of a document."""
-    _cat(archive, members, model, device, engine_for(engine, address, workers), quiet)
+    _cat(archive, members, model, device, engine_for(engine, address, workers), quiet, dictionary)
 
 
-def _cat(archive, members, model, device, engine, quiet) -> None:
+def _cat(archive, members, model, device, engine, quiet, dictionary=None) -> None:
     with progress_bar(quiet) as on:
-        api.cat(archive, members, model=model, device=device, progress=on, engine=engine)
+        api.cat(archive, members, model=model, device=device, progress=on, engine=engine, dictionary=dictionary)
 
 
 @main.command(name="list")
@@ -298,6 +307,53 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
         B.plot(results, plot_out)
     if not quiet:
         display.bench_tables(results)
+
+
+@main.command()
+@click.argument("corpus", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The dictionary file to write.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--exclude", multiple=True, metavar="PATTERN", help="As pack's --exclude, for folders of the corpus.")
+@click.option("--vectors", default=dictionaries.TrainConfig.vectors, show_default=True,
+              type=click.IntRange(1, dictionaries.MAX_VECTORS), help="Memory vectors in the dictionary.")
+@click.option("--steps", default=dictionaries.TrainConfig.steps, show_default=True, type=click.IntRange(0),
+              help="Optimiser steps (a chunk of the corpus each).")
+@click.option("--lr", default=dictionaries.TrainConfig.lr, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--batch", default=dictionaries.TrainConfig.batch, show_default=True, type=click.IntRange(1),
+              help="Chunks per step.")
+@click.option("--held-out", default=dictionaries.TrainConfig.held_out, show_default=True, type=click.IntRange(0),
+              help="Chunks kept out of training, spread over the corpus, on which the gain is measured.")
+@seed_opt
+@model_opt
+@device_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_opt
+@verbose_opt
+@handled
+def train(corpus, output, force, exclude, vectors, steps, lr, batch, held_out, seed, model, device, as_json, quiet,
+          verbose):
+    """Learn a dictionary: memory vectors that every coded chunk of `pack --dict FILE` is coded after.
+
+    Trained on the corpus (files, or folders of them) for the model given; the gain is measured on
+    held-out chunks of the same corpus, with the integer model's exact frequencies.
+    """
+    out = Path(output)
+    if out.exists() and not force:
+        raise VecarcError(f"{out} exists (use -f to overwrite)")
+    cfg = dictionaries.TrainConfig(vectors=vectors, steps=steps, lr=lr, batch=batch, held_out=held_out,
+                                   seed=seed).checked()
+    texts = [data for _, data in read_named(named_inputs(list(corpus), exclude, warner(quiet)))]
+    lm = load_model(model, device)
+    with progress_bar(quiet or as_json) as on:
+        t = dictionaries.train(lm, texts, cfg, on, info={"corpus_bytes": sum(map(len, texts))})
+    dictionaries.write(out, t.data, force=force)
+    report = dictionaries.train_report(t) | {"output": str(out)}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not quiet:
+        say(f"wrote {out}: dictionary {report['dictionary']}, {vectors} vectors ({len(t.data):,} bytes), trained on "
+            f"{t.train_chunks} chunks in {t.seconds:.0f} s; on {t.held_chunks} held-out chunks "
+            f"{report['held_bytes_without']:,} -> {report['held_bytes_with']:,} bytes ({t.gain:+.1%} smaller)")
 
 
 @main.command()

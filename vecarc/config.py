@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from . import overrides
 from .errors import VecarcError
 from .exact.model import not_covered
-from .format.compact import MAX_CONTEXT
+from .format.compact import MAX_CONTEXT, MAX_PREFIX
 from .models import LoadedModel
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for
 from .search.settings import SearchSettings
@@ -54,6 +54,9 @@ class PackConfig:
     # coded chunks only: each chunk is coded after the last N tokens before it in its document (smaller
     # archives; a document's chunks then decode one after another instead of side by side)
     context_tokens: int = 0
+    # coded chunks only: learn this many vectors on the archive's own text, store them in it and code every
+    # chunk after them, where that makes the archive smaller (vecarc.prefix); 0: never
+    learn_prefix: int = 0
     min_chunk_tokens: int = MIN_CHUNK_TOKENS  # a vector chunk that fails is split down to this, then kept literal
     fill: float = DEFAULT_FILL
     checkpoint_every: float = 60.0  # seconds between snapshots of the search in the journal
@@ -83,6 +86,10 @@ class PackConfig:
             raise VecarcError("chunk size must be at least one token")
         if self.context_tokens and self.mode != "coded":
             raise VecarcError(f"--context needs coded chunks (--mode coded), not --mode {self.mode}")
+        if self.learn_prefix and self.mode != "coded":
+            raise VecarcError(f"--learn-prefix needs coded chunks (--mode coded), not --mode {self.mode}")
+        if not 0 <= self.learn_prefix <= MAX_PREFIX:
+            raise VecarcError(f"--learn-prefix must be from 0 to {MAX_PREFIX} vectors, got {self.learn_prefix}")
         if not 0 <= self.context_tokens <= MAX_CONTEXT:  # format 5's bound
             raise VecarcError(f"--context must be from 0 to {MAX_CONTEXT} tokens, got {self.context_tokens}")
         if self.min_chunk_tokens < 1:
@@ -136,5 +143,6 @@ def fallback(cfg: PackConfig, lm: LoadedModel, warn: Callable[[str], None] | Non
         return cfg
     if warn is not None:
         warn(f"{lm.name}: packing predicted chunks: the integer path that coded chunks need does not cover "
-             f"this model ({why})" + (" and --context has no effect on them" if cfg.context_tokens else ""))
-    return replace(cfg, mode="predict", context_tokens=0)
+             f"this model ({why})" + (" and --context and --learn-prefix have no effect on them"
+                                      if cfg.context_tokens or cfg.learn_prefix else ""))
+    return replace(cfg, mode="predict", context_tokens=0, learn_prefix=0)

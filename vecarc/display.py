@@ -65,20 +65,25 @@ def _on_event(bar: Progress, tasks: dict[str, int], e: dict) -> None:
         bar.update(tasks["cal"], info=f"sample {e['sample']} · {e['tokens']} tokens")
     elif kind == "note":
         bar.console.print(f"vecarc: {e['message']}", markup=False, highlight=False)
-    elif kind == "tokens":  # greedy steps, every few: what moves while one batch decodes
-        if "tokens" not in tasks:
-            tasks["tokens"] = bar.add_task("tokens", total=e["total"], info="")
-        bar.update(tasks["tokens"], completed=e["done"], total=e["total"])
-        speed = next(t.speed for t in bar.tasks if t.id == tasks["tokens"])
-        bar.update(tasks["tokens"], info=f"{speed:,.0f} tokens/s" if speed else "")
-        if e["done"] >= e["total"]:
-            tasks.pop("tokens")
-    elif kind == "decode":
-        if "decode" not in tasks:
-            tasks["decode"] = bar.add_task("decoding", total=e["total"], info="")
-        bar.update(tasks["decode"], completed=e["done"], total=e["total"])
-        if e["done"] >= e["total"]:
-            tasks.pop("decode")
+    elif kind in _COUNTED:  # tokens: greedy steps, every few: what moves while one batch decodes
+        _count(bar, tasks, kind, e)
+
+
+_COUNTED = {"tokens": "tokens", "decode": "decoding", "train": "training"}
+
+
+def _count(bar: Progress, tasks: dict[str, int], kind: str, e: dict) -> None:
+    """A bar that counts to e["total"] (removed once it gets there), with its speed or loss alongside."""
+    if kind not in tasks:
+        tasks[kind] = bar.add_task(_COUNTED[kind], total=e["total"], info="")
+    bar.update(tasks[kind], completed=e["done"], total=e["total"])
+    if kind == "tokens":
+        speed = next(t.speed for t in bar.tasks if t.id == tasks[kind])
+        bar.update(tasks[kind], info=f"{speed:,.0f} tokens/s" if speed else "")
+    elif kind == "train":
+        bar.update(tasks[kind], info=f"{e['bits']:.3f} bits a token")
+    if e["done"] >= e["total"]:
+        tasks.pop(kind)
 
 
 def show_table(console: Console, columns: list[str] | None, rows: list[list[str]], title: str | None = None) -> None:
@@ -177,7 +182,10 @@ def info_archive(name: str, s: dict) -> None:
                   f"header+checksum {size(s['overhead_bytes'])}"],
         ["format", f"version {s['format_version']}" + (" · coded chunks under the integer model (specification 1)"
                                                         if s["format_version"] == 5 else "")
-         + (f" · each after the {ctx} tokens before it" if (ctx := s["cram"].get("context_tokens")) else "")],
+         + (f" · each after the {ctx} tokens before it" if (ctx := s["cram"].get("context_tokens")) else "")
+         + (f" · after dictionary {d} (unpack --dict FILE)" if (d := s["cram"].get("dictionary")) else "")
+         + (f" · after its own {p['vectors']} vectors ({size(p['stored_bytes'])}; saved {size(p['saved_bytes'])})"
+            if (p := s.get("prefix")) else "")],
         ["model", m["name"]],
         ["source", m["source"]],
         ["fingerprint", m["fingerprint"]],

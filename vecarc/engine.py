@@ -26,13 +26,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import dictionary as dictionaries
 from .capacity import search_samples
 from .chunks import MODES, ChunkRecord, Item, coded
 from .config import PackConfig
 from .decode import decode_many
+from .dictionary import Dictionary
 from .errors import VecarcError, VerificationError, describe
 from .events import Progress, emit
 from .format import Archive
+from .format.header import Prefix
 from .models import LoadedModel, load_model
 from .robust import ConditionReport, combine, stress
 from .search import SearchSettings
@@ -53,7 +56,8 @@ def work_shard(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item]) -> list[
 class ShardWorker:
     """One Ray actor: loads the model once, then computes shard after shard."""
 
-    def __init__(self, source: str, fingerprint: str, sink: int, cfg: PackConfig, device: str, threads: int):
+    def __init__(self, source: str, fingerprint: str, sink: int, cfg: PackConfig, device: str, threads: int,
+                 dictionary: Dictionary | None = None, own: Prefix | None = None):
         import torch
 
         torch.set_num_threads(threads)
@@ -64,6 +68,8 @@ class ShardWorker:
                 raise VecarcError(f"the worker loaded {source} as {lm.fingerprint[:19]}…, not the driver's "
                                   f"{fingerprint[:19]}…: every node needs the same model files")
             self.lm = replace(lm, sink_id=sink)
+            if dictionary is not None or own is not None:  # what the driver's coded chunks read after the sink
+                self.lm = dictionaries.attach(self.lm, dictionary, own)
         except Exception as e:
             self.error = e
 
@@ -229,7 +235,8 @@ class RayEngine:
         self._pools.clear()
 
     def _pool(self, lm: LoadedModel, cfg: PackConfig) -> _Pool:
-        key = (lm.fingerprint, lm.sink_id, repr(replace(cfg, engine=None)))
+        d = dictionaries.of(lm)
+        key = (lm.fingerprint, lm.sink_id, repr(replace(cfg, engine=None)), d and d.id, dictionaries.own_prefix(lm))
         if key not in self._pools:
             self.close()  # one pool at a time: kept workers hold their CPUs, which a new pool would wait for
             self._pools[key] = self._new_pool(lm, cfg)
@@ -250,7 +257,8 @@ class RayEngine:
         per = 1 if gpus else max(1, (cpus - 1) // n)  # threads (and CPUs reserved) per worker
         actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=per, max_restarts=0,
                            max_task_retries=0)(ShardWorker)
-        args = (lm.source, lm.fingerprint, lm.sink_id, replace(cfg, engine=None), "cuda" if gpus else "cpu", per)
+        args = (lm.source, lm.fingerprint, lm.sink_id, replace(cfg, engine=None), "cuda" if gpus else "cpu", per,
+                dictionaries.of(lm), dictionaries.own_prefix(lm))
         return _Pool(ray, lambda: actor.remote(*args), n, self.retries)
 
 

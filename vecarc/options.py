@@ -72,9 +72,15 @@ _SEARCH_OPTIONS = [
 ]
 
 
+dict_opt = click.option("--dict", "dictionary", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                        help="The dictionary (vecarc train) coded chunks are coded after; an archive packed "
+                             "with one needs it to be read.")
+
+
 def reader_options(fn):
-    """What every command that decodes takes: the model, the device, and where the chunks are decoded."""
-    return model_opt(device_opt(engine_options(fn)))
+    """What every command that decodes takes: the model, the device, the dictionary, and where the chunks
+    are decoded."""
+    return model_opt(device_opt(dict_opt(engine_options(fn))))
 
 
 def search_options(fn):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import zstandard
 
+from . import dictionary
 from .chunks import MODES, Hooks, Settled, coded
 from .chunks.record import Dims
 from .config import PackConfig
@@ -118,7 +119,7 @@ def _resume(journal: Journal | None, ledger: Ledger, lm: LoadedModel, cfg: PackC
     journal.start(identity(
         vecarc=__version__, documents=[(x.name, x.sha256) for x in plan.documents], model=lm.fingerprint,
         settings={**cfg.search.record(), "mode": cfg.mode} | (
-            {"context_tokens": cfg.context_tokens} if cfg.context_tokens else {}), chunk_tokens=size,
+            {"context_tokens": cfg.context_tokens} if cfg.context_tokens else {}) | _dictionary(lm), chunk_tokens=size,
         min_chunk_tokens=cfg.min_chunk_tokens, budget=vars(budget) if budget else None, spans=plan.spans))
     ledger.replay(journal.results)
     if journal.state is not None:
@@ -235,6 +236,12 @@ def assemble(plan: Plan, ledger: Ledger, merge: bool = True) -> Assembly:
     return out
 
 
+def _dictionary(lm: LoadedModel) -> dict:
+    """The header's (and the journal's) record of the dictionary coded chunks read, if any."""
+    d = dictionary.of(lm)
+    return {"dictionary": d.id} if d is not None else {}
+
+
 def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, body: Assembly, size: int,
                  budget: Budget | None) -> Header:
     method = ({"method": "capacity", "budget_nats": round(budget.nats, 3), "fill": budget.fill,
@@ -246,8 +253,9 @@ def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, b
         model=ModelRecord.from_json(model),
         vectors=VectorsRecord(s.vectors, s.vector_dtype, lm.hidden_size, len(body.rows), s.rank,
                               s.basis_seed if s.rank else None),
-        cram=cfg.record(size),
+        cram=cfg.record(size) | _dictionary(lm),
         plan=method | {"chunks_planned": len(plan.spans), "retries": ledger.retries},
+        prefix=dictionary.own_prefix(lm),
         decode=DecodeRecord("integer", "int", None) if cfg.mode == "coded" else
         DecodeRecord("greedy-kv", model["dtype"], cfg.margin),
         documents=plan.documents,

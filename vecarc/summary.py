@@ -56,6 +56,9 @@ def summary(archive: Archive | Indexed) -> dict:
                    "coded_tokens": sum(c.tokens for c in chunks if c.kind == "coded"),
                    "min_margin": min(margins) if margins else None},
         "plan": _plan(h.plan),
+        "prefix": None if h.prefix is None else {
+            "vectors": h.prefix.count, "stored_bytes": h.prefix.count * h.prefix.hidden,
+            "bytes_without": h.prefix.plain_bytes, "saved_bytes": h.prefix.plain_bytes - archive.size},
         "documents": _documents(archive),
     }
 

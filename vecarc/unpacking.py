@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from . import dictionary as dictionaries
 from .chunks import GREEDY, coded, literal
 from .config import Engine
 from .decode import decode_many
+from .dictionary import Dictionary
 from .engine import releases_workers
 from .errors import VecarcError, VerificationError
 from .events import Progress, emit
@@ -136,8 +138,10 @@ def _document_bytes(archive: Archive, lm: LoadedModel, doc: Document, mine: Sequ
     return detokenize(lm, ids) if ids else b""
 
 
-def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto") -> LoadedModel:
-    """Load the archive's model (or the one given) and refuse it if the fingerprint differs."""
+def model_for(archive: Archive, model: str | LoadedModel | None = None, device: str = "auto",
+              dictionary: Dictionary | None = None) -> LoadedModel:
+    """Load the archive's model (or the one given) and refuse it if the fingerprint differs; with the
+    dictionary the archive records (which must be `dictionary`), if any."""
     want = archive.header.model
     if isinstance(model, LoadedModel):
         lm = model
@@ -161,8 +165,10 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
                           f"but {lm.name} is {lm.hidden_size} wide with {lm.vocab_size}")
     if m.sink_token_id != lm.sink_id:  # decode with the sink the archive was packed with, whatever today's rule picks
         lm = replace(lm, sink_id=m.sink_token_id)
+    lm = dictionaries.for_archive(lm, archive.header.cram.get("dictionary"), dictionary, archive.header.prefix)
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
-    for kind, k in (("vector", archive.header.vectors.per_chunk), ("predicted", 0), ("coded", 0)):
+    coded_prefix = len(dictionaries.prefix(lm)) - 1 + archive.header.cram.get("context_tokens", 0)
+    for kind, k in (("vector", archive.header.vectors.per_chunk), ("predicted", 0), ("coded", coded_prefix)):
         limit = lm.chunk_limit(k)
         worst = max((c.tokens for c in archive.chunks if c.kind == kind), default=0)
         if worst > limit:
@@ -184,7 +190,8 @@ def install_hint(source: str) -> str:
 @releases_workers
 def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, *,
            model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
-           strict: bool = False, engine: Engine | None = None) -> DecodeResult:
+           strict: bool = False, engine: Engine | None = None,
+           dictionary: Dictionary | str | Path | None = None) -> DecodeResult:
     """Decode everything (or the members named: names or globs) in memory and compare with the stored
     hashes; writes nothing.
 
@@ -193,12 +200,13 @@ def verify(archive: str | Path | Archive | Indexed, members: Sequence[str] | Non
     count, attention kernel, batch shape; a bf16 model is reported, not
     required). See vecarc.robust.
     """
+    dictionary = dictionaries.load(dictionary)
     a = open_any(archive)
     if isinstance(a, Indexed):
         return _verify_index(a, select([d.name for d in a.index.documents], members), model, device, progress,
-                             strict, engine)
+                             strict, engine, dictionary)
     wanted = select([d.name for d in a.documents], members)
-    return _verify_one(a, model_for(a, model, device), progress, strict, wanted, engine)
+    return _verify_one(a, model_for(a, model, device, dictionary), progress, strict, wanted, engine)
 
 
 def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: bool,
@@ -222,10 +230,10 @@ def _verify_one(a: Archive, lm: LoadedModel, progress: Progress | None, strict: 
 
 
 def _verify_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
-                  strict: bool, engine: Engine | None) -> DecodeResult:
+                  strict: bool, engine: Engine | None, dictionary: Dictionary | None) -> DecodeResult:
     """Every volume (holding a wanted document) verified in turn (one model load), and every wanted
     document's parts as unpack checks them."""
-    model_of = _volume_models(model, device)
+    model_of = _volume_models(model, device, dictionary)
     problems, reports, smallest = [], [], []
     hashes = [hashlib.sha256() for _ in ix.index.documents]
     for k in ix.volumes_holding(wanted):
@@ -269,13 +277,14 @@ def _parts(ix: Indexed, k: int, a: Archive, documents: Sequence[bytes | None], h
     return problems
 
 
-def _volume_models(model: str | LoadedModel | None, device: str) -> Callable[[Archive], LoadedModel]:
+def _volume_models(model: str | LoadedModel | None, device: str,
+                   dictionary: Dictionary | None) -> Callable[[Archive], LoadedModel]:
     """model_for each volume of an index, loading the model once (for the first volume)."""
     loaded: LoadedModel | None = None
 
     def model_of(a: Archive) -> LoadedModel:
         nonlocal loaded
-        lm = model_for(a, loaded or model, device)
+        lm = model_for(a, loaded or model, device, dictionary)
         loaded = loaded or lm
         return lm
 
@@ -314,20 +323,22 @@ def _target(outdir: Path, name: str, force: bool) -> Path:
 @releases_workers
 def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = ".", members: Sequence[str] | None = None,
            *, model: str | LoadedModel | None = None, device: str = "auto", force: bool = False,
-           progress: Progress | None = None, engine: Engine | None = None) -> list[Path]:
+           progress: Progress | None = None, engine: Engine | None = None,
+           dictionary: Dictionary | str | Path | None = None) -> list[Path]:
     """Decode and check every document (or the members named: names or globs, whose chunks alone are
     decoded), then write them under output_dir (all or none)."""
+    dictionary = dictionaries.load(dictionary)
     outdir = Path(output_dir)
     if outdir.exists() and not outdir.is_dir():
         raise VecarcError(f"{outdir} exists and is not a folder")
     a = open_any(archive)
     if isinstance(a, Indexed):
         return _unpack_index(a, select([d.name for d in a.index.documents], members), outdir, model, device,
-                             force, progress, engine)
+                             force, progress, engine, dictionary)
     wanted = select([d.name for d in a.documents], members)
     docs = [(i, d) for i, d in enumerate(a.documents) if wanted is None or d.name in wanted]
     targets = [_target(outdir, d.name, force) for _, d in docs]
-    result = decode_archive(a, model_for(a, model, device), progress, wanted=wanted, engine=engine)
+    result = decode_archive(a, model_for(a, model, device, dictionary), progress, wanted=wanted, engine=engine)
     if not result.ok:
         raise VerificationError(f"verification failed, nothing written: {result.problems[0]}")
     with Staged() as out:
@@ -338,21 +349,23 @@ def unpack(archive: str | Path | Archive | Indexed, output_dir: str | Path = "."
 
 
 def _unpack_index(ix: Indexed, wanted: set[str] | None, outdir: Path, model, device: str, force: bool,
-                  progress: Progress | None, engine: Engine | None) -> list[Path]:
+                  progress: Progress | None, engine: Engine | None, dictionary: Dictionary | None) -> list[Path]:
     """Decode volume by volume, appending parts to temporary files; rename all once every hash matched."""
     final = {d.name: _target(outdir, d.name, force) for d in ix.index.documents if wanted is None or d.name in wanted}
     with Staged() as out:
-        _decode_index(ix, wanted, model, device, progress, lambda name, data: out.append(final[name], data), engine)
+        _decode_index(ix, wanted, model, device, progress, lambda name, data: out.append(final[name], data), engine,
+                      dictionary)
         out.commit()
     return list(final.values())
 
 
 def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, progress: Progress | None,
-                  sink: Callable[[str, bytes], None], engine: Engine | None = None) -> None:
+                  sink: Callable[[str, bytes], None], engine: Engine | None = None,
+                  dictionary: Dictionary | None = None) -> None:
     """Each wanted document's parts, volume by volume (only those holding one), handed to sink(name, part)
     once its volume decoded and the part's size matched; VerificationError if any document's parts do not
     make its SHA-256 (checked at the end: the sink must hold everything back until then)."""
-    model_of = _volume_models(model, device)
+    model_of = _volume_models(model, device, dictionary)
     index = ix.index
     hashes = [hashlib.sha256() for _ in index.documents]
     for k in ix.volumes_holding(wanted):
@@ -375,23 +388,25 @@ def _decode_index(ix: Indexed, wanted: set[str] | None, model, device: str, prog
 @releases_workers
 def cat(archive: str | Path | Archive | Indexed, members: Sequence[str] | None = None, out: BinaryIO | None = None,
         *, model: str | LoadedModel | None = None, device: str = "auto", progress: Progress | None = None,
-        engine: Engine | None = None) -> int:
+        engine: Engine | None = None, dictionary: Dictionary | str | Path | None = None) -> int:
     """Write every document's bytes (or the members'), in archive order, to out (default standard output),
     once every one of them has matched its SHA-256: never part of a document. Returns the bytes written."""
     out = out if out is not None else sys.stdout.buffer
+    dictionary = dictionaries.load(dictionary)
     a = open_any(archive)
     if isinstance(a, Indexed):
         wanted = select([d.name for d in a.index.documents], members)
         with ExitStack() as stack:
             spools = {d.name: stack.enter_context(tempfile.SpooledTemporaryFile(1 << 24))
                       for d in a.index.documents if wanted is None or d.name in wanted}
-            _decode_index(a, wanted, model, device, progress, lambda name, data: spools[name].write(data), engine)
+            _decode_index(a, wanted, model, device, progress, lambda name, data: spools[name].write(data), engine,
+                          dictionary)
             for f in spools.values():
                 f.seek(0)
                 shutil.copyfileobj(f, out)
             return sum(d.size for d in a.index.documents if d.name in spools)
     wanted = select([d.name for d in a.documents], members)
-    r = decode_archive(a, model_for(a, model, device), progress, wanted=wanted, engine=engine)
+    r = decode_archive(a, model_for(a, model, device, dictionary), progress, wanted=wanted, engine=engine)
     if not r.ok:
         raise VerificationError(f"verification failed, nothing written: {r.problems[0]}")
     done = [data for data in r.documents if data is not None]

@@ -93,9 +93,11 @@ def read_piece(piece: Piece) -> bytes:
     return data
 
 
-def finished(path: Path, docs: Sequence[tuple[str, bytes]], fingerprint: str, mode: str, margin: float) -> bool:
+def finished(path: Path, docs: Sequence[tuple[str, bytes]], fingerprint: str, mode: str, margin: float,
+             dictionary: str | None = None) -> bool:
     """Whether a volume left by an interrupted pack holds exactly these documents, packed with
-    this model in this mode at this margin (and reads as an archive): a resume keeps it."""
+    this model in this mode at this margin, with this dictionary (and reads as an archive): a resume
+    keeps it."""
     if not path.is_file():
         return False
     try:
@@ -104,8 +106,8 @@ def finished(path: Path, docs: Sequence[tuple[str, bytes]], fingerprint: str, mo
         return False
     h = a.header
     coded = h.cram.get("mode") == "coded"  # no margin: every machine decodes it alike
-    same = (fingerprint.startswith(h.model.fingerprint), h.cram.get("mode"), coded or h.required_margin == margin) \
-        == (True, mode, True)
+    same = (fingerprint.startswith(h.model.fingerprint), h.cram.get("mode"), coded or h.required_margin == margin,
+            h.cram.get("dictionary")) == (True, mode, True, dictionary)
     return same and [(d.name, d.size, d.sha256) for d in a.documents] == [
         (n, len(b), hashlib.sha256(b).hexdigest()[: len(d.sha256)]) for d, (n, b) in zip(a.documents, docs)] \
         and len(a.documents) == len(docs)

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 
 import torch
 
+from .. import dictionary
 from ..config import PackConfig
 from ..errors import VecarcError, VerificationError
 from ..events import emit
@@ -113,13 +114,14 @@ def reads_back(stream: bytes, rows: Sequence[Sequence[int]]) -> bool:
     return True
 
 
-def intervals(im: IntegerModel, sink: int, rows: Sequence[list[int]]) -> torch.Tensor:
-    """(B, T, 3): each token's (start, size, total) after the sink and the tokens before it in its row, by one
-    teacher-forced pass (rows padded to the longest; what follows a row's end is meaningless)."""
-    n = max(len(t) for t in rows)
-    targets = torch.tensor([t + [0] * (n - len(t)) for t in rows])
-    inputs = torch.cat([torch.full((len(rows), 1), sink), targets[:, :-1]], 1)
-    return im.symbols(inputs, targets).cpu()
+def intervals(im: IntegerModel, prefix: Sequence[int], rows: Sequence[list[int]]) -> torch.Tensor:
+    """(B, T, 3): each token's (start, size, total) after the prefix (the sink, and a dictionary's vectors)
+    and the tokens before it in its row, by one teacher-forced pass (rows padded to the longest; what
+    follows a row's end is meaningless)."""
+    n, p = max(len(t) for t in rows), len(prefix)
+    targets = torch.tensor([[0] * (p - 1) + t + [0] * (n - len(t)) for t in rows])
+    inputs = torch.cat([torch.tensor(prefix).expand(len(rows), p), targets[:, p - 1 : -1]], 1)
+    return im.symbols(inputs, targets)[:, p - 1 :].cpu()
 
 
 @torch.no_grad()
@@ -140,7 +142,7 @@ def confirm(lm: LoadedModel, archive: Archive, claimed: dict[int, Sequence[int]]
     todo = sorted(claimed)
     rows = [before[i] + list(claimed[i]) for i in todo]
     for group in length_batches([len(r) for r in rows], PACK_ROWS, PACK_CELLS):
-        symbols = intervals(im, lm.sink_id, [rows[g] for g in group])
+        symbols = intervals(im, dictionary.prefix(lm), [rows[g] for g in group])
         for r, g in enumerate(group):
             i, at = todo[g], len(before[todo[g]])
             if not reads_back(archive.literals[i], symbols[r, at : len(rows[g])].tolist()):
@@ -158,7 +160,7 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
     im, done = integer_model(lm, hooks.progress), 0
     for group in length_batches([len(t) for _, t in items], PACK_ROWS, PACK_CELLS):
         toks = [list(items[i][1]) for i in group]
-        symbols = intervals(im, lm.sink_id, toks)
+        symbols = intervals(im, dictionary.prefix(lm), toks)
         for r, i in enumerate(group):
             (_, a, b), t = items[i]
             at = len(t) - (b - a)  # the context before the chunk: read, not coded
@@ -249,7 +251,7 @@ def decode_streams(lm: LoadedModel, streams: Sequence[bytes], lengths: Sequence[
         decoders = [Decoder(streams[g]) for g in group]
         got: list[list[int]] = [[] for _ in group]
         caches = [[] for _ in im.layers]
-        nxt, at = torch.tensor([[lm.sink_id, *contexts[g]] for g in group]), 0
+        nxt, at = torch.tensor([[*dictionary.prefix(lm), *contexts[g]] for g in group]), 0
         with ExitStack() as steps:  # after the first step (the sink and the context), steps of one token
             for step in range(max(sizes)):
                 if step == 1:

@@ -86,6 +86,7 @@ struct Pool {
     std::condition_variable cv;
     std::function<int(int)> task;
     std::atomic<int> err{0};
+    int parts = 1;
     pid_t pid = getpid();
 
     explicit Pool(int workers) {
@@ -104,13 +105,12 @@ struct Pool {
                 }
             }
             seen = gen.load(std::memory_order_acquire);
-            if (part < (int)threads.size() + 1 && part < parts) {
+            if (part < parts) {
                 if (int e = task(part)) err = e;
             }
             left.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
-    int parts = 1;
     // task(0..n-1) on n threads (this one and n - 1 of the pool's), or here alone if another caller has it.
     int run(int n, const std::function<int(int)>& fn) {
         std::unique_lock<std::mutex> mine(busy, std::try_to_lock);

@@ -17,11 +17,13 @@ from .header import (
     CODED_TOKENS_PER_BYTE,
     MAX_CHUNK_TOKENS,
     MAX_LITERAL_TOKENS,
+    MAX_PREFIX_MULT,
     Chunk,
     DecodeRecord,
     Document,
     Header,
     ModelRecord,
+    Prefix,
     VectorsRecord,
     bad,
     need,
@@ -32,9 +34,12 @@ MAGIC = b"\x89VC"
 VERSION = 5
 FLAG_SOURCE = 1  # a model source string follows (absent: the default model)
 FLAG_CONTEXT = 2  # chunks are coded after the tokens before them: a context length follows the chunk size
+FLAG_DICT = 4  # chunks are coded after a dictionary's vectors: its 8-byte id follows the model source
+FLAG_PREFIX = 8  # chunks are coded after vectors the archive holds: they follow the sizes
+MAX_PREFIX = 64
 MAX_CONTEXT = 4096
 DEFAULT_SOURCE_MARK = "default"  # sources "default:..." are not stored: the default model, by its fingerprint
-FP_BYTES, DOC_HASH_BYTES = 8, 8
+FP_BYTES, DOC_HASH_BYTES, DICT_ID_BYTES = 8, 8, 8
 KIND_CODED, KIND_TOKENS = 0, 1
 MAX_NAME = 4096
 
@@ -100,12 +105,21 @@ def serialize(header: Header, blocks: dict[int, bytes]) -> bytes:
     source = "" if m.source.startswith(DEFAULT_SOURCE_MARK + ":") else m.source
     digest = bytes.fromhex(m.fingerprint.partition(":")[2])[:FP_BYTES]
     context = header.cram.get("context_tokens", 0)
-    flags = (FLAG_SOURCE if source else 0) | (FLAG_CONTEXT if context else 0)
+    dictionary = header.cram.get("dictionary")
+    flags = (FLAG_SOURCE if source else 0) | (FLAG_CONTEXT if context else 0) | (FLAG_DICT if dictionary else 0) | (
+        FLAG_PREFIX if header.prefix is not None else 0)
     out = bytearray(MAGIC + bytes([VERSION, flags]) + digest)
     if source:
         out += _varint(len(source.encode())) + source.encode()
+    if dictionary:
+        out += bytes.fromhex(dictionary)
     sizes = [m.vocab_size, m.hidden_size, m.sink_token_id, header.cram["chunk_tokens"]] + ([context] if context else [])
-    out += b"".join(_varint(x) for x in [*sizes, len(header.documents)])
+    out += b"".join(_varint(x) for x in sizes)
+    if header.prefix is not None:
+        p = header.prefix
+        out += _varint(p.count) + _varint(p.plain_bytes)
+        out += b"".join(_varint(mult) + p.q[i * p.hidden : (i + 1) * p.hidden] for i, mult in enumerate(p.mults))
+    out += _varint(len(header.documents))
     by_doc = header.chunks_by_document()
     body = bytearray()
     for doc, mine in zip(header.documents, by_doc):
@@ -133,9 +147,10 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
     r = _Reader(data[:-4])
     r.take(4, "magic")
     flags = r.take(1, "flags")[0]
-    need(not flags & ~(FLAG_SOURCE | FLAG_CONTEXT), "reserved flags are set")
+    need(not flags & ~(FLAG_SOURCE | FLAG_CONTEXT | FLAG_DICT | FLAG_PREFIX), "reserved flags are set")
     fingerprint = "fp2:" + r.take(FP_BYTES, "fingerprint").hex()
     source = r.text("model source") if flags & FLAG_SOURCE else DEFAULT_SOURCE_MARK
+    dictionary = r.take(DICT_ID_BYTES, "dictionary id").hex() if flags & FLAG_DICT else None
     vocab = r.varint("vocabulary size", 1 << 24)
     need(vocab >= 1, "vocabulary size out of range")
     hidden = r.varint("hidden size", 1 << 16)
@@ -144,6 +159,7 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
     need(chunk >= 1, "chunk size out of range")
     context = r.varint("context length", MAX_CONTEXT) if flags & FLAG_CONTEXT else 0
     need(context >= 1 or not flags & FLAG_CONTEXT, "context length out of range")
+    prefix = _prefix(r, hidden) if flags & FLAG_PREFIX else None
     ndocs = r.varint("document count", len(data))  # each document takes more than a byte
     docs, chunks, blocks, offset = [], [], {}, 0
     for d in range(ndocs):
@@ -174,10 +190,24 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
         blocks[i] = body[c.offset : c.offset + c.length]
     name = "the default model" if source == DEFAULT_SOURCE_MARK else source.partition(":")[2].rsplit("/", 1)[-1]
     model = ModelRecord(name, source, fingerprint, "int", hidden, vocab, sink)
-    cram = {"mode": "coded", "chunk_tokens": chunk} | ({"context_tokens": context} if context else {})
+    cram = {"mode": "coded", "chunk_tokens": chunk} | ({"context_tokens": context} if context else {}) | (
+        {"dictionary": dictionary} if dictionary else {})
     header = Header(model, VectorsRecord(1, "float32", hidden, 0), docs, chunks, cram,
-                    decode=DecodeRecord("integer", "int", None), version=VERSION)
+                    decode=DecodeRecord("integer", "int", None), prefix=prefix, version=VERSION)
     return header, blocks
+
+
+def _prefix(r: _Reader, hidden: int) -> Prefix:
+    count = r.varint("prefix vectors", MAX_PREFIX)
+    need(count >= 1, "prefix vectors out of range")
+    plain = r.varint("the prefix's plain size")
+    need(count * (hidden + 1) <= len(r.data) - r.at, "truncated in the prefix vectors")
+    mults, q = [], bytearray()
+    for _ in range(count):
+        mults.append(r.varint("a prefix multiplier", MAX_PREFIX_MULT))
+        need(mults[-1] >= 1, "a prefix multiplier out of range")
+        q += r.take(hidden, "the prefix vectors")
+    return Prefix(bytes(q), tuple(mults), hidden, plain)
 
 
 def check_layout(header: Header) -> None:
