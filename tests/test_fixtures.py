@@ -13,6 +13,7 @@ V2 = HERE / "fixtures" / "v2-default.vec"
 V3 = HERE / "fixtures" / "v3-default.vec"
 V4 = HERE / "fixtures" / "v4-default.vec"
 V5 = HERE / "fixtures" / "v5-default.vec"
+V5_DICT, V5_DICT_FILE = HERE / "fixtures" / "v5-dict.vec", HERE / "fixtures" / "v5-dict.vecdict"
 V2_INPUTS = {"hello.txt": HERE.parent / "examples" / "hello.txt", "blob.bin": HERE / "fixtures" / "v2-default.blob.bin"}
 
 
@@ -96,3 +97,23 @@ def test_packing_the_v5_inputs_again_gives_the_v5_archive(tmp_path, monkeypatch,
     finally:
         torch.set_num_threads(before)
     assert r.data == V5.read_bytes()
+
+
+def test_v5_archive_with_a_dictionary_and_its_own_vectors_reads_without_the_model():
+    a = vecarc.read_archive(V5_DICT)
+    assert a.header.cram["dictionary"] == "79d401132d1171c0" and a.header.prefix.count == 1
+    assert [d.name for d in a.documents] == ["hello.txt"] and [c.kind for c in a.chunks] == ["coded"]
+    assert a.header.prefix.plain_bytes == 67 and vecarc.summary(a)["prefix"]["saved_bytes"] == 67 - 647
+
+
+@pytest.mark.slow
+def test_v5_archive_with_a_dictionary_and_its_own_vectors_unpacks_byte_identically(tmp_path):
+    """Format 5's flag bits 2 and 3: decoded after the dictionary's 2 vectors and the archive's own."""
+    from vecarc import dictionary as D
+
+    lm = vecarc.load_model(None, device="cpu")
+    assert D.read(V5_DICT_FILE).id == "79d401132d1171c0"
+    with pytest.raises(vecarc.VecarcError, match="pass it with --dict"):
+        vecarc.verify(V5_DICT, model=lm)
+    written = vecarc.unpack(V5_DICT, tmp_path, model=lm, dictionary=V5_DICT_FILE)
+    assert [p.read_bytes() for p in written] == [V2_INPUTS["hello.txt"].read_bytes()]
