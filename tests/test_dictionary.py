@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from helpers import TRAIN_TEXT, run_cli
 
 import vecarc
 from vecarc import dictionary as D
+from vecarc.chunks import coded
 from vecarc.errors import VecarcError
 from vecarc.format import parse_archive, read_archive
 
@@ -186,7 +188,7 @@ def test_an_archive_with_its_own_vectors_round_trips(trained, trained_tiny, tmp_
     q16 = D.fit(trained_tiny, D.chunks_of(trained_tiny, [CORPUS], 48), D.TrainConfig(vectors=2, steps=3))
     own = prefix.quantise(q16, 12345)
     lm = D.attach(trained_tiny, t.dictionary, own)
-    assert len(D.prefix(lm)) == 1 + 2 + 2
+    assert len(coded.prefix(lm)) == 1 + 2 + 2
     data = pack_documents([("a.txt", TEXT)], lm, vecarc.PackConfig(chunk_tokens=40)).data
     h = parse_archive(data).header
     assert h.prefix == own and data[4] & 8 and h.cram["dictionary"] == t.dictionary.id
@@ -204,3 +206,29 @@ def test_an_archive_with_its_own_vectors_round_trips(trained, trained_tiny, tmp_
                      (replace(own, mults=(0, 1)), "a prefix multiplier out of range")):
         with pytest.raises(VecarcError, match=why):
             compact.parse(compact.serialize(replace(h, prefix=bad), blocks))
+
+
+def test_hostile_dictionary_files_are_one_line_errors(trained, tmp_path):
+    """A training record nested past Python's recursion limit, and a file with no end (a device)."""
+    t, _ = trained
+    k, d = t.dictionary.vectors.shape
+    at = 6 + D.FP_BYTES + len(D._varint(d)) + len(D._varint(k)) + 4 * k * d  # where the record's length starts
+    deep = b"[" * 30000 + b"]" * 30000
+    body = t.data[:at] + D._varint(len(deep)) + deep
+    with pytest.raises(VecarcError, match="training record is not JSON"):
+        D.parse(body + hashlib.sha256(body).digest())
+    if Path("/dev/zero").exists():
+        with pytest.raises(VecarcError, match="no dictionary magic|too large"):
+            D.read("/dev/zero")
+
+
+def test_a_chunk_size_at_the_models_context_leaves_room_for_the_vectors(trained, trained_tiny, tmp_path):
+    """Chunks are cut so that the sink, the dictionary's vectors and the chunk fit the model's context."""
+    _, path = trained
+    src = tmp_path / "a.txt"
+    src.write_bytes(CORPUS * 2)
+    r = vecarc.pack([src], tmp_path / "a.vec", vecarc.PackConfig(chunk_tokens=100_000), model=trained_tiny,
+                    dictionary=path)
+    assert max(c.tokens for c in r.archive.chunks) <= trained_tiny.chunk_limit(2)
+    written = vecarc.unpack(tmp_path / "a.vec", tmp_path / "out", model=trained_tiny, dictionary=path)
+    assert written[0].read_bytes() == CORPUS * 2

@@ -133,7 +133,7 @@ def vecarc_row(
         doc = archive.documents[0] if len(archive.documents) == 1 else None
         if doc is None or doc.sha256 != hashlib.sha256(data).hexdigest():
             raise VecarcError(f"{archive_path} does not hold exactly {path}; delete it or pick another --archive")
-        model_for(archive, lm)
+        lm = model_for(archive, lm)  # with what its coded chunks read (a dictionary: the reader says which)
         pack_s, retries = None, None
     else:
         with tempfile.TemporaryDirectory() as tmp:

@@ -107,7 +107,9 @@ class PackConfig:
 
     def chunk_size(self, lm: LoadedModel) -> int:
         """Tokens per chunk of the fixed plan, within what the model's context allows."""
-        k = 0 if self.predicted else self.search.vectors
+        k = self.search.vectors  # positions a chunk shares the model's context with, besides the sink
+        if self.predicted:  # coded: a dictionary's and the archive's own vectors, and the carried context
+            k = lm.extra_inputs + self.context_tokens if self.mode == "coded" else 0
         size = min(self.chunk_tokens or (PREDICT_TOKENS if self.predicted else chunk_tokens_for(k)), lm.chunk_limit(k))
         if size < 1:
             raise VecarcError("chunk size must be at least one token")

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy
 import torch
 
+from .chunks.coded import integer_model, intervals
+from .chunks.coded import prefix as coded_prefix
 from .errors import VecarcError
 from .events import emit
-from .format.compact import spans
-from .format.header import Prefix
+from .format.compact import Prefix, spans
 from .models import LoadedModel
 from .text import tokenize_exact
 
@@ -42,6 +43,7 @@ FP_BYTES, ID_BYTES = 32, 8
 MAX_VECTORS = 64
 MAX_VALUE = 1 << 24  # |v| < 256 in Q16: far above any embedding, and every product stays exact
 MAX_INFO = 1 << 16
+MAX_FILE = 4 + 2 + FP_BYTES + 3 + 1 + 4 * MAX_VECTORS * (1 << 16) + 3 + MAX_INFO + 32
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def parse(data: bytes, name: str = "dictionary") -> Dictionary:
         raise bad("its training record does not end the file")
     try:
         info = json.loads(body[at:].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("its training record is not JSON") from None
     if not isinstance(info, dict):
         raise bad("its training record is not a JSON object")
@@ -147,12 +149,13 @@ def parse(data: bytes, name: str = "dictionary") -> Dictionary:
 def read(path: str | Path) -> Dictionary:
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > 64 * MAX_VECTORS * (1 << 16) + MAX_INFO:
-            raise VecarcError(f"{path}: too large for a vecarc dictionary")
-        return parse(path.read_bytes(), str(path))
+        with open(path, "rb") as f:  # at most what the largest dictionary holds: a device or pipe is cut there
+            data = f.read(MAX_FILE + 1)
     except OSError as e:
         raise VecarcError(f"cannot read dictionary {path}: {e.strerror or e}") from None
+    if len(data) > MAX_FILE:
+        raise VecarcError(f"{path}: too large for a vecarc dictionary")
+    return parse(data, str(path))
 
 
 def load(d: Dictionary | str | Path | None) -> Dictionary | None:
@@ -178,8 +181,6 @@ def write(path: str | Path, data: bytes, force: bool = False) -> Path:
 def attach(lm: LoadedModel, d: Dictionary | None, own: Prefix | None = None) -> LoadedModel:
     """The model as coded chunks see it after the sink: the dictionary's vectors, then the archive's own
     (format 5's prefix), each an extra input of the integer model (ids vocab, vocab + 1, ...)."""
-    from .chunks.coded import integer_model
-
     if d is not None and d.fingerprint != lm.fingerprint:
         raise VecarcError(f"the dictionary {d.id} was trained for another model (fingerprint {d.fingerprint[:20]}…, "
                           f"not {lm.name}'s {lm.fingerprint[:20]}…)")
@@ -207,14 +208,6 @@ def of(lm: LoadedModel) -> Dictionary | None:
 def own_prefix(lm: LoadedModel) -> Prefix | None:
     """The archive's own vectors coded chunks read, if any."""
     return lm._variants.get("own")
-
-
-def prefix(lm: LoadedModel) -> list[int]:
-    """What every coded chunk is decoded after: the sink, then the dictionary's vectors and the archive's
-    own, if any."""
-    extra = lm._variants.get("extra", 0)
-    vocab = int(lm._variants["integer"].embed.shape[0]) - extra if extra else 0
-    return [lm.sink_id, *range(vocab, vocab + extra)]
 
 
 def for_archive(lm: LoadedModel, wanted: str | None, given: Dictionary | None, own: Prefix | None) -> LoadedModel:
@@ -293,19 +286,18 @@ def split(chunks: list[list[int]], held: int) -> tuple[list[list[int]], list[lis
 
 def coded_bits(lm: LoadedModel, chunks: Sequence[Sequence[int]]) -> float:
     """The chunks' ideal coded size in bits under the integer model (after the prefix lm decodes from)."""
-    from .chunks.coded import integer_model, intervals
-
     im, total = integer_model(lm), 0.0
     for c in chunks:
-        sym = intervals(im, prefix(lm), [list(c)])[0]
+        sym = intervals(im, coded_prefix(lm), [list(c)])[0]
         total += float((sym[:, 2].double().log2() - sym[:, 1].double().log2()).sum())
     return total
 
 
-def fit(lm: LoadedModel, chunks: Sequence[Sequence[int]], cfg: TrainConfig, progress=None) -> torch.Tensor:
+def fit(lm: LoadedModel, chunks: Sequence[Sequence[int]], cfg: TrainConfig, progress=None,
+        after: torch.Tensor | None = None) -> torch.Tensor:
     """k vectors (k, hidden) in Q16 that lower the frozen float model's cross-entropy on the chunks, each
-    read after the sink and the vectors: Adam, a random chunk (or `batch`) a step, from embeddings of the
-    chunks' own tokens."""
+    read after the sink, the fixed Q16 vectors `after` (a dictionary's) and the k vectors: Adam, a random
+    chunk (or `batch`) a step, from embeddings of the chunks' own tokens."""
     model = lm.model
     emb = model.get_input_embeddings().weight.detach()
     rng = random.Random(cfg.seed)
@@ -313,13 +305,15 @@ def fit(lm: LoadedModel, chunks: Sequence[Sequence[int]], cfg: TrainConfig, prog
     vec = emb[starts].clone().float().requires_grad_(True)
     opt = torch.optim.Adam([vec], lr=cfg.lr)
     sink = emb[lm.sink_id][None].float()
+    if after is not None:
+        sink = torch.cat([sink, (after.double() / (1 << 16)).float().to(emb.device)])
     for step in range(cfg.steps):
         loss = 0.0
         opt.zero_grad()
         for c in (rng.choice(chunks) for _ in range(cfg.batch)):
             ids = torch.tensor(c, device=emb.device)
             x = torch.cat([sink, vec, emb[ids[:-1]].float()])[None]
-            logits = model(inputs_embeds=x.to(emb.dtype)).logits[0, cfg.vectors :].float()
+            logits = model(inputs_embeds=x.to(emb.dtype)).logits[0, len(sink) + cfg.vectors - 1 :].float()
             part = torch.nn.functional.cross_entropy(logits, ids) / cfg.batch
             part.backward()
             loss += float(part.detach())
@@ -334,6 +328,9 @@ def train(lm: LoadedModel, texts: Sequence[bytes], cfg: TrainConfig = TrainConfi
     integer model, with and without it."""
     cfg = cfg.checked()
     t0 = time.perf_counter()
+    if not lm.fingerprint.startswith("fp2:"):
+        raise VecarcError(f"{lm.name}: dictionaries need a model fingerprint of scheme fp2")
+    integer_model(lm, progress)  # a model the integer path does not cover is refused before training
     chunks = [c for c in chunks_of(lm, texts, cfg.chunk_tokens) if len(c) >= 2]
     if not chunks:
         raise VecarcError("nothing to train on: the corpus has no text the model's tokenizer round-trips")

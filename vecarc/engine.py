@@ -35,7 +35,7 @@ from .dictionary import Dictionary
 from .errors import VecarcError, VerificationError, describe
 from .events import Progress, emit
 from .format import Archive
-from .format.header import Prefix
+from .format.compact import Prefix
 from .models import LoadedModel, load_model
 from .robust import ConditionReport, combine, stress
 from .search import SearchSettings

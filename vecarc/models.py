@@ -127,6 +127,12 @@ class LoadedModel:
     def max_positions(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
+    @property
+    def extra_inputs(self) -> int:
+        """Inputs every coded chunk reads after the sink (vecarc.dictionary.attach: a dictionary's vectors,
+        an archive's own)."""
+        return self._variants.get("extra", 0)
+
     def chunk_limit(self, vectors: int) -> int:
         """The longest chunk `vectors` memory vectors can hold: the context less them and the sink."""
         return self.max_positions - vectors - 1

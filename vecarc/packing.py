@@ -280,6 +280,8 @@ def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int
         archive.vectors is not None and not torch.equal(archive.vectors, back.vectors)
     ):
         raise VerificationError("internal error: vectors changed on serialization; nothing written")
+    # decoded as a reader will: with what the header says coded chunks read, not what pack attached
+    lm = dictionary.for_archive(lm, back.header.cram.get("dictionary"), dictionary.of(lm), back.header.prefix)
     if claimed:
         coded.confirm(lm, back, claimed, decoded)
         decoded = {**decoded, **claimed}

@@ -18,16 +18,19 @@ import torch
 from . import dictionary as dictionaries
 from .config import PackConfig
 from .events import emit
-from .format.header import Prefix
+from .format.compact import MAX_PREFIX_MULT, Prefix
 from .models import LoadedModel
 
 PAYS = 0.10  # the most a few vectors were measured to remove from coded bytes (docs/benchmarks.md)
 STEPS = 60  # optimiser steps: the vectors see the archive's own chunks
 
 
-def quantise(q16: torch.Tensor, plain_bytes: int) -> Prefix:
-    """Q16 vectors (k, d) as int8 values times one multiplier per vector (the smallest that fits)."""
+def quantise(q16: torch.Tensor, plain_bytes: int) -> Prefix | None:
+    """Q16 vectors (k, d) as int8 values times one multiplier per vector (the smallest that fits); None
+    where a vector is too large for format 5's multipliers."""
     mults = [max(1, -(-int(top) // 127)) for top in q16.abs().amax(1)]
+    if max(mults) > MAX_PREFIX_MULT:
+        return None
     q = torch.stack([torch.round(row.double() / m).clamp(-127, 127) for row, m in zip(q16, mults)]).to(torch.int8)
     return Prefix(q.numpy().tobytes(), tuple(mults), int(q16.shape[1]), plain_bytes)
 
@@ -51,8 +54,14 @@ def choose(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, cfg: PackConfig, 
         return plain
     chunks = [c for c in dictionaries.chunks_of(lm, [b for _, b in docs], cfg.chunk_size(lm)) if len(c) >= 2]
     emit(progress, event="note", message=f"--learn-prefix: learning {k} vectors on {len(chunks)} chunks")
-    q16 = dictionaries.fit(lm, chunks, dictionaries.TrainConfig(vectors=k, steps=STEPS), progress)
+    d = dictionaries.of(lm)
+    q16 = dictionaries.fit(lm, chunks, dictionaries.TrainConfig(vectors=k, steps=STEPS), progress,
+                           after=None if d is None else d.vectors)
     own = quantise(q16, len(plain.data))
+    if own is None:
+        emit(progress, event="note", message="--learn-prefix: the vectors learnt are too large to store; "
+                                             "packed without them")
+        return plain
     r = pack_documents(docs, dictionaries.attach(lm, dictionaries.of(lm), own), cfg, progress=progress)
     if len(r.data) < len(plain.data):
         emit(progress, event="note", message=f"--learn-prefix: {k} vectors saved {len(plain.data) - len(r.data):,} "

@@ -165,9 +165,10 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
                           f"but {lm.name} is {lm.hidden_size} wide with {lm.vocab_size}")
     if m.sink_token_id != lm.sink_id:  # decode with the sink the archive was packed with, whatever today's rule picks
         lm = replace(lm, sink_id=m.sink_token_id)
-    lm = dictionaries.for_archive(lm, archive.header.cram.get("dictionary"), dictionary, archive.header.prefix)
+    wanted = archive.header.cram.get("dictionary") if archive.header.version == 5 else None  # format 5's field
+    lm = dictionaries.for_archive(lm, wanted, dictionary, archive.header.prefix)
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
-    coded_prefix = len(dictionaries.prefix(lm)) - 1 + archive.header.cram.get("context_tokens", 0)
+    coded_prefix = len(coded.prefix(lm)) - 1 + archive.header.cram.get("context_tokens", 0)
     for kind, k in (("vector", archive.header.vectors.per_chunk), ("predicted", 0), ("coded", coded_prefix)):
         limit = lm.chunk_limit(k)
         worst = max((c.tokens for c in archive.chunks if c.kind == kind), default=0)

@@ -17,7 +17,6 @@ from contextlib import ExitStack
 
 import torch
 
-from .. import dictionary
 from ..config import PackConfig
 from ..errors import VecarcError, VerificationError
 from ..events import emit
@@ -88,6 +87,14 @@ def _cached(lm: LoadedModel, progress=None) -> IntegerModel:
     return im
 
 
+def prefix(lm: LoadedModel) -> list[int]:
+    """What every coded chunk is decoded after: the sink, then any extra inputs vecarc.dictionary.attach
+    gave the integer model (a dictionary's vectors, the archive's own), as the ids past its vocabulary."""
+    extra = lm.extra_inputs
+    vocab = int(lm._variants["integer"].embed.shape[0]) - extra if extra else 0
+    return [lm.sink_id, *range(vocab, vocab + extra)]
+
+
 def encode(symbols: torch.Tensor) -> bytes:
     """A chunk's stream from its (start, size, total) rows, read back before it is trusted."""
     enc = Encoder()
@@ -142,7 +149,7 @@ def confirm(lm: LoadedModel, archive: Archive, claimed: dict[int, Sequence[int]]
     todo = sorted(claimed)
     rows = [before[i] + list(claimed[i]) for i in todo]
     for group in length_batches([len(r) for r in rows], PACK_ROWS, PACK_CELLS):
-        symbols = intervals(im, dictionary.prefix(lm), [rows[g] for g in group])
+        symbols = intervals(im, prefix(lm), [rows[g] for g in group])
         for r, g in enumerate(group):
             i, at = todo[g], len(before[todo[g]])
             if not reads_back(archive.literals[i], symbols[r, at : len(rows[g])].tolist()):
@@ -160,7 +167,7 @@ def compute(lm: LoadedModel, cfg: PackConfig, items: Sequence[Item], on_record: 
     im, done = integer_model(lm, hooks.progress), 0
     for group in length_batches([len(t) for _, t in items], PACK_ROWS, PACK_CELLS):
         toks = [list(items[i][1]) for i in group]
-        symbols = intervals(im, dictionary.prefix(lm), toks)
+        symbols = intervals(im, prefix(lm), toks)
         for r, i in enumerate(group):
             (_, a, b), t = items[i]
             at = len(t) - (b - a)  # the context before the chunk: read, not coded
@@ -251,7 +258,7 @@ def decode_streams(lm: LoadedModel, streams: Sequence[bytes], lengths: Sequence[
         decoders = [Decoder(streams[g]) for g in group]
         got: list[list[int]] = [[] for _ in group]
         caches = [[] for _ in im.layers]
-        nxt, at = torch.tensor([[*dictionary.prefix(lm), *contexts[g]] for g in group]), 0
+        nxt, at = torch.tensor([[*prefix(lm), *contexts[g]] for g in group]), 0
         with ExitStack() as steps:  # after the first step (the sink and the context), steps of one token
             for step in range(max(sizes)):
                 if step == 1:

@@ -153,7 +153,7 @@ def stepping(im: IntegerModel, rows: int):
     threads, and torch keeps one thread meanwhile (its idle workers would spin on the cores those need).
     Elsewhere (large products, no AVX-512 VNNI, the tensor code) nothing changes."""
     lib = im.native
-    if lib is None or not lib.vnni or 2 * rows > STEP_PRODUCT_ROWS:
+    if lib is None or not lib.vnni or 2 * rows > STEP_PRODUCT_ROWS or lib.step_threads:  # (or already on)
         yield
         return
     threads = torch.get_num_threads()

@@ -72,12 +72,14 @@ struct RoundDiv {
     i64 operator()(i64 x) const { return two.floor(2 * x + root); }
 };
 
-static int THREADS = 1, STEPPING = 0;
+static int THREADS = 1;
+static std::atomic<int> STEPPING{0};  // token steps under way (stepping(1) ... stepping(0), nested or not)
 
 // Threads kept between calls for token steps: each spins a moment for the next part (a step's
 // calls follow one another within microseconds), then sleeps, so that between steps and outside
-// them the cores are free. Never joined: the pool lives as long as the process (a forked child
-// makes its own).
+// them the cores are free. Never joined: a pool lives as long as the process (a forked child, or a
+// caller that asks for more threads, makes a new one). No exception leaves it: a thread that cannot
+// start leaves its parts to the caller's thread.
 struct Pool {
     std::vector<std::thread> threads;
     std::atomic<i64> gen{0};
@@ -90,7 +92,10 @@ struct Pool {
     pid_t pid = getpid();
 
     explicit Pool(int workers) {
-        for (int w = 1; w <= workers; w++) threads.emplace_back([this, w] { serve(w); });
+        try {
+            for (int w = 1; w <= workers; w++) threads.emplace_back([this, w] { serve(w); });
+        } catch (...) {  // fewer threads: run() does the rest
+        }
         for (auto& t : threads) t.detach();
     }
     void serve(int part) {
@@ -106,7 +111,11 @@ struct Pool {
             }
             seen = gen.load(std::memory_order_acquire);
             if (part < parts) {
-                if (int e = task(part)) err = e;
+                try {
+                    if (int e = task(part)) err = e;
+                } catch (...) {
+                    err = 2;
+                }
             }
             left.fetch_sub(1, std::memory_order_acq_rel);
         }
@@ -128,15 +137,23 @@ struct Pool {
             gen.fetch_add(1, std::memory_order_acq_rel);
         }
         cv.notify_all();
-        const int e0 = fn(0);
-        while (left.load(std::memory_order_acquire) > 0) relax();
+        int e0 = 0;
+        try {
+            e0 = fn(0);
+            for (int p = (int)threads.size() + 1; p < n && !e0; p++) e0 = fn(p);  // parts no thread took
+        } catch (...) {
+            e0 = 2;
+        }
+        while (left.load(std::memory_order_acquire) > 0) relax();  // the workers use fn: wait for them
         return e0 ? e0 : err.load();
     }
 };
 
 static Pool* POOL = nullptr;
+static std::mutex POOL_MU;
 
 static Pool& pool(int n) {
+    std::lock_guard<std::mutex> lock(POOL_MU);
     if (!POOL || POOL->pid != getpid() || (int)POOL->threads.size() < n - 1) POOL = new Pool(n - 1);
     return *POOL;
 }
@@ -155,10 +172,17 @@ static int rows(i64 M, i64 work, Fn fn) {
     std::atomic<int> err{0};
     std::vector<std::thread> pool;
     const i64 per = (M + n - 1) / n;
+    std::vector<std::pair<i64, i64>> here;  // ranges no thread could be started for
     for (int t = 1; t < n; t++) {
         const i64 a = t * per, b = std::min(M, a + per);
-        if (a < b) pool.emplace_back([&fn, &err, a, b] { if (int e = fn(a, b)) err = e; });
+        try {
+            if (a < b) pool.emplace_back([&fn, &err, a, b] { if (int e = fn(a, b)) err = e; });
+        } catch (...) {
+            here.emplace_back(a, b);
+        }
     }
+    for (auto [a, b] : here)
+        if (int e = fn(a, b)) err = e;
     const int e0 = fn(0, std::min(M, per));
     for (auto& th : pool) th.join();
     return e0 ? e0 : err.load();
@@ -408,7 +432,7 @@ extern "C" {
 void set_threads(int n) { THREADS = n < 1 ? 1 : n; }
 
 // Token steps begin (1) or end (0): small stages then go to the pool's threads (see rows).
-void stepping(int on) { STEPPING = on; }
+void stepping(int on) { STEPPING += on ? 1 : -1; }
 
 // Whether gemv runs here (built for a CPU with AVX-512 VNNI); where it does not, torch's products do.
 int vnni() {
@@ -446,7 +470,12 @@ int pack_weights(const i8* w, i64 N, i64 K, i8* P, i32* sums) {
 int gemv(const i8* a, i64 M, i64 K, i64 N, const i8* P, const i32* sums, i32* out) {
 #ifdef VNNI
     if (M < 1 || M > 16 || K % 4) return 1;
-    std::vector<uint8_t> au(M * K);
+    std::vector<uint8_t> au;
+    try {
+        au.resize(M * K);
+    } catch (...) {
+        return 2;
+    }
     for (i64 i = 0; i < M * K; i++) au[i] = (uint8_t)(a[i] + 128);
     const i64 blocks = (N + 15) / 16;
     auto part = [&](i64 b0, i64 b1) {

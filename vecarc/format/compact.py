@@ -11,19 +11,18 @@ count against the bytes that remain before it allocates for it.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 from ..errors import VecarcError
 from .header import (
     CODED_TOKENS_PER_BYTE,
     MAX_CHUNK_TOKENS,
     MAX_LITERAL_TOKENS,
-    MAX_PREFIX_MULT,
     Chunk,
     DecodeRecord,
     Document,
     Header,
     ModelRecord,
-    Prefix,
     VectorsRecord,
     bad,
     need,
@@ -42,6 +41,28 @@ DEFAULT_SOURCE_MARK = "default"  # sources "default:..." are not stored: the def
 FP_BYTES, DOC_HASH_BYTES, DICT_ID_BYTES = 8, 8, 8
 KIND_CODED, KIND_TOKENS = 0, 1
 MAX_NAME = 4096
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Vectors a coded archive holds (format 5, flag bit 3), read by every chunk after the sink and any
+    dictionary's: value [i][j] is q[i d + j] x mults[i] in Q16."""
+
+    q: bytes  # count x hidden int8, row-major
+    mults: tuple[int, ...]  # per vector, 1 .. MAX_PREFIX_MULT
+    hidden: int
+    plain_bytes: int  # the archive's size without them, as pack measured it (informational)
+
+    @property
+    def count(self) -> int:
+        return len(self.mults)
+
+    def values(self) -> list[list[int]]:
+        return [[(b - 256 if b > 127 else b) * m for b in self.q[i * self.hidden : (i + 1) * self.hidden]]
+                for i, m in enumerate(self.mults)]
+
+
+MAX_PREFIX_MULT = (1 << 17) - 1  # |q x mult| <= 128 (2^17 - 1) < 2^24, a dictionary's bound
 
 
 def _varint(n: int) -> bytes:

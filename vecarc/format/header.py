@@ -301,28 +301,6 @@ class Chunk:
         return out
 
 
-@dataclass(frozen=True)
-class Prefix:
-    """Vectors a coded archive holds (format 5, flag bit 3), read by every chunk after the sink and any
-    dictionary's: value [i][j] is q[i d + j] x mults[i] in Q16."""
-
-    q: bytes  # count x hidden int8, row-major
-    mults: tuple[int, ...]  # per vector, 1 .. MAX_PREFIX_MULT
-    hidden: int
-    plain_bytes: int  # the archive's size without them, as pack measured it (informational)
-
-    @property
-    def count(self) -> int:
-        return len(self.mults)
-
-    def values(self) -> list[list[int]]:
-        return [[(b - 256 if b > 127 else b) * m for b in self.q[i * self.hidden : (i + 1) * self.hidden]]
-                for i, m in enumerate(self.mults)]
-
-
-MAX_PREFIX_MULT = (1 << 24) // 128  # |q x mult| < 2^24, a dictionary's bound
-
-
 @dataclass
 class DecodeRecord:
     """How the chunks were verified: the margin every greedy step kept (what `verify --strict` demands)."""
@@ -355,7 +333,7 @@ class Header:
     decode: DecodeRecord | None = None
     software: dict | None = None
     corrections: CorrectionsRecord | None = None  # format 3 on (required there)
-    prefix: Prefix | None = None  # format 5: vectors every coded chunk reads
+    prefix: Any = None  # format 5 only: a format.compact.Prefix, vectors every coded chunk reads
     version: int = VERSION  # the format version the header was read as, or will be written as
 
     def chunks_by_document(self) -> list[list[int]]:
@@ -390,7 +368,7 @@ class Header:
         docs = _documents(h["documents"])
         chunks = _chunks(h["chunks"], docs, vectors, corrections, body_len, version)
         return cls(model, vectors, docs, chunks, h["cram"], h.get("plan"), DecodeRecord.from_json(h.get("decode")),
-                   h.get("software") if isinstance(h.get("software"), dict) else None, corrections, version)
+                   h.get("software") if isinstance(h.get("software"), dict) else None, corrections, version=version)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"format": "vecarc"}
