@@ -232,3 +232,23 @@ def test_a_chunk_size_at_the_models_context_leaves_room_for_the_vectors(trained,
     assert max(c.tokens for c in r.archive.chunks) <= trained_tiny.chunk_limit(2)
     written = vecarc.unpack(tmp_path / "a.vec", tmp_path / "out", model=trained_tiny, dictionary=path)
     assert written[0].read_bytes() == CORPUS * 2
+
+
+def test_bench_measures_coded_archives_with_a_dictionary(trained, trained_dir, tmp_path):
+    """bench --dict packs and decodes its coded archive after the dictionary; predicted chunks ignore it."""
+    import json
+
+    _, path = trained
+    src = tmp_path / "a.txt"
+    src.write_bytes(TEXT)
+    out = tmp_path / "b.json"
+    kept = tmp_path / "kept"
+    code, text = run_cli("bench", src, "--dict", path, "--model", trained_dir, "--vector-dtypes", "coded,predict",
+                         "--reps", "1", "--json", out, "--archive", kept, "-q")
+    assert code == 0, text
+    made = {read_archive(p).header.cram["mode"]: read_archive(p).header.cram for p in kept.iterdir()}
+    assert made["coded"]["dictionary"] == D.read(path).id and "dictionary" not in made["predict"]
+    rows = json.loads(out.read_text())[0]["methods"]
+    kinds = {r["method"]: r for r in rows if r["method"].startswith("vecarc")}
+    assert {"vecarc coded", "vecarc predicted"} <= set(kinds), kinds
+    assert all(r["verify_ok"] for r in kinds.values()), kinds

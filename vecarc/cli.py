@@ -277,14 +277,15 @@ def list_(archive, as_json, verbose):
 @click.option("--reps", default=5, show_default=True, type=click.IntRange(1), help="Repetitions for zstd/xz times.")
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1))
 @click.option("--context", "context_tokens", default=0, type=click.IntRange(0), help="As pack's --context.")
+@dict_opt
 @seed_opt
 @model_opt
 @device_opt
 @quiet_opt
 @verbose_opt
 @handled
-def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps, chunk_tokens, context_tokens, seed,
-          model, device, quiet, verbose):
+def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps, chunk_tokens, context_tokens,
+          dictionary, seed, model, device, quiet, verbose):
     """Compare vecarc with zstd and xz on the same files: sizes, times, the model's own limit."""
     try:
         levels = [int(x) for x in zstd_levels.split(",") if x.strip()]
@@ -296,7 +297,9 @@ def bench(inputs, json_out, plot_out, zstd_levels, vector_dtypes, archive, reps,
     B.check_dtypes(dtypes)
     for p in inputs:
         check_input(p)  # before the model loads: a typo should not cost seconds
+    d = dictionaries.read(dictionary) if dictionary else None
     lm = load_model(model, device)
+    lm = dictionaries.attach(lm, d) if d is not None else lm  # coded archives packed and decoded after it
     config = PackConfig(search=SearchSettings(seed=seed), chunk_tokens=chunk_tokens, context_tokens=context_tokens)
     with progress_bar(quiet) as on:
         results = [B.bench_file(p, lm, zstd_levels=levels, vector_dtypes=dtypes, config=config, archive=archive,

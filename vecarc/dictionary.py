@@ -212,7 +212,8 @@ def own_prefix(lm: LoadedModel) -> Prefix | None:
 
 def for_archive(lm: LoadedModel, wanted: str | None, given: Dictionary | None, own: Prefix | None) -> LoadedModel:
     """The model an archive's coded chunks decode with: with the dictionary it records, which must be the
-    one given, and the vectors it holds."""
+    one given (or, given none, the one attached to lm), and the vectors it holds."""
+    given = given if given is not None else of(lm)
     if wanted is not None and given is None:
         raise VecarcError(f"this archive was packed with dictionary {wanted}: pass it with --dict FILE")
     if wanted is not None and given.id != wanted:

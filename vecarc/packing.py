@@ -119,7 +119,8 @@ def _resume(journal: Journal | None, ledger: Ledger, lm: LoadedModel, cfg: PackC
     journal.start(identity(
         vecarc=__version__, documents=[(x.name, x.sha256) for x in plan.documents], model=lm.fingerprint,
         settings={**cfg.search.record(), "mode": cfg.mode} | (
-            {"context_tokens": cfg.context_tokens} if cfg.context_tokens else {}) | _dictionary(lm), chunk_tokens=size,
+            {"context_tokens": cfg.context_tokens} if cfg.context_tokens else {}) | _dictionary(lm, cfg),
+        chunk_tokens=size,
         min_chunk_tokens=cfg.min_chunk_tokens, budget=vars(budget) if budget else None, spans=plan.spans))
     ledger.replay(journal.results)
     if journal.state is not None:
@@ -236,10 +237,11 @@ def assemble(plan: Plan, ledger: Ledger, merge: bool = True) -> Assembly:
     return out
 
 
-def _dictionary(lm: LoadedModel) -> dict:
-    """The header's (and the journal's) record of the dictionary coded chunks read, if any."""
+def _dictionary(lm: LoadedModel, cfg: PackConfig) -> dict:
+    """The header's (and the journal's) record of the dictionary coded chunks read, if any (other kinds of
+    chunk read none)."""
     d = dictionary.of(lm)
-    return {"dictionary": d.id} if d is not None else {}
+    return {"dictionary": d.id} if d is not None and cfg.mode == "coded" else {}
 
 
 def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, body: Assembly, size: int,
@@ -253,9 +255,9 @@ def build_header(lm: LoadedModel, cfg: PackConfig, plan: Plan, ledger: Ledger, b
         model=ModelRecord.from_json(model),
         vectors=VectorsRecord(s.vectors, s.vector_dtype, lm.hidden_size, len(body.rows), s.rank,
                               s.basis_seed if s.rank else None),
-        cram=cfg.record(size) | _dictionary(lm),
+        cram=cfg.record(size) | _dictionary(lm, cfg),
         plan=method | {"chunks_planned": len(plan.spans), "retries": ledger.retries},
-        prefix=dictionary.own_prefix(lm),
+        prefix=dictionary.own_prefix(lm) if cfg.mode == "coded" else None,
         decode=DecodeRecord("integer", "int", None) if cfg.mode == "coded" else
         DecodeRecord("greedy-kv", model["dtype"], cfg.margin),
         documents=plan.documents,
