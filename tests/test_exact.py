@@ -124,15 +124,19 @@ def test_frequencies_are_identical_however_they_are_computed(family):
     assert digest(whole) == digest(IntegerModel(family.model).forward(seq))  # quantising again changes nothing
 
 
-def test_compiled_loops_compute_the_reference_integers(family, tmp_path):
-    lib = fast.library(tmp_path / "native")
+def compiled(family, folder) -> tuple[IntegerModel, torch.Tensor]:
+    """The family's integer model on the compiled loops (skipped without a compiler), and two rows to run."""
+    lib = fast.library(folder / "native")
     if lib is None:
         pytest.skip("no C++ compiler here: the tensor code runs alone")
     im = IntegerModel(family.model)
     im.native = lib
     ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
-    seq = torch.tensor([[family.sink_id] + ids, [family.sink_id] + ids[::-1]])
-    same_as_reference(im, seq)
+    return im, torch.tensor([[family.sink_id] + ids, [family.sink_id] + ids[::-1]])
+
+
+def test_compiled_loops_compute_the_reference_integers(family, tmp_path):
+    same_as_reference(*compiled(family, tmp_path))
 
 
 def test_token_steps_products_compute_torch_integers(tmp_path):
@@ -161,13 +165,8 @@ def test_token_steps_products_compute_torch_integers(tmp_path):
 def test_token_steps_give_the_reference_integers(family, tmp_path):
     """Decoding's token steps (their products in gemv, small stages on the pool's threads) against the
     tensor code, and torch's threads as they were afterwards."""
-    lib = fast.library(tmp_path / "native")
-    if lib is None:
-        pytest.skip("no C++ compiler here: the tensor code runs alone")
-    im = IntegerModel(family.model)
-    im.native = lib
-    ids = family.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:40]
-    seq = torch.tensor([[family.sink_id] + ids, [family.sink_id] + ids[::-1]])
+    im, seq = compiled(family, tmp_path)
+    lib = im.native
     threads = torch.get_num_threads()
     with fast.stepping(im, 2):
         stepped = in_pieces(im, seq, [])
