@@ -130,6 +130,10 @@ def test_cli_train_pack_and_read_with_a_dictionary(trained_dir, tmp_path):
     assert code == 0 and (tmp_path / "y" / "a.txt").read_bytes() == TEXT
     code, out = run_cli("info", arc, "--json")
     assert code == 0 and D.read(d).id in out
+    plain = tmp_path / "p.vec"
+    assert run_cli("pack", src, "-o", plain, "--model", trained_dir, "-q")[0] == 0
+    code, out = run_cli("verify", plain, "--dict", d, "--model", trained_dir)
+    assert code == 0 and "ignored: the archive was packed without a dictionary" in out
 
 
 def test_format_5_records_the_dictionary(trained, trained_tiny, tmp_path):

@@ -21,7 +21,7 @@ from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
 from .errors import VecarcError
 from .exact.model import SPEC, not_covered
-from .format import write_atomic
+from .format import Archive, write_atomic
 from .inputs import check_input, named_inputs, output_for, read_named
 from .journal import journal_path
 from .models import load_model
@@ -166,6 +166,7 @@ def unpack(archive, members, outdir, force, to_stdout, model, device, dictionary
     their chunks (and an index's volumes that hold them) are decoded.
     """
     where = engine_for(engine, address, workers)
+    _say_unused_dictionary(archive, dictionary, quiet)
     if to_stdout:
         return _cat(archive, members, model, device, where, quiet, dictionary)
     with progress_bar(quiet) as on:
@@ -193,6 +194,7 @@ def verify(archive, members, model, device, dictionary, strict, engine, address,
     MEMBERS (document names or shell globs) verify only those documents.
     """
     a = open_any(archive)
+    _say_unused_dictionary(a, dictionary, quiet or as_json)
     with progress_bar(quiet or as_json) as on:
         r = api.verify(a, members, model=model, device=device, progress=on, strict=strict,
                        engine=engine_for(engine, address, workers), dictionary=dictionary)
@@ -239,7 +241,18 @@ def info(archive, as_json, verbose):
 def cat(archive, members, model, device, dictionary, engine, address, workers, quiet, verbose):
     """Write the documents' bytes (or the MEMBERS', names or globs) to standard output, in archive order,
     once every one has matched its SHA-256: never part of a document."""
+    _say_unused_dictionary(archive, dictionary, quiet)
     _cat(archive, members, model, device, engine_for(engine, address, workers), quiet, dictionary)
+
+
+def _say_unused_dictionary(archive, dictionary, quiet: bool) -> None:
+    """A --dict that the archive does not read is harmless, but likely a mistake: say so (an index's
+    volumes are not opened for it)."""
+    if dictionary is None or quiet:
+        return
+    a = archive if isinstance(archive, (Indexed, Archive)) else open_any(archive, load_vectors=False)
+    if isinstance(a, Archive) and (a.header.version != 5 or "dictionary" not in a.header.cram):
+        say(f"vecarc: --dict {dictionary} ignored: the archive was packed without a dictionary")
 
 
 def _cat(archive, members, model, device, engine, quiet, dictionary=None) -> None:
