@@ -21,7 +21,7 @@ from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
 from .errors import VecarcError
 from .exact.model import SPEC, not_covered
-from .format import Archive, write_atomic
+from .format import write_atomic
 from .inputs import check_input, named_inputs, output_for, read_named
 from .journal import journal_path
 from .models import load_model
@@ -42,7 +42,7 @@ from .plan import MIN_CHUNK_TOKENS
 from .search import SearchSettings
 from .stdio import archive_to_stdout, streams
 from .summary import listing, summary
-from .unpacking import select
+from .unpacking import reads_dictionary, select
 from .volumes import Indexed, open_any
 
 # Ctrl-C inside a backward pass makes autograd warn with the forward call's traceback: noise, not news.
@@ -246,12 +246,8 @@ def cat(archive, members, model, device, dictionary, engine, address, workers, q
 
 
 def _say_unused_dictionary(archive, dictionary, quiet: bool) -> None:
-    """A --dict that the archive does not read is harmless, but likely a mistake: say so (an index's
-    volumes are not opened for it)."""
-    if dictionary is None or quiet:
-        return
-    a = archive if isinstance(archive, (Indexed, Archive)) else open_any(archive, load_vectors=False)
-    if isinstance(a, Archive) and (a.header.version != 5 or "dictionary" not in a.header.cram):
+    """A --dict that the archive does not read is harmless, but likely a mistake: say so."""
+    if dictionary is not None and not quiet and not reads_dictionary(archive):
         say(f"vecarc: --dict {dictionary} ignored: the archive was packed without a dictionary")
 
 
@@ -350,14 +346,12 @@ def train(corpus, output, force, exclude, vectors, steps, lr, batch, held_out, s
           verbose):
     """Learn a dictionary: memory vectors that every coded chunk of `pack --dict FILE` is coded after.
 
-    Trained on the corpus (files, or folders of them) for the model given; the gain is measured on
-    held-out chunks of the same corpus, with the integer model's exact frequencies.
-    """
+    Trained on the corpus (files, or folders of them) for the model given; the gain is measured
+    exactly on held-out chunks of it."""
     out = Path(output)
     if out.exists() and not force:
         raise VecarcError(f"{out} exists (use -f to overwrite)")
-    cfg = dictionaries.TrainConfig(vectors=vectors, steps=steps, lr=lr, batch=batch, held_out=held_out,
-                                   seed=seed).checked()
+    cfg = dictionaries.TrainConfig(vectors, steps, lr, batch=batch, held_out=held_out, seed=seed).checked()
     texts = [data for _, data in read_named(named_inputs(list(corpus), exclude, warner(quiet)))]
     lm = load_model(model, device)
     with progress_bar(quiet or as_json) as on:
@@ -367,9 +361,7 @@ def train(corpus, output, force, exclude, vectors, steps, lr, batch, held_out, s
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif not quiet:
-        say(f"wrote {out}: dictionary {report['dictionary']}, {vectors} vectors ({len(t.data):,} bytes), trained on "
-            f"{t.train_chunks} chunks in {t.seconds:.0f} s; on {t.held_chunks} held-out chunks "
-            f"{report['held_bytes_without']:,} -> {report['held_bytes_with']:,} bytes ({t.gain:+.1%} smaller)")
+        display.trained(report)
 
 
 @main.command()

@@ -351,7 +351,7 @@ def train(lm: LoadedModel, texts: Sequence[bytes], cfg: TrainConfig = TrainConfi
 
 
 def train_report(t: Trained) -> dict:
-    return {"dictionary": t.dictionary.id, "vectors": int(t.dictionary.vectors.shape[0]),
+    return {"dictionary": t.dictionary.id, "vectors": int(t.dictionary.vectors.shape[0]), "file_bytes": len(t.data),
             "train_chunks": t.train_chunks, "held_chunks": t.held_chunks,
             "held_bytes_without": round(t.bits_without / 8), "held_bytes_with": round(t.bits_with / 8),
             "gain": round(t.gain, 4), "seconds": round(t.seconds, 1)}

@@ -86,6 +86,13 @@ def _count(bar: Progress, tasks: dict[str, int], kind: str, e: dict) -> None:
         tasks.pop(kind)
 
 
+def trained(r: dict) -> None:
+    """vecarc train's summary: the file, and the gain measured on held-out chunks."""
+    say(f"wrote {r['output']}: dictionary {r['dictionary']}, {r['vectors']} vectors ({r['file_bytes']:,} bytes), "
+        f"trained on {r['train_chunks']} chunks in {r['seconds']:.0f} s; on {r['held_chunks']} held-out chunks "
+        f"{r['held_bytes_without']:,} -> {r['held_bytes_with']:,} bytes ({r['gain']:.1%} smaller)")
+
+
 def show_table(console: Console, columns: list[str] | None, rows: list[list[str]], title: str | None = None) -> None:
     """A rich table on a terminal; piped, plain tab-separated lines that keep every field whole.
 

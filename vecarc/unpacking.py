@@ -177,6 +177,12 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
     return lm
 
 
+def reads_dictionary(archive: str | Path | Archive | Indexed) -> bool:
+    """Whether the archive's coded chunks read a dictionary (an index: assumed so, its volumes unread)."""
+    a = archive if isinstance(archive, (Indexed, Archive)) else open_any(archive, load_vectors=False)
+    return isinstance(a, Indexed) or (a.header.version == 5 and "dictionary" in a.header.cram)
+
+
 def install_hint(source: str) -> str:
     """What to install or pass to get the archive's exact model back, from its recorded source."""
     kind, _, where = source.partition(":")
