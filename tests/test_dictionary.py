@@ -15,6 +15,7 @@ from vecarc import dictionary as D
 from vecarc.chunks import coded
 from vecarc.errors import VecarcError
 from vecarc.format import parse_archive, read_archive
+from vecarc.format.compact import varint
 
 TEXT = (TRAIN_TEXT[:300] + " then a line it has not read: zq 42 xv.\n").encode()
 CORPUS = TRAIN_TEXT.encode() * 2
@@ -216,9 +217,9 @@ def test_hostile_dictionary_files_are_one_line_errors(trained, tmp_path):
     """A training record nested past Python's recursion limit, and a file with no end (a device)."""
     t, _ = trained
     k, d = t.dictionary.vectors.shape
-    at = 6 + D.FP_BYTES + len(D._varint(d)) + len(D._varint(k)) + 4 * k * d  # where the record's length starts
+    at = 6 + D.FP_BYTES + len(varint(d)) + len(varint(k)) + 4 * k * d  # where the record's length starts
     deep = b"[" * 30000 + b"]" * 30000
-    body = t.data[:at] + D._varint(len(deep)) + deep
+    body = t.data[:at] + varint(len(deep)) + deep
     with pytest.raises(VecarcError, match="training record is not JSON"):
         D.parse(body + hashlib.sha256(body).digest())
     if Path("/dev/zero").exists():

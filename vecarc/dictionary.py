@@ -32,7 +32,7 @@ from .chunks.coded import integer_model, intervals
 from .chunks.coded import prefix as coded_prefix
 from .errors import VecarcError
 from .events import emit
-from .format.compact import Prefix, spans
+from .format.compact import Prefix, Reader, spans, varint
 from .models import LoadedModel
 from .text import tokenize_exact
 
@@ -59,15 +59,6 @@ class Dictionary:
         return self.digest[:ID_BYTES].hex()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n >> 7 else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
-
-
 def serialize(vectors: torch.Tensor, fingerprint: str, info: dict) -> bytes:
     """The file's bytes: header, vectors, training record, SHA-256."""
     k, d = vectors.shape
@@ -78,29 +69,9 @@ def serialize(vectors: torch.Tensor, fingerprint: str, info: dict) -> bytes:
         raise VecarcError(f"dictionaries are made for fingerprints of scheme fp2, not {fingerprint!r}")
     meta = json.dumps(info, sort_keys=True, separators=(",", ":")).encode()
     out = bytearray(MAGIC + bytes([VERSION, FORM_Q16]) + bytes.fromhex(digest))
-    out += _varint(d) + _varint(k) + vectors.to(torch.int32).numpy().astype("<i4").tobytes()
-    out += _varint(len(meta)) + meta
+    out += varint(d) + varint(k) + vectors.to(torch.int32).numpy().astype("<i4").tobytes()
+    out += varint(len(meta)) + meta
     return bytes(out + hashlib.sha256(out).digest())
-
-
-def _varints(body: bytes, at: int, tops: Sequence[int]) -> tuple[list[int], int]:
-    """Numbers (LEB128) from body[at:], each at most its top; ValueError says which rule failed."""
-    out = []
-    for top in tops:
-        n, shift = 0, 0
-        while True:
-            if at >= len(body) or shift > 28:
-                raise ValueError("truncated")
-            b = body[at]
-            at += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        if n > top:
-            raise ValueError("a size out of range")
-        out.append(n)
-    return out, at
 
 
 def parse(data: bytes, name: str = "dictionary") -> Dictionary:
@@ -120,22 +91,15 @@ def parse(data: bytes, name: str = "dictionary") -> Dictionary:
         raise bad("SHA-256 mismatch: the file is damaged")
     if body[5] != FORM_Q16:
         raise bad(f"unknown storage form {body[5]}")
-    at = 6 + FP_BYTES
+    r = Reader(body, bad)
+    r.take(6 + FP_BYTES, "the header")
+    d, k = r.varint("the vectors' width", 1 << 16), r.varint("the vector count", MAX_VECTORS)
+    r.need(d >= 1 and k >= 1, "vector sizes out of range")
+    raw = numpy.frombuffer(r.take(4 * k * d, "the vectors"), dtype="<i4").reshape(k, d)
+    meta = r.take(r.varint("the training record's length", MAX_INFO), "the training record")
+    r.need(r.at == len(body), "its training record does not end the file")
     try:
-        (d, k), at = _varints(body, at, (1 << 16, MAX_VECTORS))
-    except ValueError as e:
-        raise bad(str(e)) from None
-    if not d or not k or 4 * k * d > len(body) - at:
-        raise bad("vector sizes out of range")
-    raw = numpy.frombuffer(body, dtype="<i4", count=k * d, offset=at).reshape(k, d)
-    try:
-        (n,), at = _varints(body, at + 4 * k * d, (MAX_INFO,))
-    except ValueError as e:
-        raise bad(str(e)) from None
-    if at + n != len(body):
-        raise bad("its training record does not end the file")
-    try:
-        info = json.loads(body[at:].decode("utf-8"))
+        info = json.loads(meta.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("its training record is not JSON") from None
     if not isinstance(info, dict):

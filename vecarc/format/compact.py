@@ -11,6 +11,7 @@ count against the bytes that remain before it allocates for it.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import VecarcError
@@ -65,7 +66,8 @@ class Prefix:
 MAX_PREFIX_MULT = (1 << 17) - 1  # |q x mult| <= 128 (2^17 - 1) < 2^24, a dictionary's bound
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """n as unsigned LEB128, the varint of format 5 and of dictionary files."""
     out = bytearray()
     while True:
         b = n & 0x7F
@@ -75,26 +77,33 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
+class Reader:
+    """Fields taken from the front of `data`, each checked before use; `fail` makes the error (default: a
+    corrupt archive's)."""
+
+    def __init__(self, data: bytes, fail: Callable[[str], VecarcError] = bad) -> None:
+        self.data, self.at, self.fail = data, 0, fail
+
+    def need(self, cond: bool, msg: str) -> None:
+        if not cond:
+            raise self.fail(msg)
 
     def take(self, n: int, what: str) -> bytes:
-        need(0 <= n <= len(self.data) - self.at, f"truncated in {what}")
+        self.need(0 <= n <= len(self.data) - self.at, f"truncated in {what}")
         self.at += n
         return self.data[self.at - n : self.at]
 
     def varint(self, what: str, top: int = 1 << 62) -> int:
         n, shift = 0, 0
         while True:
-            need(self.at < len(self.data) and shift < 63, f"truncated or overlong number in {what}")
+            self.need(self.at < len(self.data) and shift < 63, f"truncated or overlong number in {what}")
             b = self.data[self.at]
             self.at += 1
             n |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
-                need(b or shift == 7, f"overlong number in {what}")
-                need(n <= top, f"{what} out of range")
+                self.need(b or shift == 7, f"overlong number in {what}")
+                self.need(n <= top, f"{what} out of range")
                 return n
 
     def text(self, what: str) -> str:
@@ -102,7 +111,7 @@ class _Reader:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise bad(f"{what} is not UTF-8") from None
+            raise self.fail(f"{what} is not UTF-8") from None
 
 
 def is_compact(head: bytes) -> bool:
@@ -131,28 +140,28 @@ def serialize(header: Header, blocks: dict[int, bytes]) -> bytes:
         FLAG_PREFIX if header.prefix is not None else 0)
     out = bytearray(MAGIC + bytes([VERSION, flags]) + digest)
     if source:
-        out += _varint(len(source.encode())) + source.encode()
+        out += varint(len(source.encode())) + source.encode()
     if dictionary:
         out += bytes.fromhex(dictionary)
     sizes = [m.vocab_size, m.hidden_size, m.sink_token_id, header.cram["chunk_tokens"]] + ([context] if context else [])
-    out += b"".join(_varint(x) for x in sizes)
+    out += b"".join(varint(x) for x in sizes)
     if header.prefix is not None:
         p = header.prefix
-        out += _varint(p.count) + _varint(p.plain_bytes)
-        out += b"".join(_varint(mult) + p.q[i * p.hidden : (i + 1) * p.hidden] for i, mult in enumerate(p.mults))
-    out += _varint(len(header.documents))
+        out += varint(p.count) + varint(p.plain_bytes)
+        out += b"".join(varint(mult) + p.q[i * p.hidden : (i + 1) * p.hidden] for i, mult in enumerate(p.mults))
+    out += varint(len(header.documents))
     by_doc = header.chunks_by_document()
     body = bytearray()
     for doc, mine in zip(header.documents, by_doc):
         name = doc.name.encode()
         tokens = sum(header.chunks[i].tokens for i in mine) if doc.encoding == "text" else -1
-        out += _varint(len(name)) + name + _varint(doc.size) + _varint(tokens + 1)
+        out += varint(len(name)) + name + varint(doc.size) + varint(tokens + 1)
         out += bytes.fromhex(doc.sha256)[:DOC_HASH_BYTES]
         for i in mine:
             c = header.chunks[i]
             block = blocks[i]
             kind = KIND_TOKENS if c.kind in ("tokens", "bytes") else KIND_CODED
-            out += _varint(len(block) * 2 + kind) if c.kind != "bytes" else _varint(len(block))
+            out += varint(len(block) * 2 + kind) if c.kind != "bytes" else varint(len(block))
             c.offset, c.length = len(body), len(block)
             body += block
     data = bytes(out + body)
@@ -165,7 +174,7 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
     need(data[3] == VERSION, f"unsupported compact version {data[3]}")
     if zlib.crc32(data[:-4]).to_bytes(4, "little") != data[-4:]:
         raise bad("checksum mismatch (the file is damaged)")
-    r = _Reader(data[:-4])
+    r = Reader(data[:-4])
     r.take(4, "magic")
     flags = r.take(1, "flags")[0]
     need(not flags & ~(FLAG_SOURCE | FLAG_CONTEXT | FLAG_DICT | FLAG_PREFIX), "reserved flags are set")
@@ -218,7 +227,7 @@ def parse(data: bytes) -> tuple[Header, dict[int, bytes]]:
     return header, blocks
 
 
-def _prefix(r: _Reader, hidden: int) -> Prefix:
+def _prefix(r: Reader, hidden: int) -> Prefix:
     count = r.varint("prefix vectors", MAX_PREFIX)
     need(count >= 1, "prefix vectors out of range")
     plain = r.varint("the prefix's plain size")
