@@ -76,8 +76,6 @@ def pack(inputs: Sequence[Input], output: str | Path | None = None, config: Pack
     try:
         lm, cfg, budget = _prepare(model, device, cfg, progress, warn, d)
         r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
-        if cfg.learn_prefix:
-            r = prefix.choose(docs, lm, cfg, r, progress)
         write_atomic(output, r.data, force=force)
         journal.remove()
     finally:
@@ -110,13 +108,15 @@ def _prepare(model: str | LoadedModel | None, device: str, cfg: PackConfig, prog
 
 def _journaled(docs: list[tuple[str, bytes]], lm: LoadedModel, cfg: PackConfig, budget: Budget | None,
                journal: Journal, progress: Progress | None, trace: Trace | None) -> PackResult:
+    """One archive of docs, journaled; with --learn-prefix, the smaller of it and one after its own vectors."""
     try:
-        return pack_documents(docs, lm, cfg, budget=budget, journal=journal, progress=progress, trace=trace)
+        r = pack_documents(docs, lm, cfg, budget=budget, journal=journal, progress=progress, trace=trace)
     except VerificationError as e:
         if not journal.results:
             raise
         raise VerificationError(f"{e}: the journal {journal.path} holds work that does not decode "
                       f"(damaged, or another pack's); pack again with -f to start over") from None
+    return prefix.choose(docs, lm, cfg, r, progress) if cfg.learn_prefix else r
 
 
 def written_by(output: Path, volumes: int = 0) -> list[Path]:
@@ -173,8 +173,6 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
             journal = Journal.open(path, resume, force)
             try:
                 r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
-                if cfg.learn_prefix:
-                    r = prefix.choose(docs, lm, cfg, r, progress)
                 write_atomic(path, r.data, force=True)
                 journal.remove()
             finally:
