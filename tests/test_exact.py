@@ -139,6 +139,38 @@ def test_compiled_loops_compute_the_reference_integers(family, tmp_path):
     same_as_reference(*compiled(family, tmp_path))
 
 
+def test_biases_are_the_specifications(tmp_path):
+    """docs/format.md: q, k, v, o and down biases enter the integer model (the compiled loops' as the tensor
+    code's); gate and up biases are not part of specification 1, so a model's own changes nothing."""
+    folder = build_tiny_model(tmp_path / "m", seed=3, attention_bias=True, mlp_bias=True)
+    lm = vecarc.load_model(str(folder), device="cpu")
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for layer in lm.model.model.layers:
+            at, mlp = layer.self_attn, layer.mlp
+            for p in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                p.bias.copy_(torch.randn(p.bias.shape, generator=gen) * 0.1)
+    ids = lm.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:30]
+    seq = torch.tensor([[lm.sink_id] + ids])
+    whole = IntegerModel(lm.model).forward(seq)
+    lib = fast.library(tmp_path / "native")
+    if lib is not None:
+        im = IntegerModel(lm.model)
+        im.native = lib
+        same_as_reference(im, seq)
+    with torch.no_grad():
+        for layer in lm.model.model.layers:
+            layer.mlp.gate_proj.bias.zero_()
+            layer.mlp.up_proj.bias.zero_()
+    assert torch.equal(IntegerModel(lm.model).forward(seq), whole)
+    for name in ("o_proj", "down_proj"):
+        changed = copy.deepcopy(lm.model)
+        layer = changed.model.layers[0]
+        with torch.no_grad():
+            (layer.self_attn.o_proj if name == "o_proj" else layer.mlp.down_proj).bias.zero_()
+        assert not torch.equal(IntegerModel(changed).forward(seq), whole), name
+
+
 def test_token_steps_products_compute_torch_integers(tmp_path):
     """gemv (token steps' products, AVX-512 VNNI) against torch._int_mm: every row count it takes, outputs
     that are not whole blocks of 16, the extreme int8 values."""
