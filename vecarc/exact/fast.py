@@ -37,7 +37,7 @@ SIGNATURES = {  # p: a pointer (a tensor or None), i: an int64
     "mlp_mid": "piipipppipp", "head_freqs": "piipippiip", "head_symbols": "piipippiipp",
     "stepping": "i", "vnni": "", "pack_weights": "piipp", "gemv": "piiippp",
 }
-STEP_PRODUCT_ROWS = 16  # products of at most this many rows (8 tokens' halves) go to gemv in token steps
+STEP_PRODUCT_ROWS = 32  # products of at most this many rows (16 tokens' halves) go to gemv in token steps
 
 
 def _cpu() -> bytes:

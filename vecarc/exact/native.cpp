@@ -465,11 +465,11 @@ int pack_weights(const i8* w, i64 N, i64 K, i8* P, i32* sums) {
 }
 
 
-// out (M, N) = a (M, K) times the weights packed by pack_weights, as torch._int_mm; M <= 16 (the rows are
+// out (M, N) = a (M, K) times the weights packed by pack_weights, as torch._int_mm; M <= 32 (the rows are
 // taken 8 at a time from the same weights), the output blocks shared among THREADS threads.
 int gemv(const i8* a, i64 M, i64 K, i64 N, const i8* P, const i32* sums, i32* out) {
 #ifdef VNNI
-    if (M < 1 || M > 16 || K % 4) return 1;
+    if (M < 1 || M > 32 || K % 4) return 1;
     std::vector<uint8_t> au;
     try {
         au.resize(M * K);
