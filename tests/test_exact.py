@@ -195,8 +195,8 @@ def test_token_steps_products_compute_torch_integers(tmp_path):
 
 
 def test_token_steps_give_the_reference_integers(family, tmp_path):
-    """Decoding's token steps (their products in gemv, small stages on the pool's threads) against the
-    tensor code, and torch's threads as they were afterwards."""
+    """Decoding's token steps (all layers in one compiled call: products in gemv, small stages on the pool's
+    threads) against the tensor code, and torch's threads as they were afterwards."""
     im, seq = compiled(family, tmp_path)
     lib = im.native
     threads = torch.get_num_threads()
@@ -305,9 +305,11 @@ def test_default_model_frequencies_are_identical_however_they_are_computed():
     ids = lm.tokenizer("The integer model gives every machine the same frequencies, on any CPU, with any "
                        "number of threads.", add_special_tokens=False)
     seq = torch.tensor([[lm.sink_id] + ids["input_ids"]])
-    same_however_computed(im, seq, lm.vocab_size)
+    whole = same_however_computed(im, seq, lm.vocab_size)
     if im.native is not None:
         same_as_reference(im, seq)
+        with fast.stepping(im, 1):  # a decoder's steps: all layers in one compiled call where gemv runs
+            assert torch.equal(in_pieces(im, seq, []), whole)
 
 
 def test_coded_volumes_and_members_unpack(trained_tiny, tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .model import FREQ_TOTAL, KV_CLAMP, MLP_CLAMP, QK_CLAMP, QUERY_BLOCK, IntegerModel, Linear
+from .model import FREQ_TOTAL, KV_CLAMP, LINEARS, MLP_CLAMP, QK_CLAMP, QUERY_BLOCK, IntegerModel, Linear
 from .tables import LOG2E_Q24
 
 SOURCE = Path(__file__).with_name("native.cpp")
@@ -36,6 +36,7 @@ SIGNATURES = {  # p: a pointer (a tensor or None), i: an int64
     "attend_small": "ppppiiiiiiipip", "attend_mid": "piiiippipp", "attend_out": "piiiiipiip",
     "mlp_mid": "piipipppipp", "head_freqs": "piipippiip", "head_symbols": "piipippiipp",
     "stepping": "i", "vnni": "", "pack_weights": "piipp", "gemv": "piiippp",
+    "step_layers": "piipppppppppiiiippiiiipppii",
 }
 STEP_PRODUCT_ROWS = 32  # products of at most this many rows (16 tokens' halves) go to gemv in token steps
 
@@ -174,15 +175,56 @@ def _product(im: IntegerModel, both: torch.Tensor, lin: Linear) -> torch.Tensor:
     lib, (N, K) = im.native, lin.q.shape
     if not lib.step_threads or both.shape[0] > STEP_PRODUCT_ROWS or K % 4:
         return torch._int_mm(both, lin.q.t())
-    if id(lin) not in im.packed:  # repacked on first use: a copy of the weights, kept with the model
-        blocks = (N + 15) // 16
-        P, sums = torch.empty(blocks * 16 * K, dtype=torch.int8), torch.empty(blocks * 16, dtype=torch.int32)
-        _call(lib, "pack_weights", lin.q.contiguous(), N, K, P, sums)
-        im.packed[id(lin)] = (lin, P, sums)
-    _, P, sums = im.packed[id(lin)]
+    P, sums = _packed(im, lin)
     out = torch.empty(both.shape[0], N, dtype=torch.int32)
     _call(lib, "gemv", both.contiguous(), both.shape[0], K, N, P, sums, out)
     return out
+
+
+def _packed(im: IntegerModel, lin: Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's weights as gemv takes them: repacked on first use, a copy kept with the model."""
+    if id(lin) not in im.packed:
+        (N, K), blocks = lin.q.shape, (lin.q.shape[0] + 15) // 16
+        P, sums = torch.empty(blocks * 16 * K, dtype=torch.int8), torch.empty(blocks * 16, dtype=torch.int32)
+        _call(im.native, "pack_weights", lin.q.contiguous(), N, K, P, sums)
+        im.packed[id(lin)] = (lin, P, sums)
+    return im.packed[id(lin)][1:]
+
+
+def _plan(im: IntegerModel) -> tuple[torch.Tensor, int, int] | None:
+    """step_layers' weights: per layer, for each linear, (P, sums, N, K, mult, shift, bias or 0); with the
+    widest output and MLP input, for its room. None where some product would not go to gemv (an input
+    not a multiple of 4)."""
+    if "plan" not in im.packed:
+        lins = [[lay[name] for name in LINEARS] for lay in im.layers]
+        im.packed["plan"] = None
+        if all(lin.q.shape[1] % 4 == 0 for row in lins for lin in row):
+            rows = [[v for lin in row for v in (*map(torch.Tensor.data_ptr, _packed(im, lin)), *lin.q.shape,
+                                                lin.mult.data_ptr(), lin.shift,
+                                                0 if lin.bias is None else lin.bias.data_ptr())] for row in lins]
+            im.packed["plan"] = (torch.tensor(rows, dtype=torch.int64), max(lin.q.shape[0] for row in lins
+                                 for lin in row), max(row[-1].q.shape[1] for row in lins))
+    return im.packed["plan"]
+
+
+def _step(im: IntegerModel, lib, x: torch.Tensor, both: torch.Tensor, root: torch.Tensor, caches: list[list],
+          start: int) -> None:
+    """A token step's layers (one token a row) in one call to the compiled loops: x updated in place."""
+    sh, M = im.shape, x.shape[0]
+    H, Hk, hd = sh.heads, sh.kv_heads, sh.head_dim
+    at = [_reserve(cache, M, Hk, hd, 1) for cache in caches][0]
+    kv = torch.tensor([[c[0].data_ptr(), c[1].data_ptr(), c[1].shape[2]] for c in caches], dtype=torch.int64)
+    weights, widest, inner = _plan(im)
+    plan = torch.cat([weights, kv], 1).contiguous()
+    cos, sin = im.rope_for(start)
+    room = torch.empty(2 * M * max(x.shape[1], H * hd), dtype=torch.int8)  # both's rows, then o's input rows
+    room[: both.numel()] = both.reshape(-1)
+    s, acc = torch.empty(M, dtype=torch.int64), torch.empty(2 * M * widest, dtype=torch.int32)
+    h = torch.empty(2 * M * inner, dtype=torch.int8)
+    aq, n = torch.empty(M * H * hd, dtype=torch.float64), torch.empty(M * H, dtype=torch.int64)
+    out = torch.empty(M, H * hd, dtype=torch.int64)
+    _call(lib, "step_layers", plan, len(im.layers), M, x, room, root, s, acc, h, aq, n, out, H, Hk, hd, start, cos,
+          sin, im.score_mult, QK_CLAMP, KV_CLAMP, MLP_CLAMP, im.eps, im.sig, im.exp20, LOG2E_Q24, at)
 
 
 def _add(lib, x: torch.Tensor, acc: torch.Tensor, lin: Linear, s: torch.Tensor,
@@ -201,6 +243,9 @@ def hidden(im: IntegerModel, tokens: torch.Tensor, caches: list[list], start: in
     B, T = tokens.shape
     x = im.embed[tokens.reshape(-1)].contiguous()
     both, root = _split(lib, x, im.eps)
+    if T == 1 and lib.step_threads and 2 * B <= STEP_PRODUCT_ROWS and _plan(im) is not None:
+        _step(im, lib, x, both, root, caches, start)
+        return x.reshape(B, T, -1)
     for lay, kv in zip(im.layers, caches):
         both, root = _add(lib, x, *_attention(im, lib, lay, both, root, B, T, start, kv), im.eps)
         acc = _product(im, both, lay["gate_up"])

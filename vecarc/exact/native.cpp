@@ -10,7 +10,9 @@
 //
 // A token step's products are small (a few rows against all the weights) and bound by reading the
 // weights: `gemv` runs them with AVX-512 VNNI on weights repacked once, over a pool of threads kept
-// for token steps (see `stepping`), where torch's own kernels would read them at half the speed.
+// for token steps (see `stepping`), where torch's own kernels would read them at half the speed;
+// `step_layers` runs a step's whole stack of layers in one call (a return to Python per stage cost
+// a quarter of a step).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -73,6 +75,7 @@ struct RoundDiv {
 };
 
 static int THREADS = 1;
+static constexpr i64 PLAN_FIELDS = 31;  // step_layers: 4 linears x 7, then a layer's caches x 3
 static std::atomic<int> STEPPING{0};  // token steps under way (stepping(1) ... stepping(0), nested or not)
 
 // Threads kept between calls for token steps: each spins a moment for the next part (a step's
@@ -595,6 +598,49 @@ int head_symbols(const i32* acc, i64 R, i64 V, const i64* mult, i64 shift, const
         }
         return 0;
     });
+}
+
+// One token step's layers for M rows of one token each: fast.hidden's calls, in its order, without a
+// return to Python between them. plan holds per layer PLAN_FIELDS int64: for qkv, o, gate_up and down
+// in turn (packed weights P, their sums, N, K, mult, shift, bias or 0), then the layer's caches (kc, vc,
+// cap). x (M, d) is updated in place; both and root hold x split for the first layer on entry; s, acc,
+// h, aq, n and out are room for the stages (sized by the caller).
+int step_layers(const i64* plan, i64 L, i64 M, i64* x, i8* both, i64* root, i64* s, i32* acc, i8* h, double* aq,
+                i64* n, i64* out, i64 H, i64 Hk, i64 hd, i64 start, const i64* cos, const i64* sin,
+                i64 score_mult, i64 qk_clamp, i64 kv_clamp, i64 mlp_clamp, const i64* eps, const i64* sig,
+                const i64* exp20, i64 log2e, i64 at) {
+    struct Lin {
+        const i8* P;
+        const i32* sums;
+        i64 N, K;
+        const i64* mult;
+        i64 shift;
+        const i64* bias;
+    };
+    auto lin = [](const i64* f) {
+        return Lin{(const i8*)f[0], (const i32*)f[1], f[2], f[3], (const i64*)f[4], f[5], (const i64*)f[6]};
+    };
+    const i64 d = lin(plan).K;
+    for (i64 l = 0; l < L; l++) {
+        const i64* f = plan + l * PLAN_FIELDS;
+        const Lin qkv_l = lin(f), o = lin(f + 7), gu = lin(f + 14), down = lin(f + 21);
+        i32* kc = (i32*)f[28];
+        i32* vc = (i32*)f[29];
+        const i64 cap = f[30];
+        int e = gemv(both, 2 * M, d, qkv_l.N, qkv_l.P, qkv_l.sums, acc);
+        if (!e) e = qkv(acc, M, 1, qkv_l.mult, qkv_l.shift, root, qkv_l.bias, H, Hk, hd, start, cos, sin,
+                        score_mult, qk_clamp, kv_clamp, aq, n, kc, vc, cap, at);
+        if (!e) e = attend_small(aq, n, kc, vc, M, Hk, H / Hk, 1, hd, cap, start, exp20, log2e, out);
+        if (!e) e = split_rows(out, M, H * hd, both, s, nullptr, nullptr);
+        if (!e) e = gemv(both, 2 * M, o.K, o.N, o.P, o.sums, acc);
+        if (!e) e = plain_add(acc, M, o.N, o.mult, o.shift, s, o.bias, x, both, eps, root);
+        if (!e) e = gemv(both, 2 * M, gu.K, gu.N, gu.P, gu.sums, acc);
+        if (!e) e = mlp_mid(acc, M, gu.N / 2, gu.mult, gu.shift, root, gu.bias, sig, mlp_clamp, h, s);
+        if (!e) e = gemv(h, 2 * M, down.K, down.N, down.P, down.sums, acc);
+        if (!e) e = plain_add(acc, M, down.N, down.mult, down.shift, s, down.bias, x, both, eps, root);
+        if (e) return e;
+    }
+    return 0;
 }
 
 }  // extern "C"
