@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--forms", default="coded,predict", help="what to pack, as `vecarc bench --vector-dtypes`")
     ap.add_argument("--offset", type=float, default=0.1, help="0.1: the reported slices; 0.3/0.5/0.7: tuning")
     ap.add_argument("--context", type=int, default=0, help="coded chunks after this many tokens before them")
+    ap.add_argument("--chunk-tokens", type=int, help="chunks of at most this many tokens (default: pack's)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,8 +114,8 @@ def main() -> None:
             t = time.perf_counter()
             if size <= args.pack_max:  # from its folder, as `vecarc bench NAME` there: the stored name is NAME
                 with chdir(out):
-                    res = bench_file(path.name, lm, config=PackConfig(context_tokens=args.context),
-                                     vector_dtypes=args.forms.split(","))
+                    config = PackConfig(context_tokens=args.context, chunk_tokens=args.chunk_tokens)
+                    res = bench_file(path.name, lm, config=config, vector_dtypes=args.forms.split(","))
             else:
                 rows = classic_rows(piece, (3, 19))
                 lim = model_limit(lm, piece)

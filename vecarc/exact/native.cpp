@@ -290,49 +290,76 @@ static int qkv_range(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, c
 // (terms < 2^46) in blocks of 64 keys (< 2^52) added to int64 totals.
 static const i64 VALUE_BLOCK = 64;
 
+static const i64 KEY_BLOCK = 32, DIM_BLOCK = 32;  // keys scored, value components summed at once: in registers
+
+// The attention of T queries per (b, kv) unit: each block of keys (then of values) converted to binary64
+// once for the unit's g T queries, whose scores for a block are summed in registers.
 static int attend_small_range(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 Hk, i64 g, i64 T,
                               i64 hd, i64 cap, i64 start, const i64* exp20, i64 log2e, i64* out, i64 p0, i64 p1) {
-    std::vector<double> dot(start + T), part(hd);
-    std::vector<i64> w(start + T), num(hd);
+    const i64 Q = g * T, Lm = start + T;  // queries of a unit (qi = gi T + t), keys of the last
+    std::vector<double> dot(Q * Lm), kblk(hd * KEY_BLOCK), vblk(VALUE_BLOCK * hd + DIM_BLOCK);
+    std::vector<i64> w(Q * Lm), num(Q * hd), sum(Q);
     for (i64 p = p0; p < p1; p++) {  // p = b Hk + kv
         const i64 b = p / Hk, kv = p % Hk;
         const i32* kb = kc + p * hd * cap;
         const i32* vb = vc + p * cap * hd;
-        for (i64 gi = 0; gi < g; gi++)
-            for (i64 t = 0; t < T; t++) {
-                const i64 q = (p * g + gi) * T + t, L = start + t + 1, nn = n[q];
-                const double* qr = aq + q * hd;
-                std::fill(dot.begin(), dot.begin() + L, 0.0);
+        for (i64 j0 = 0; j0 < Lm; j0 += KEY_BLOCK) {
+            const i64 jn = std::min(KEY_BLOCK, Lm - j0);
+            for (i64 d = 0; d < hd; d++) {
+                double* kd = kblk.data() + d * KEY_BLOCK;
+                const i32* src = kb + d * cap + j0;
+                for (i64 j = 0; j < jn; j++) kd[j] = (double)src[j];
+                for (i64 j = jn; j < KEY_BLOCK; j++) kd[j] = 0.0;
+            }
+            for (i64 qi = 0; qi < Q; qi++) {
+                if (j0 >= start + qi % T + 1) continue;
+                const double* qr = aq + (p * Q + qi) * hd;
+                double acc[KEY_BLOCK] = {};
                 for (i64 d = 0; d < hd; d++) {
                     const double qd = qr[d];
-                    const i32* kd = kb + d * cap;
-                    for (i64 j = 0; j < L; j++) dot[j] += qd * (double)kd[j];
+                    for (i64 j = 0; j < KEY_BLOCK; j++) acc[j] += qd * kblk[d * KEY_BLOCK + j];
                 }
-                i64 top = INT64_MIN;
-                for (i64 j = 0; j < L; j++) {
-                    w[j] = ((i64)dot[j] + ((i64(1) << nn) >> 1)) >> nn;
-                    top = std::max(top, w[j]);
-                }
-                i64 sum = 0;
-                for (i64 j = 0; j < L; j++) {
-                    w[j] = exp20[(std::min<i64>(top - w[j], i64(1) << 21) * log2e) >> 30];
-                    sum += w[j];
-                }
-                std::fill(num.begin(), num.end(), 0);
-                for (i64 j0 = 0; j0 < L; j0 += VALUE_BLOCK) {
-                    std::fill(part.begin(), part.end(), 0.0);
-                    for (i64 j = j0; j < std::min(L, j0 + VALUE_BLOCK); j++) {
-                        if (!w[j]) continue;
-                        const double e = (double)w[j];
-                        const i32* vr = vb + j * hd;
-                        for (i64 d = 0; d < hd; d++) part[d] += e * (double)vr[d];
-                    }
-                    for (i64 d = 0; d < hd; d++) num[d] += (i64)part[d];
-                }
-                const RoundDiv div(sum);
-                i64* o = out + (b * T + t) * (Hk * g * hd) + (kv * g + gi) * hd;
-                for (i64 d = 0; d < hd; d++) o[d] = div(num[d]);
+                std::copy(acc, acc + jn, dot.begin() + qi * Lm + j0);
             }
+        }
+        for (i64 qi = 0; qi < Q; qi++) {
+            const i64 L = start + qi % T + 1, nn = n[p * Q + qi];
+            i64* wq = w.data() + qi * Lm;
+            i64 top = INT64_MIN, total = 0;
+            for (i64 j = 0; j < L; j++) {
+                wq[j] = ((i64)dot[qi * Lm + j] + ((i64(1) << nn) >> 1)) >> nn;
+                top = std::max(top, wq[j]);
+            }
+            for (i64 j = 0; j < L; j++) {
+                wq[j] = exp20[(std::min<i64>(top - wq[j], i64(1) << 21) * log2e) >> 30];
+                total += wq[j];
+            }
+            sum[qi] = total;
+        }
+        std::fill(num.begin(), num.end(), 0);
+        for (i64 j0 = 0; j0 < Lm; j0 += VALUE_BLOCK) {
+            const i64 jn = std::min(VALUE_BLOCK, Lm - j0);
+            for (i64 i = 0; i < jn * hd; i++) vblk[i] = (double)vb[j0 * hd + i];
+            for (i64 qi = 0; qi < Q; qi++) {
+                const i64 L = start + qi % T + 1, jend = std::min(jn, L - j0);
+                const i64* e = w.data() + qi * Lm + j0;
+                for (i64 d0 = 0; d0 < hd; d0 += DIM_BLOCK) {  // DIM_BLOCK sums in registers (vblk is padded)
+                    double acc[DIM_BLOCK] = {};
+                    for (i64 j = 0; j < jend; j++) {
+                        const double ej = (double)e[j];
+                        const double* vr = vblk.data() + j * hd + d0;
+                        for (i64 k = 0; k < DIM_BLOCK; k++) acc[k] += ej * vr[k];
+                    }
+                    for (i64 k = 0; k < std::min(DIM_BLOCK, hd - d0); k++) num[qi * hd + d0 + k] += (i64)acc[k];
+                }
+            }
+        }
+        for (i64 qi = 0; qi < Q; qi++) {
+            const i64 gi = qi / T, t = qi % T;
+            const RoundDiv div(sum[qi]);
+            i64* o = out + (b * T + t) * (Hk * g * hd) + (kv * g + gi) * hd;
+            for (i64 d = 0; d < hd; d++) o[d] = div(num[qi * hd + d]);
+        }
     }
     return 0;
 }
