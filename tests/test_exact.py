@@ -139,17 +139,23 @@ def test_compiled_loops_compute_the_reference_integers(family, tmp_path):
     same_as_reference(*compiled(family, tmp_path))
 
 
-def test_biases_are_the_specifications(tmp_path):
-    """docs/format.md: q, k, v, o and down biases enter the integer model (the compiled loops' as the tensor
-    code's); gate and up biases are not part of specification 1, so a model's own changes nothing."""
-    folder = build_tiny_model(tmp_path / "m", seed=3, attention_bias=True, mlp_bias=True)
-    lm = vecarc.load_model(str(folder), device="cpu")
+def with_biases(folder, hidden: int):
+    """A tiny Llama whose every linear layer has a bias, none of them zero."""
+    lm = vecarc.load_model(str(build_tiny_model(folder / "m", seed=3, hidden=hidden, attention_bias=True,
+                                                mlp_bias=True)), device="cpu")
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for layer in lm.model.model.layers:
             at, mlp = layer.self_attn, layer.mlp
             for p in (at.q_proj, at.k_proj, at.v_proj, at.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
                 p.bias.copy_(torch.randn(p.bias.shape, generator=gen) * 0.1)
+    return lm
+
+
+def test_biases_are_the_specifications(tmp_path):
+    """docs/format.md: q, k, v, o and down biases enter the integer model (the compiled loops' as the tensor
+    code's); gate and up biases are not part of specification 1, so a model's own changes nothing."""
+    lm = with_biases(tmp_path, hidden=64)
     ids = lm.tokenizer(TEXT.decode(), add_special_tokens=False)["input_ids"][:30]
     seq = torch.tensor([[lm.sink_id] + ids])
     whole = IntegerModel(lm.model).forward(seq)
@@ -169,6 +175,23 @@ def test_biases_are_the_specifications(tmp_path):
         with torch.no_grad():
             (layer.self_attn.o_proj if name == "o_proj" else layer.mlp.down_proj).bias.zero_()
         assert not torch.equal(IntegerModel(changed).forward(seq), whole), name
+
+
+def test_token_steps_in_one_call_where_the_families_do_not_reach(tmp_path):
+    """A decoder's steps (all layers in one compiled call) against the tensor code with 10 rows, heads of 48
+    (not whole blocks of 32), o and down biases, more than 64 keys (a second block of value sums), and three
+    queries after 30 (their first key block partly past them)."""
+    lm = with_biases(tmp_path, hidden=192)
+    im = IntegerModel(lm.model)
+    im.native = fast.library(tmp_path / "native")
+    if im.native is None or not im.native.vnni:
+        pytest.skip("no compiled gemv on this CPU: token steps are called stage by stage")
+    assert im.shape.head_dim == 48
+    seq = torch.randint(0, lm.vocab_size, (10, 80), generator=torch.Generator().manual_seed(6))
+    with fast.stepping(im, 10):
+        stepped = in_pieces(im, seq, [30, 3])
+        assert im.packed.get("plan") is not None
+    assert torch.equal(stepped, reference(im).forward(seq))
 
 
 def test_token_steps_products_compute_torch_integers(tmp_path):
