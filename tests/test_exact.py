@@ -177,16 +177,18 @@ def test_biases_are_the_specifications(tmp_path):
         assert not torch.equal(IntegerModel(changed).forward(seq), whole), name
 
 
-def test_token_steps_in_one_call_where_the_families_do_not_reach(tmp_path):
-    """A decoder's steps (all layers in one compiled call) against the tensor code with 10 rows, heads of 48
-    (not whole blocks of 32), o and down biases, more than 64 keys (a second block of value sums), and three
-    queries after 30 (their first key block partly past them)."""
-    lm = with_biases(tmp_path, hidden=192)
+@pytest.mark.parametrize("hidden", [128, 192])
+def test_token_steps_in_one_call_where_the_families_do_not_reach(tmp_path_factory, hidden):
+    """A decoder's steps (all layers in one compiled call) against the tensor code with 10 rows, heads of 32
+    (attention's AVX-512 kernel) and of 48 (not whole blocks of 32: the plain loops), o and down biases, more
+    than 64 keys (a second block of value sums), and three queries after 30 (their first key block partly
+    past them)."""
+    lm = with_biases(tmp_path_factory.mktemp(f"m{hidden}"), hidden=hidden)
     im = IntegerModel(lm.model)
-    im.native = fast.library(tmp_path / "native")
+    im.native = fast.library(tmp_path_factory.getbasetemp() / "native-steps")
     if im.native is None or not im.native.vnni:
         pytest.skip("no compiled gemv on this CPU: token steps are called stage by stage")
-    assert im.shape.head_dim == 48
+    assert im.shape.head_dim == hidden // 4
     seq = torch.randint(0, lm.vocab_size, (10, 80), generator=torch.Generator().manual_seed(6))
     with fast.stepping(im, 10):
         stepped = in_pieces(im, seq, [30, 3])

@@ -290,6 +290,75 @@ static int qkv_range(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, c
 // (terms < 2^46) in blocks of 64 keys (< 2^52) added to int64 totals.
 static const i64 VALUE_BLOCK = 64;
 
+#ifdef VNNI
+// A token step's attention for one (b, kv) unit of G queries (T = 1, hd a multiple of 32) with AVX-512:
+// keys and values converted to binary64 in registers as they are read, each shared by the G queries.
+// The same exact sums as attend_small_range: scores whole, value sums in blocks of VALUE_BLOCK keys.
+// dot and w have room for G rows of L rounded up to 32 (keys past L are read from the cache's spare
+// columns, cap being a multiple of 32, and ignored).
+template <int G>
+static void attend_one(const double* aq, const i64* nq, const i32* kb, const i32* vb, i64 hd, i64 cap, i64 L,
+                       const i64* exp20, i64 log2e, double* dot, i64* w, i64* num) {
+    const i64 Lr = (L + 31) / 32 * 32;
+    for (i64 j0 = 0; j0 < L; j0 += 32) {
+        __m512d acc[G][4];
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < 4; i++) acc[g][i] = _mm512_setzero_pd();
+        for (i64 d = 0; d < hd; d++) {
+            const i32* kd = kb + d * cap + j0;
+            __m512d k[4];
+            for (int i = 0; i < 4; i++) k[i] = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i*)(kd + 8 * i)));
+            for (int g = 0; g < G; g++) {
+                const __m512d q = _mm512_set1_pd(aq[g * hd + d]);
+                for (int i = 0; i < 4; i++) acc[g][i] = _mm512_fmadd_pd(q, k[i], acc[g][i]);
+            }
+        }
+        for (int g = 0; g < G; g++)
+            for (int i = 0; i < 4; i++) _mm512_storeu_pd(dot + g * Lr + j0 + 8 * i, acc[g][i]);
+    }
+    for (int g = 0; g < G; g++) {
+        const i64 nn = nq[g];
+        i64 top = INT64_MIN, total = 0;
+        i64* wg = w + g * Lr;
+        for (i64 j = 0; j < L; j++) {
+            wg[j] = ((i64)dot[g * Lr + j] + ((i64(1) << nn) >> 1)) >> nn;
+            top = std::max(top, wg[j]);
+        }
+        for (i64 j = 0; j < L; j++) {
+            wg[j] = exp20[(std::min<i64>(top - wg[j], i64(1) << 21) * log2e) >> 30];
+            total += wg[j];
+        }
+        num[g * (hd + 1) + hd] = total;  // each query's weights' sum after its hd value sums
+        for (i64 d = 0; d < hd; d++) num[g * (hd + 1) + d] = 0;
+    }
+    for (i64 d0 = 0; d0 < hd; d0 += 32)
+        for (i64 j0 = 0; j0 < L; j0 += VALUE_BLOCK) {
+            __m512d acc[G][4];
+            for (int g = 0; g < G; g++)
+                for (int i = 0; i < 4; i++) acc[g][i] = _mm512_setzero_pd();
+            for (i64 j = j0; j < std::min(L, j0 + VALUE_BLOCK); j++) {
+                const i32* vr = vb + j * hd + d0;
+                __m512d v[4];
+                for (int i = 0; i < 4; i++) v[i] = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i*)(vr + 8 * i)));
+                for (int g = 0; g < G; g++) {
+                    const __m512d e = _mm512_set1_pd((double)w[g * Lr + j]);
+                    for (int i = 0; i < 4; i++) acc[g][i] = _mm512_fmadd_pd(e, v[i], acc[g][i]);
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                alignas(64) double part[32];
+                for (int i = 0; i < 4; i++) _mm512_store_pd(part + 8 * i, acc[g][i]);
+                for (int k = 0; k < 32; k++) num[g * (hd + 1) + d0 + k] += (i64)part[k];
+            }
+        }
+}
+
+typedef void (*AttendOne)(const double*, const i64*, const i32*, const i32*, i64, i64, i64, const i64*, i64, double*,
+                          i64*, i64*);
+static const AttendOne ATTEND_ONE[] = {attend_one<1>, attend_one<2>, attend_one<3>, attend_one<4>,
+                                       attend_one<5>, attend_one<6>, attend_one<7>, attend_one<8>};
+#endif
+
 static const i64 KEY_BLOCK = 32, DIM_BLOCK = 32;  // keys scored, value components summed at once: in registers
 
 // The attention of T queries per (b, kv) unit: each block of keys (then of values) converted to binary64
@@ -297,6 +366,24 @@ static const i64 KEY_BLOCK = 32, DIM_BLOCK = 32;  // keys scored, value componen
 static int attend_small_range(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 Hk, i64 g, i64 T,
                               i64 hd, i64 cap, i64 start, const i64* exp20, i64 log2e, i64* out, i64 p0, i64 p1) {
     const i64 Q = g * T, Lm = start + T;  // queries of a unit (qi = gi T + t), keys of the last
+#ifdef VNNI
+    if (T == 1 && hd % 32 == 0 && g <= 8 && cap % 32 == 0) {
+        const i64 Lr = (Lm + 31) / 32 * 32;
+        std::vector<double> dots(g * Lr);
+        std::vector<i64> ws(g * Lr), num(g * (hd + 1));
+        for (i64 p = p0; p < p1; p++) {
+            const i64 b = p / Hk, kv = p % Hk;
+            ATTEND_ONE[g - 1](aq + p * g * hd, n + p * g, kc + p * hd * cap, vc + p * cap * hd, hd, cap, Lm, exp20,
+                              log2e, dots.data(), ws.data(), num.data());
+            for (i64 gi = 0; gi < g; gi++) {
+                const RoundDiv div(num[gi * (hd + 1) + hd]);
+                i64* o = out + b * (Hk * g * hd) + (kv * g + gi) * hd;
+                for (i64 d = 0; d < hd; d++) o[d] = div(num[gi * (hd + 1) + d]);
+            }
+        }
+        return 0;
+    }
+#endif
     std::vector<double> dot(Q * Lm), kblk(hd * KEY_BLOCK), vblk(VALUE_BLOCK * hd + DIM_BLOCK);
     std::vector<i64> w(Q * Lm), num(Q * hd), sum(Q);
     for (i64 p = p0; p < p1; p++) {  // p = b Hk + kv
