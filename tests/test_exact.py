@@ -248,7 +248,7 @@ def test_coded_round_trip_on_every_family(family, tmp_path):
     r = vecarc.pack([src], out, vecarc.PackConfig(chunk_tokens=48), model=family)
     kinds = {c.kind for c in r.archive.chunks}
     assert "coded" in kinds and kinds <= {"coded", "tokens"}
-    assert r.archive.header.version == 5 and r.archive.header.cram["mode"] == "coded"
+    assert r.archive.header.version == 6 and r.archive.header.cram["mode"] == "coded"
     written = vecarc.unpack(out, tmp_path / "out", model=family)
     assert [p.read_bytes() for p in written] == [TEXT * 3]
 
@@ -345,7 +345,7 @@ def test_coded_volumes_and_members_unpack(trained_tiny, tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(data)
     vecarc.pack(list(docs), "v.vec", vecarc.PackConfig(chunk_tokens=32, volume_size=300), model=trained_tiny)
     assert (tmp_path / "v.vec.0002").exists()
-    assert vecarc.read_archive("v.vec.0001").header.version == 5
+    assert vecarc.read_archive("v.vec.0001").header.version == 6
     written = vecarc.unpack("v.vec", "all", model=trained_tiny)
     assert {p.name: p.read_bytes() for p in written} == docs
     one = vecarc.unpack("v.vec", "one", ["b.txt"], model=trained_tiny)

@@ -14,6 +14,7 @@ V3 = HERE / "fixtures" / "v3-default.vec"
 V4 = HERE / "fixtures" / "v4-default.vec"
 V5 = HERE / "fixtures" / "v5-default.vec"
 V5_DICT, V5_DICT_FILE = HERE / "fixtures" / "v5-dict.vec", HERE / "fixtures" / "v5-dict.vecdict"
+V6, V6_NAMED = HERE / "fixtures" / "v6-default.vec", HERE / "fixtures" / "v6-hello.txt.vec"
 V2_INPUTS = {"hello.txt": HERE.parent / "examples" / "hello.txt", "blob.bin": HERE / "fixtures" / "v2-default.blob.bin"}
 
 
@@ -57,8 +58,22 @@ def test_v5_archive_reads_without_the_model():
     assert s["overhead_bytes"] - len("hello.txt") - len("blob.bin") <= 48 + 16
 
 
+def test_v6_archives_read_without_the_model():
+    a = vecarc.read_archive(V6)
+    assert a.header.version == 6 and [d.name for d in a.documents] == list(V2_INPUTS)
+    assert a.header.model.fingerprint == "fp2:2d73a256" and a.header.model.source == "default"
+    assert [c.kind for c in a.chunks] == ["coded", "bytes"] and a.header.cram["chunk_tokens"] == 512
+    assert vecarc.summary(a)["archive_bytes"] == V6.stat().st_size == 94
+    one = vecarc.read_archive(V6_NAMED)
+    assert [d.name for d in one.documents] == ["v6-hello.txt"] and [c.kind for c in one.chunks] == ["coded"]
+    s = vecarc.summary(one)
+    assert s["name_from_file"] and s["archive_bytes"] == V6_NAMED.stat().st_size == 34
+    # one document costs 25 bytes of prefix, header and checks, its name included (at most 48)
+    assert s["overhead_bytes"] <= 25
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("archive", [V2, V3, V4, V5], ids=["v2", "v3", "v4", "v5"])
+@pytest.mark.parametrize("archive", [V2, V3, V4, V5, V6], ids=["v2", "v3", "v4", "v5", "v6"])
 def test_released_archives_unpack_byte_identically(tmp_path, archive):
     lm = vecarc.load_model(None, device="cpu")
     assert vecarc.verify(archive, model=lm, strict=True).ok
@@ -82,8 +97,15 @@ def test_packing_the_v4_inputs_again_gives_the_v4_archive(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
+def test_the_v6_archive_named_after_its_file_unpacks_byte_identically(tmp_path):
+    lm = vecarc.load_model(None, device="cpu")
+    written = vecarc.unpack(V6_NAMED, tmp_path, model=lm)
+    assert [(p.name, p.read_bytes()) for p in written] == [("v6-hello.txt", V2_INPUTS["hello.txt"].read_bytes())]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
-def test_packing_the_v5_inputs_again_gives_the_v5_archive(tmp_path, monkeypatch, threads):
+def test_packing_the_v6_inputs_again_gives_the_v6_archives(tmp_path, monkeypatch, threads):
     """The integer model makes the same bytes however many threads compute it."""
     import torch
 
@@ -93,10 +115,13 @@ def test_packing_the_v5_inputs_again_gives_the_v5_archive(tmp_path, monkeypatch,
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        r = vecarc.pack(list(V2_INPUTS), "again.vec", model=vecarc.load_model(None, device="cpu"))
+        lm = vecarc.load_model(None, device="cpu")
+        r = vecarc.pack(list(V2_INPUTS), "again.vec", model=lm)
+        (tmp_path / "v6-hello.txt").write_bytes(V2_INPUTS["hello.txt"].read_bytes())
+        one = vecarc.pack(["v6-hello.txt"], model=lm)
     finally:
         torch.set_num_threads(before)
-    assert r.data == V5.read_bytes()
+    assert r.data == V6.read_bytes() and one.data == V6_NAMED.read_bytes()
 
 
 def test_v5_archive_with_a_dictionary_and_its_own_vectors_reads_without_the_model():

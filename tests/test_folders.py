@@ -86,7 +86,7 @@ def test_standard_input_in_and_an_archive_to_standard_output(tmp_path, monkeypat
     assert [d.name for d in vecarc.read_archive("s.vec").documents] == ["notes/piped.txt"]
     assert vecarc.unpack("s.vec", "out", model=trained_tiny)[0].read_bytes() == text
     r = _cli(["pack", "-", "-o", "-", "--chunk-tokens", "32", "--model", trained_tiny.folder, "-q"], stdin=text)
-    assert r.exit_code == 0 and r.stdout_bytes[:4] == b"\x89VC\x05"  # a coded archive: format 5
+    assert r.exit_code == 0 and r.stdout_bytes[:4] == b"\x89VC\x06"  # a coded archive: format 6
     (tmp_path / "o.vec").write_bytes(r.stdout_bytes)
     assert vecarc.read_archive("o.vec").documents[0].name == "stdin"
     assert vecarc.unpack("o.vec", "out2", model=trained_tiny)[0].read_bytes() == text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import zstandard
 
 from vecarc import VecarcError, read_archive
 from vecarc.format import corrections, literal_bytes, parse_archive
-from vecarc.format.container import PREFIX, header_dict
+from vecarc.format.container import PREFIX, header_dict, serialize
 
 DOC = (Path(__file__).parent.parent / "docs" / "format.md").read_text(encoding="utf-8")
 
@@ -71,3 +72,21 @@ def test_the_format_5_archive_decodes_without_a_model():
     assert [(d.name, d.size, d.encoding) for d in a.documents] == [("a.bin", 7, "bytes")]
     assert literal_bytes(a, 0) == b"vecarc\n"
     assert hashlib.sha256(b"vecarc\n").hexdigest().startswith(a.documents[0].sha256)
+
+
+def test_the_format_6_archive_takes_its_name_from_its_file(tmp_path):
+    data = bytes.fromhex(_block("Test vector: a format-6 archive", "hex"))
+    a = parse_archive(data, stored_as="a.bin.vec")
+    assert a.header.version == 6 and a.header.model.fingerprint == "fp2:2d73a256"
+    assert (a.header.model.vocab_size, a.header.model.hidden_size, a.header.model.sink_token_id) == (49152, 576, 0)
+    assert [(d.name, d.size, d.encoding) for d in a.documents] == [("a.bin", 7, "bytes")]
+    assert literal_bytes(a, 0) == b"vecarc\n" and a.header.cram["chunk_tokens"] == 512
+    assert parse_archive(data).documents[0].name == "stdin"
+    (tmp_path / "renamed.vec").write_bytes(data)
+    (tmp_path / "renamed").write_bytes(data)
+    assert read_archive(tmp_path / "renamed.vec").documents[0].name == "renamed"
+    assert read_archive(tmp_path / "renamed").documents[0].name == "renamed.out"
+    # today's writer makes the same bytes from the format-5 vector's archive, written as a.bin.vec
+    old = parse_archive(bytes.fromhex(_block("Test vector: a format-5 archive", "hex")))
+    old.header = replace(old.header, version=6, stored_as="a.bin.vec")
+    assert serialize(old) == data

@@ -44,10 +44,14 @@ Warn = Callable[[str], None]
 def pack(inputs: Sequence[Input], output: str | Path | None = None, config: PackConfig | None = None, *,
          model: str | LoadedModel | None = None, device: str = "auto", force: bool = False, resume: bool = False,
          exclude: Sequence[str] = (), progress: Progress | None = None, warn: Warn | None = None,
-         trace: Trace | None = None, dictionary: Dictionary | str | Path | None = None) -> PackResult:
+         trace: Trace | None = None, dictionary: Dictionary | str | Path | None = None,
+         named_by_file: bool = True) -> PackResult:
     """Pack files (a folder: every regular file under it, less `exclude` patterns) into one .vec archive;
     output defaults to FIRST_INPUT.vec. With a dictionary (vecarc.dictionary), every coded chunk is
     coded after its vectors, and reading the archive needs it.
+
+    A coded archive of one document written as NAME.vec stores no name: it takes its file's, as zstd's
+    do. named_by_file=False stores the name whatever the output (the CLI's, for standard output).
 
     Work in progress is kept in OUTPUT.journal; resume=True continues it after an
     interruption, and the journal is removed once the archive is written. Inputs of
@@ -75,7 +79,7 @@ def pack(inputs: Sequence[Input], output: str | Path | None = None, config: Pack
     t0 = time.perf_counter()
     try:
         lm, cfg, budget = _prepare(model, device, cfg, progress, warn, d)
-        r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
+        r = _journaled(docs, lm, cfg, budget, journal, progress, trace, output.name if named_by_file else None)
         write_atomic(output, r.data, force=force)
         journal.remove()
     finally:
@@ -107,10 +111,11 @@ def _prepare(model: str | LoadedModel | None, device: str, cfg: PackConfig, prog
 
 
 def _journaled(docs: list[tuple[str, bytes]], lm: LoadedModel, cfg: PackConfig, budget: Budget | None,
-               journal: Journal, progress: Progress | None, trace: Trace | None) -> PackResult:
+               journal: Journal, progress: Progress | None, trace: Trace | None, stored_as: str | None) -> PackResult:
     """One archive of docs, journaled; with --learn-prefix, the smaller of it and one after its own vectors."""
     try:
-        r = pack_documents(docs, lm, cfg, budget=budget, journal=journal, progress=progress, trace=trace)
+        r = pack_documents(docs, lm, cfg, budget=budget, journal=journal, progress=progress, trace=trace,
+                           stored_as=stored_as)
     except VerificationError as e:
         if not journal.results:
             raise
@@ -172,7 +177,7 @@ def _pack_volumes(inputs: list[tuple[Path, str, int]], plans: list[VolumePlan], 
         else:
             journal = Journal.open(path, resume, force)
             try:
-                r = _journaled(docs, lm, cfg, budget, journal, progress, trace)
+                r = _journaled(docs, lm, cfg, budget, journal, progress, trace, path.name)
                 write_atomic(path, r.data, force=True)
                 journal.remove()
             finally:

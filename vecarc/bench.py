@@ -119,8 +119,8 @@ def _archive_path(archive: str | Path | None, name: str, dtype: str, single: boo
     p = Path(archive)
     if single and p.suffix == ".vec":
         return p
-    p.mkdir(parents=True, exist_ok=True)
-    return p / f"{Path(name).name}.{dtype}.vec"
+    p.mkdir(parents=True, exist_ok=True)  # pack's default archive as pack names it (so it stores no name)
+    return p / (f"{Path(name).name}.vec" if dtype in ("default", "coded") else f"{Path(name).name}.{dtype}.vec")
 
 
 def vecarc_row(
@@ -137,7 +137,7 @@ def vecarc_row(
         pack_s, retries = None, None
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            out = archive_path or Path(tmp) / "bench.vec"
+            out = archive_path or Path(tmp) / f"{path.name}.vec"  # as pack names it: the name is not stored
             one = replace(cfg, volume_size=0)  # one archive, whatever the size: that is what is measured
             r = api.pack([path], out, one, model=lm, force=True, progress=progress)
             archive, pack_s, retries = r.archive, r.seconds, r.retries

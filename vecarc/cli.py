@@ -122,8 +122,8 @@ def pack(inputs, output, name, exclude, force, model, device, mode, seed, vector
         target = output_for(ins, out)
         try:
             with progress_bar(quiet) as on:
-                r = api.pack(ins, out, config, model=model, device=device, force=force, resume=resume,
-                             exclude=exclude, progress=on, warn=warner(quiet), dictionary=dictionary)
+                r = api.pack(ins, out, config, model=model, device=device, force=force, resume=resume, exclude=exclude,
+                             progress=on, warn=warner(quiet), dictionary=dictionary, named_by_file=output != "-")
         except KeyboardInterrupt:
             j = journal_path(target)
             kept = f"; finished work is kept in {j} (run the same command with --resume)" if j.exists() else ""

@@ -152,7 +152,7 @@ def packed(r, s: dict | None, verbose: bool) -> None:
     c = s["chunks"]
     say(f"{r.output}: {size(s['original_bytes'])} -> {size(r.archive_bytes)} "
         f"(ratio {s['original_bytes'] / r.archive_bytes:.3f}); "
-        + (f"{c['coded']} coded" if c["coded"] or s["format_version"] == 5 else
+        + (f"{c['coded']} coded" if c["coded"] or s["format_version"] in (5, 6) else
            f"{c['vector']} vector / {c['predicted']} predicted ({c['corrections']} corrections)")
         + f" / {c['tokens'] + c['bytes']} literal chunks, {r.retries} retries, {r.seconds:.1f} s")
 
@@ -188,11 +188,12 @@ def info_archive(name: str, s: dict) -> None:
                   f"coded {size(s['coded_bytes'])} · literal {size(s['literal_bytes'])} · "
                   f"header+checksum {size(s['overhead_bytes'])}"],
         ["format", f"version {s['format_version']}" + (" · coded chunks under the integer model (specification 1)"
-                                                        if s["format_version"] == 5 else "")
+                                                        if s["format_version"] in (5, 6) else "")
          + (f" · each after the {ctx} tokens before it" if (ctx := s["cram"].get("context_tokens")) else "")
          + (f" · after dictionary {d} (unpack --dict FILE)" if (d := s["cram"].get("dictionary")) else "")
          + (f" · after its own {p['vectors']} vectors ({size(p['stored_bytes'])}; saved {size(p['saved_bytes'])})"
-            if (p := s.get("prefix")) else "")],
+            if (p := s.get("prefix")) else "")
+         + (" · its document named after the file (no name stored)" if s.get("name_from_file") else "")],
         ["model", m["name"]],
         ["source", m["source"]],
         ["fingerprint", m["fingerprint"]],

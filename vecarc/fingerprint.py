@@ -47,9 +47,9 @@ INFORMATIONAL = frozenset({
 
 
 def scheme_of(value: str) -> str:
-    """The scheme a recorded fingerprint names, or VecarcError. Format 5 records a digest's first 64 bits."""
+    """The scheme a recorded fingerprint names, or VecarcError. Formats 5 and 6 keep a digest's first 64, 32 bits."""
     scheme, _, digest = value.partition(":")
-    if scheme not in SCHEMES or len(digest) not in (16, 64) or digest.strip("0123456789abcdef"):
+    if scheme not in SCHEMES or len(digest) not in (8, 16, 64) or digest.strip("0123456789abcdef"):
         raise VecarcError(f"unknown model fingerprint {value[:24]!r}")
     return scheme
 

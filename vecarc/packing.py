@@ -71,8 +71,11 @@ def software_versions() -> dict:
 
 def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: PackConfig | None = None, *,
                    budget: Budget | None = None, journal: Journal | None = None, progress: Progress | None = None,
-                   trace: Trace | None = None) -> PackResult:
+                   trace: Trace | None = None, stored_as: str | None = None) -> PackResult:
     """Build a verified archive in memory (output None: nothing is written).
+
+    stored_as: the file name the archive will be written under, if known and kept (not standard output): a
+    coded archive of one document it names (NAME.vec) then stores no name.
 
     Chunks are cut by `budget` (the capacity plan) when the config plans them, else in
     equal spans. With a journal, finished chunks (and the search's snapshots) are recorded
@@ -92,7 +95,8 @@ def pack_documents(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, config: P
     emit(progress, event="plan", chunks=len(plan.spans))
     _compute(lm, cfg, ledger, state, progress, trace)
     body = assemble(plan, ledger, merge=cfg.mode != "coded")
-    header = build_header(lm, cfg, plan, ledger, body, size, budget if cfg.planned else None)
+    header = replace(build_header(lm, cfg, plan, ledger, body, size, budget if cfg.planned else None),
+                     stored_as=stored_as)
     archive = Archive(header=header, literals=body.literals, corrections=body.corrections,
                       stored=torch.stack(body.coords if cfg.search.rank else body.rows) if body.rows else None)
     if body.rows:
@@ -277,7 +281,7 @@ def checked_bytes(archive: Archive, lm: LoadedModel, decoded: dict[int, list[int
     Returns the file bytes and the archive as a reader will see it.
     """
     data = serialize(archive)
-    back = parse_archive(data)
+    back = parse_archive(data, stored_as=archive.header.stored_as)
     if (archive.vectors is None) != (back.vectors is None) or (
         archive.vectors is not None and not torch.equal(archive.vectors, back.vectors)
     ):

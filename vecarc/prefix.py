@@ -62,7 +62,8 @@ def choose(docs: Sequence[tuple[str, bytes]], lm: LoadedModel, cfg: PackConfig, 
         emit(progress, event="note", message="--learn-prefix: the vectors learnt are too large to store; "
                                              "packed without them")
         return plain
-    r = pack_documents(docs, dictionaries.attach(lm, dictionaries.of(lm), own), cfg, progress=progress)
+    r = pack_documents(docs, dictionaries.attach(lm, dictionaries.of(lm), own), cfg, progress=progress,
+                       stored_as=plain.archive.header.stored_as)
     if len(r.data) < len(plain.data):
         emit(progress, event="note", message=f"--learn-prefix: {k} vectors saved {len(plain.data) - len(r.data):,} "
                                              f"bytes, their own included")

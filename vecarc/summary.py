@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from .format import Archive, is_number
+from .format import Archive, compact, is_number
 from .volumes import Indexed
 
 
@@ -41,6 +41,7 @@ def summary(archive: Archive | Indexed) -> dict:
         "coded_bytes": coded_bytes,
         "overhead_bytes": archive.size - vec_bytes - corrections_bytes - lit_bytes - coded_bytes,
         "format_version": h.version,
+        "name_from_file": compact.named_by_file(h),  # format 6: the one document's name is the file's
         "model": h.model.to_json(),
         "vectors": {"per_chunk": v.per_chunk, "dtype": v.dtype, "hidden_size": v.hidden_size, "count": v.count,
                     "rank": v.rank},

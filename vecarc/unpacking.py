@@ -165,7 +165,7 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
                           f"but {lm.name} is {lm.hidden_size} wide with {lm.vocab_size}")
     if m.sink_token_id != lm.sink_id:  # decode with the sink the archive was packed with, whatever today's rule picks
         lm = replace(lm, sink_id=m.sink_token_id)
-    wanted = archive.header.cram.get("dictionary") if archive.header.version == 5 else None  # format 5's field
+    wanted = archive.header.cram.get("dictionary") if archive.header.version in (5, 6) else None  # compact formats
     lm = dictionaries.for_archive(lm, wanted, dictionary, archive.header.prefix)
     # A hostile header could ask for a million greedy steps; no honest chunk exceeds the context.
     coded_prefix = len(coded.prefix(lm)) - 1 + archive.header.cram.get("context_tokens", 0)
@@ -180,7 +180,7 @@ def model_for(archive: Archive, model: str | LoadedModel | None = None, device: 
 def reads_dictionary(archive: str | Path | Archive | Indexed) -> bool:
     """Whether the archive's coded chunks read a dictionary (an index: assumed so, its volumes unread)."""
     a = archive if isinstance(archive, (Indexed, Archive)) else open_any(archive, load_vectors=False)
-    return isinstance(a, Indexed) or (a.header.version == 5 and "dictionary" in a.header.cram)
+    return isinstance(a, Indexed) or (a.header.version in (5, 6) and "dictionary" in a.header.cram)
 
 
 def install_hint(source: str) -> str:

@@ -136,7 +136,7 @@ def open_volume(index_path: Path, index: Index, k: int, load_vectors: bool = Tru
     data = path.read_bytes()  # read once: hashed here, parsed (and its own checksum checked) below
     if hashlib.sha256(data).hexdigest() != v.sha256:
         raise VecarcError(f"volume {v.file} is not the one {index_path.name} names (size or SHA-256 differs)")
-    a = parse_archive(data, load_vectors=load_vectors)
+    a = parse_archive(data, load_vectors=load_vectors, stored_as=v.file)
     want = sorted(d.name for d in index.documents if any(p.volume == k for p in d.parts))
     if sorted(d.name for d in a.documents) != want:
         raise VecarcError(f"volume {v.file} does not hold the documents {index_path.name} names")

@@ -154,7 +154,7 @@ def literal_bytes(archive: Archive, chunk_index: int) -> bytes:
 
 def serialize(archive: Archive) -> bytes:
     """Lay out the body, fill in offsets, and return the complete file bytes."""
-    if archive.header.version == compact.VERSION:
+    if archive.header.version in compact.READS:
         return compact.serialize(archive.header, archive.literals)
     header = archive.header.to_json()
     body = bytearray()
@@ -282,14 +282,15 @@ def _alive(pid: int) -> bool:
 
 
 def read_archive(path: str | Path, load_vectors: bool = True) -> Archive:
-    """Read and validate an archive; `load_vectors=False` is enough for `info`."""
+    """Read and validate an archive; `load_vectors=False` is enough for `info`. Its file name names the
+    document of a one-document archive that stores no name (format 6)."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if path.is_dir():
             raise VecarcError(f"{path} is a directory, not an archive")
         with open(path, "rb") as f:
-            return _parse_stream(f, size, load_vectors)
+            return _parse_stream(f, size, load_vectors, path.name)
     except FileNotFoundError:
         raise VecarcError(f"no such file: {path}") from None
     except PermissionError:
@@ -298,16 +299,17 @@ def read_archive(path: str | Path, load_vectors: bool = True) -> Archive:
         raise VecarcError(f"{path} is a directory, not an archive") from None
 
 
-def parse_archive(data: bytes, load_vectors: bool = True) -> Archive:
+def parse_archive(data: bytes, load_vectors: bool = True, stored_as: str | None = None) -> Archive:
+    """An archive's bytes; stored_as is its file name, if it has one (see read_archive)."""
     import io
 
-    return _parse_stream(io.BytesIO(data), len(data), load_vectors)
+    return _parse_stream(io.BytesIO(data), len(data), load_vectors, stored_as)
 
 
-def _compact(head: bytes, f, size: int) -> Archive:
+def _compact(head: bytes, f, size: int, stored_as: str | None) -> Archive:
     if size > MAX_COMPACT:
-        raise bad(f"a format-5 archive of {size} bytes (this reader takes up to {MAX_COMPACT})")
-    header, blocks = compact.parse(head + f.read(size - len(head)))
+        raise bad(f"a compact archive of {size} bytes (this reader takes up to {MAX_COMPACT})")
+    header, blocks = compact.parse(head + f.read(size - len(head)), stored_as)
     return Archive(header=header, literals=blocks, size=size)
 
 
@@ -328,10 +330,10 @@ def _read_checked(f, head: bytes, size: int) -> bytearray:
     return rest
 
 
-def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
+def _parse_stream(f, size: int, load_vectors: bool, stored_as: str | None = None) -> Archive:
     head = f.read(PREFIX.size)
     if compact.is_compact(head):
-        return _compact(head, f, size)
+        return _compact(head, f, size, stored_as)
     if not head or head[: len(MAGIC)] != MAGIC[: len(head)]:
         raise VecarcError("not a vecarc archive (bad magic number)")
     if len(head) < PREFIX.size:
@@ -339,7 +341,7 @@ def _parse_stream(f, size: int, load_vectors: bool) -> Archive:
     _, version, flags, zlen, hlen, reserved, body_len = PREFIX.unpack(head)
     if version not in READS:
         raise VecarcError(f"unsupported archive version {version} (this vecarc reads versions "
-                          f"{', '.join(map(str, (*READS, compact.VERSION)))})")
+                          f"{', '.join(map(str, (*READS, *compact.READS)))})")
     if flags or reserved:
         raise bad("reserved fields are not zero")
     if not 1 <= zlen <= MAX_HEADER_ZLEN or not 2 <= hlen <= min(MAX_HEADER_LEN,

@@ -335,6 +335,9 @@ class Header:
     corrections: CorrectionsRecord | None = None  # format 3 on (required there)
     prefix: Any = None  # format 5 only: a format.compact.Prefix, vectors every coded chunk reads
     version: int = VERSION  # the format version the header was read as, or will be written as
+    # Format 6: the archive's file name (None: unknown, or standard output). A one-document archive whose
+    # document it names (compact.implied_name) stores no name; reading one, it gives the name.
+    stored_as: str | None = None
 
     def chunks_by_document(self) -> list[list[int]]:
         """Per document, the indices of its chunks in order: one pass, however many documents."""
