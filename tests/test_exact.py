@@ -196,6 +196,28 @@ def test_token_steps_in_one_call_where_the_families_do_not_reach(tmp_path_factor
     assert torch.equal(stepped, reference(im).forward(seq))
 
 
+@pytest.mark.parametrize("threads", [2, 4])
+def test_one_rows_attention_split_over_threads(tmp_path_factory, threads):
+    """One row of three key heads on 2 or 4 threads, past 256 keys: each head's keys are shared among the
+    threads (scores and tops, then weights and sums, in two passes), and the steps give the reference's integers."""
+    folder = build_tiny_model(tmp_path_factory.mktemp("split"), seed=7, hidden=192, num_attention_heads=6,
+                              num_key_value_heads=3, max_position_embeddings=512)
+    lm = vecarc.load_model(str(folder), device="cpu")
+    im = IntegerModel(lm.model)
+    im.native = fast.library(tmp_path_factory.getbasetemp() / "native-split")
+    if im.native is None or not im.native.vnni:
+        pytest.skip("no compiled gemv on this CPU: token steps are called stage by stage")
+    seq = torch.randint(0, lm.vocab_size, (1, 330), generator=torch.Generator().manual_seed(8))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with fast.stepping(im, 1):
+            stepped = in_pieces(im, seq, [250])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(stepped, reference(im).forward(seq))
+
+
 def test_token_steps_products_compute_torch_integers(tmp_path):
     """gemv (token steps' products, AVX-512 VNNI) against torch._int_mm: every row count it takes, outputs
     that are not whole blocks of 16, the extreme int8 values."""
@@ -372,7 +394,7 @@ def test_chunks_read_their_context(trained_tiny, tmp_path, monkeypatch):
     assert r.archive.header.cram == {"mode": "coded", "chunk_tokens": 32, "context_tokens": 24}
     assert r.archive.size < plain.archive.size
     again = vecarc.read_archive("c.vec")
-    assert again.header.cram["context_tokens"] == 24 and again.header.version == 5
+    assert again.header.cram["context_tokens"] == 24 and again.header.version == 6
     events = []
     written = vecarc.unpack("c.vec", "out", model=trained_tiny, progress=events.append)
     assert {p.name: p.read_bytes() for p in written} == docs

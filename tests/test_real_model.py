@@ -49,7 +49,7 @@ def test_default_model_codes_a_sentence_smaller_than_zstd(tmp_path):
     out = tmp_path / "hello.vec"
     res = vecarc.pack([EXAMPLE], out, model=lm)  # the default mode
     a = vecarc.read_archive(out)
-    assert a.header.version == 5 and [c.kind for c in a.chunks] == ["coded"]
+    assert a.header.version == 6 and [c.kind for c in a.chunks] == ["coded"]
     assert res.archive_bytes == out.stat().st_size < len(zstandard.ZstdCompressor(level=19).compress(
         EXAMPLE.read_bytes()))
     assert res.archive_bytes - a.chunks[0].length - len(EXAMPLE.name) <= 48  # prefix, header and checks

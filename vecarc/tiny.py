@@ -98,11 +98,10 @@ def build_tiny_model(folder: Path, seed: int = 0, hidden: int = 64, train_steps:
     kinds = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
     fast = build_tokenizer(tokenizer)
     torch.manual_seed(seed)
-    cfg = getattr(transformers, kinds[family] + "Config")(
-        vocab_size=len(fast), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-        **config,
-    )
+    cfg = getattr(transformers, kinds[family] + "Config")(**{
+        "vocab_size": len(fast), "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "tie_word_embeddings": True, **config})
     model = getattr(transformers, kinds[family] + "ForCausalLM")(cfg)
     if family == "qwen2":  # biases that are not zero, so that the integer path's are exercised
         with torch.no_grad():

@@ -20,11 +20,12 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 #include <unistd.h>
-#if defined(__AVX512F__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512DQ__)  // DQ: attention's int64 lanes
 #include <immintrin.h>
 #define VNNI 1
 #endif
@@ -291,21 +292,28 @@ static int qkv_range(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, c
 static const i64 VALUE_BLOCK = 64;
 
 #ifdef VNNI
-// A token step's attention for one (b, kv) unit of G queries (T = 1, hd a multiple of 32) with AVX-512:
-// keys and values converted to binary64 in registers as they are read, each shared by the G queries.
-// The same exact sums as attend_small_range: scores whole, value sums in blocks of VALUE_BLOCK keys.
-// dot and w have room for G rows of L rounded up to 32 (keys past L are read from the cache's spare
-// columns, cap being a multiple of 32, and ignored).
+// A token step's attention for one (b, kv) unit of G queries (T = 1, hd a multiple of 32) with AVX-512, in two
+// halves over a range of its keys (a whole unit, or a part of one, see attend_split): keys and values converted
+// to binary64 in registers as they are read, each shared by the G queries. The same exact sums as
+// attend_small_range: scores whole, value sums in blocks of VALUE_BLOCK keys. s and e hold G rows of Lr (L
+// rounded up to 32: keys past L are read from the cache's spare columns, cap being a multiple of 32, and
+// ignored).
+static inline __mmask8 lanes(i64 n) { return n >= 8 ? 0xFF : n <= 0 ? 0 : (__mmask8)((1u << n) - 1); }
+
+// Keys j0..j1 (j0 a multiple of 32): each query's scores shifted by n with rounding into s, their largest into top.
 template <int G>
-static void attend_one(const double* aq, const i64* nq, const i32* kb, const i32* vb, i64 hd, i64 cap, i64 L,
-                       const i64* exp20, i64 log2e, double* dot, i64* w, i64* num) {
-    const i64 Lr = (L + 31) / 32 * 32;
-    for (i64 j0 = 0; j0 < L; j0 += 32) {
+static void score_keys(const double* aq, const i64* nq, const i32* kb, i64 hd, i64 cap, i64 Lr, i64 j0, i64 j1,
+                       i64* s, i64* top) {
+    __m512i most[G];
+    for (int g = 0; g < G; g++) most[g] = _mm512_set1_epi64(INT64_MIN);
+    for (i64 j = j0; j < j1; j += 32) {
         __m512d acc[G][4];
         for (int g = 0; g < G; g++)
             for (int i = 0; i < 4; i++) acc[g][i] = _mm512_setzero_pd();
         for (i64 d = 0; d < hd; d++) {
-            const i32* kd = kb + d * cap + j0;
+            const i32* kd = kb + d * cap + j;
+            _mm_prefetch((const char*)(kd + 64), _MM_HINT_T0);  // each of the hd rows is a stream of its own:
+            _mm_prefetch((const char*)(kd + 80), _MM_HINT_T0);  // fetched two blocks ahead (never faults)
             __m512d k[4];
             for (int i = 0; i < 4; i++) k[i] = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i*)(kd + 8 * i)));
             for (int g = 0; g < G; g++) {
@@ -313,50 +321,86 @@ static void attend_one(const double* aq, const i64* nq, const i32* kb, const i32
                 for (int i = 0; i < 4; i++) acc[g][i] = _mm512_fmadd_pd(q, k[i], acc[g][i]);
             }
         }
-        for (int g = 0; g < G; g++)
-            for (int i = 0; i < 4; i++) _mm512_storeu_pd(dot + g * Lr + j0 + 8 * i, acc[g][i]);
+        for (int g = 0; g < G; g++) {
+            const __m512i half = _mm512_set1_epi64((i64(1) << nq[g]) >> 1);
+            const __m128i nn = _mm_cvtsi64_si128(nq[g]);
+            for (int i = 0; i < 4; i++) {  // the scores are integers (< 2^47): truncation is exact
+                const __m512i x = _mm512_sra_epi64(_mm512_add_epi64(_mm512_cvttpd_epi64(acc[g][i]), half), nn);
+                _mm512_storeu_si512(s + g * Lr + j + 8 * i, x);
+                most[g] = _mm512_mask_max_epi64(most[g], lanes(j1 - j - 8 * i), most[g], x);
+            }
+        }
     }
+    for (int g = 0; g < G; g++) top[g] = _mm512_reduce_max_epi64(most[g]);
+}
+
+// Keys j0..j1 (j0 a multiple of VALUE_BLOCK): EXP20 of each score's gap to its query's top (e, binary64), their
+// sum and the weighted value sums into num (G rows of hd value sums, then the weights' sum).
+template <int G>
+static void weigh_keys(const i32* vb, i64 hd, i64 Lr, i64 j0, i64 j1, const i64* s, const i64* top, const i64* exp20,
+                       i64 log2e, double* e, i64* num) {
+    const __m512i far = _mm512_set1_epi64(i64(1) << 21), mul = _mm512_set1_epi64(log2e);
     for (int g = 0; g < G; g++) {
-        const i64 nn = nq[g];
-        i64 top = INT64_MIN, total = 0;
-        i64* wg = w + g * Lr;
-        for (i64 j = 0; j < L; j++) {
-            wg[j] = ((i64)dot[g * Lr + j] + ((i64(1) << nn) >> 1)) >> nn;
-            top = std::max(top, wg[j]);
+        const __m512i t = _mm512_set1_epi64(top[g]);
+        __m512i total = _mm512_setzero_si512();
+        for (i64 j = j0; j < j1; j += 8) {  // lanes past j1 weigh 0
+            const __mmask8 k = lanes(j1 - j);
+            const __m512i gap = _mm512_min_epi64(_mm512_sub_epi64(t, _mm512_maskz_loadu_epi64(k, s + g * Lr + j)), far);
+            const __m512i at = _mm512_srli_epi64(_mm512_mullo_epi64(gap, mul), 30);
+            const __m512i w = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), k, at, exp20, 8);
+            total = _mm512_add_epi64(total, w);
+            _mm512_storeu_pd(e + g * Lr + j, _mm512_cvtepi64_pd(w));  // exact: w <= 2^20
         }
-        for (i64 j = 0; j < L; j++) {
-            wg[j] = exp20[(std::min<i64>(top - wg[j], i64(1) << 21) * log2e) >> 30];
-            total += wg[j];
-        }
-        num[g * (hd + 1) + hd] = total;  // each query's weights' sum after its hd value sums
+        num[g * (hd + 1) + hd] = _mm512_reduce_add_epi64(total);
         for (i64 d = 0; d < hd; d++) num[g * (hd + 1) + d] = 0;
     }
-    for (i64 d0 = 0; d0 < hd; d0 += 32)
-        for (i64 j0 = 0; j0 < L; j0 += VALUE_BLOCK) {
+    for (i64 b0 = j0; b0 < j1; b0 += VALUE_BLOCK)  // a block's values read once from memory, then from L1
+        for (i64 d0 = 0; d0 < hd; d0 += 32) {
             __m512d acc[G][4];
             for (int g = 0; g < G; g++)
                 for (int i = 0; i < 4; i++) acc[g][i] = _mm512_setzero_pd();
-            for (i64 j = j0; j < std::min(L, j0 + VALUE_BLOCK); j++) {
+            for (i64 j = b0; j < std::min(j1, b0 + VALUE_BLOCK); j++) {
                 const i32* vr = vb + j * hd + d0;
+                _mm_prefetch((const char*)(vr + 32 * hd), _MM_HINT_T0);
+                _mm_prefetch((const char*)(vr + 32 * hd + 16), _MM_HINT_T0);
                 __m512d v[4];
                 for (int i = 0; i < 4; i++) v[i] = _mm512_cvtepi32_pd(_mm256_loadu_si256((const __m256i*)(vr + 8 * i)));
                 for (int g = 0; g < G; g++) {
-                    const __m512d e = _mm512_set1_pd((double)w[g * Lr + j]);
-                    for (int i = 0; i < 4; i++) acc[g][i] = _mm512_fmadd_pd(e, v[i], acc[g][i]);
+                    const __m512d w = _mm512_set1_pd(e[g * Lr + j]);
+                    for (int i = 0; i < 4; i++) acc[g][i] = _mm512_fmadd_pd(w, v[i], acc[g][i]);
                 }
             }
-            for (int g = 0; g < G; g++) {
-                alignas(64) double part[32];
-                for (int i = 0; i < 4; i++) _mm512_store_pd(part + 8 * i, acc[g][i]);
-                for (int k = 0; k < 32; k++) num[g * (hd + 1) + d0 + k] += (i64)part[k];
-            }
+            for (int g = 0; g < G; g++)
+                for (int i = 0; i < 4; i++) {
+                    i64* o = num + g * (hd + 1) + d0 + 8 * i;
+                    _mm512_storeu_si512(o, _mm512_add_epi64(_mm512_loadu_si512(o), _mm512_cvttpd_epi64(acc[g][i])));
+                }
         }
 }
 
-typedef void (*AttendOne)(const double*, const i64*, const i32*, const i32*, i64, i64, i64, const i64*, i64, double*,
-                          i64*, i64*);
-static const AttendOne ATTEND_ONE[] = {attend_one<1>, attend_one<2>, attend_one<3>, attend_one<4>,
-                                       attend_one<5>, attend_one<6>, attend_one<7>, attend_one<8>};
+typedef void (*ScoreKeys)(const double*, const i64*, const i32*, i64, i64, i64, i64, i64, i64*, i64*);
+typedef void (*WeighKeys)(const i32*, i64, i64, i64, i64, const i64*, const i64*, const i64*, i64, double*, i64*);
+static const ScoreKeys SCORE_KEYS[] = {score_keys<1>, score_keys<2>, score_keys<3>, score_keys<4>,
+                                       score_keys<5>, score_keys<6>, score_keys<7>, score_keys<8>};
+static const WeighKeys WEIGH_KEYS[] = {weigh_keys<1>, weigh_keys<2>, weigh_keys<3>, weigh_keys<4>,
+                                       weigh_keys<5>, weigh_keys<6>, weigh_keys<7>, weigh_keys<8>};
+
+// Room for a step's attention, kept per thread between calls: new vectors each layer cost their clearing.
+template <class T>
+static T* room(std::vector<T>& v, i64 n) {
+    if ((i64)v.size() < n) v.resize(n);
+    return v.data();
+}
+static thread_local std::vector<i64> SCORES, SUMS;
+static thread_local std::vector<double> WEIGHTS;
+
+// A unit's g queries' value sums divided by their weights' sums (num: g rows of hd + 1) into out.
+static void attend_divide(const i64* num, i64 g, i64 hd, i64* o) {
+    for (i64 gi = 0; gi < g; gi++) {
+        const RoundDiv div(num[gi * (hd + 1) + hd]);
+        for (i64 d = 0; d < hd; d++) o[gi * hd + d] = div(num[gi * (hd + 1) + d]);
+    }
+}
 #endif
 
 static const i64 KEY_BLOCK = 32, DIM_BLOCK = 32;  // keys scored, value components summed at once: in registers
@@ -369,17 +413,12 @@ static int attend_small_range(const double* aq, const i64* n, const i32* kc, con
 #ifdef VNNI
     if (T == 1 && hd % 32 == 0 && g <= 8 && cap % 32 == 0) {
         const i64 Lr = (Lm + 31) / 32 * 32;
-        std::vector<double> dots(g * Lr);
-        std::vector<i64> ws(g * Lr), num(g * (hd + 1));
+        i64 *sc = room(SCORES, g * Lr), *num = room(SUMS, g * (hd + 1)), top[8];
+        double* e = room(WEIGHTS, g * Lr);
         for (i64 p = p0; p < p1; p++) {
-            const i64 b = p / Hk, kv = p % Hk;
-            ATTEND_ONE[g - 1](aq + p * g * hd, n + p * g, kc + p * hd * cap, vc + p * cap * hd, hd, cap, Lm, exp20,
-                              log2e, dots.data(), ws.data(), num.data());
-            for (i64 gi = 0; gi < g; gi++) {
-                const RoundDiv div(num[gi * (hd + 1) + hd]);
-                i64* o = out + b * (Hk * g * hd) + (kv * g + gi) * hd;
-                for (i64 d = 0; d < hd; d++) o[d] = div(num[gi * (hd + 1) + d]);
-            }
+            SCORE_KEYS[g - 1](aq + p * g * hd, n + p * g, kc + p * hd * cap, hd, cap, Lr, 0, Lm, sc, top);
+            WEIGH_KEYS[g - 1](vc + p * cap * hd, hd, Lr, 0, Lm, sc, top, exp20, log2e, e, num);
+            attend_divide(num, g, hd, out + p * g * hd);  // out (B, 1, Hk g hd): unit p's heads
         }
         return 0;
     }
@@ -450,6 +489,76 @@ static int attend_small_range(const double* aq, const i64* n, const i32* kc, con
     }
     return 0;
 }
+
+#ifdef VNNI
+static const i64 SPLIT_KEYS = 256;  // from this many keys a step's few units are split by keys (see attend_split)
+
+// attend_small_range's AVX-512 kernel for units (B Hk) that do not share out evenly among n threads (a row of 3
+// key heads on 2): their keys, in blocks of VALUE_BLOCK, split evenly instead, each thread taking a run of
+// blocks (parts of a unit or two). The weights need a query's top over all its keys, hence two runs (a barrier
+// within one could wait on a part that runs after it on the same thread): scores and each part's tops, then
+// weights from the unit's top and each part's sums. The last part of a unit to finish adds its parts' sums
+// (int64: exact in any grouping) and divides.
+static int attend_split(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 units, i64 g, i64 hd,
+                        i64 cap, i64 L, const i64* exp20, i64 log2e, i64* out, int threads) {
+    struct Part {
+        i64 p, j0, j1, first, last;  // unit p's keys j0..j1; the unit's parts are first..last-1
+    };
+    const i64 Lr = (L + 31) / 32 * 32, blocks = (L + VALUE_BLOCK - 1) / VALUE_BLOCK, all = units * blocks;
+    std::vector<Part> parts;
+    std::vector<i64> from(threads + 1);
+    for (int t = 0; t < threads; t++) {
+        from[t] = (i64)parts.size();
+        for (i64 k = all * t / threads, end = all * (t + 1) / threads; k < end;) {
+            const i64 p = k / blocks, stop = std::min(end, (p + 1) * blocks);
+            parts.push_back({p, (k - p * blocks) * VALUE_BLOCK, std::min(L, (stop - p * blocks) * VALUE_BLOCK), 0, 0});
+            k = stop;
+        }
+    }
+    from[threads] = (i64)parts.size();
+    for (i64 i = 0, first = 0; i < (i64)parts.size(); i++) {
+        if (parts[i].p != parts[first].p) first = i;
+        parts[i].first = first;
+    }
+    for (i64 i = (i64)parts.size() - 1, last = i + 1; i >= 0; i--) {
+        if (parts[i].p != parts[last - 1].p) last = i + 1;
+        parts[i].last = last;
+    }
+    const i64 np = (i64)parts.size();  // the caller's room, shared by the threads (their own is not this)
+    i64 *sc = room(SCORES, units * g * Lr + np * g), *tops = sc + units * g * Lr, *nums = room(SUMS, np * g * (hd + 1));
+    double* e = room(WEIGHTS, units * g * Lr);
+    std::unique_ptr<std::atomic<int>[]> done(new std::atomic<int>[units]);
+    for (i64 p = 0; p < units; p++) done[p].store(0);
+    int err = pool(threads).run(threads, [&](int t) {
+        for (i64 i = from[t]; i < from[t + 1]; i++) {
+            const Part& r = parts[i];
+            SCORE_KEYS[g - 1](aq + r.p * g * hd, n + r.p * g, kc + r.p * hd * cap, hd, cap, Lr, r.j0, r.j1,
+                              sc + r.p * g * Lr, tops + i * g);
+        }
+        return 0;
+    });
+    if (err) return err;
+    return pool(threads).run(threads, [&](int t) {
+        for (i64 i = from[t]; i < from[t + 1]; i++) {
+            const Part& r = parts[i];
+            i64 top[8];
+            for (i64 gi = 0; gi < g; gi++) {
+                top[gi] = INT64_MIN;
+                for (i64 k = r.first; k < r.last; k++) top[gi] = std::max(top[gi], tops[k * g + gi]);
+            }
+            i64* num = nums + i * g * (hd + 1);
+            WEIGH_KEYS[g - 1](vc + r.p * cap * hd, hd, Lr, r.j0, r.j1, sc + r.p * g * Lr, top, exp20, log2e,
+                              e + r.p * g * Lr, num);
+            if (done[r.p].fetch_add(1, std::memory_order_acq_rel) + 1 < r.last - r.first) continue;
+            i64* sum = nums + r.first * g * (hd + 1);  // the unit's first part's sums take the others'
+            for (i64 k = r.first + 1; k < r.last; k++)
+                for (i64 x = 0; x < g * (hd + 1); x++) sum[x] += nums[k * g * (hd + 1) + x];
+            attend_divide(sum, g, hd, out + r.p * g * hd);
+        }
+        return 0;
+    });
+}
+#endif
 
 static int attend_mid_range(const double* dot, i64 T, i64 L, i64 first, const i64* n, const i64* exp20, i64 log2e,
                             double* e, i64* esum, i64 r0, i64 r1) {
@@ -645,10 +754,17 @@ int qkv(const i32* acc, i64 B, i64 T, const i64* mult, i64 shift, const i64* roo
 // The whole attention of a few queries (a token step's) from the int32 caches: exact scores shifted
 // by n, EXP20 of the gap to the row's top, and the weighted value sums (< 2^20 2^26 2^13 = 2^59: the
 // integers model._attend gets from its two halves) divided by the weights' sum into out (B, T, H hd). Keys after a query's position are skipped: their weight, EXP20
-// of the clamped gap, is 0 (checked). One thread: starting one per layer of a step costs more.
+// of the clamped gap, is 0 (checked). One thread: starting one per layer of a step costs more. In token steps the
+// pool's threads take units, or parts of their keys where the units would not share out evenly (attend_split).
 int attend_small(const double* aq, const i64* n, const i32* kc, const i32* vc, i64 B, i64 Hk, i64 g, i64 T, i64 hd,
                  i64 cap, i64 start, const i64* exp20, i64 log2e, i64* out) {
     if (exp20[((i64(1) << 21) * log2e) >> 30] != 0) return 1;
+#ifdef VNNI
+    const int threads = (int)std::min<i64>(THREADS, B * Hk * (start + 1) / VALUE_BLOCK);
+    if (STEPPING && T == 1 && hd % 32 == 0 && g <= 8 && cap % 32 == 0 && start + 1 >= SPLIT_KEYS && threads > 1 &&
+        B * Hk % threads && B * Hk < 4 * threads)
+        return attend_split(aq, n, kc, vc, B * Hk, g, hd, cap, start + 1, exp20, log2e, out, threads);
+#endif
     auto part = [&](i64 a, i64 b) { return attend_small_range(aq, n, kc, vc, Hk, g, T, hd, cap, start, exp20, log2e, out, a, b); };
     return STEPPING ? rows(B * Hk, B * Hk * g * T * (start + T) * hd, part) : part(0, B * Hk);
 }
