@@ -2,6 +2,7 @@
 
     python -m benchmarks.coded_levers --size 4096 --offsets 0.5,0.7 --json docs/coded-levers.json
     python -m benchmarks.coded_levers --steps-only --json docs/coded-steps.json
+    python -m benchmarks.coded_levers --steps-only --positions 10,300,1000 --json docs/coded-steps-at.json
     python -m benchmarks.coded_levers --size 16384 --offsets 0.1 --chunks 512,1024,2048,4096 \
         --contexts 0,256,1024 --bytes-only --json docs/coded-long.json
     python -m benchmarks.coded_levers --chunks 512 --contexts 0,64,128 --bytes-only [--head]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -39,17 +41,20 @@ def coded_bytes(im, sink: int, ids: list[int], chunk: int, context: int, head: b
     return total
 
 
-def step_ms(im, sink: int, rows: int, steps: int = 24) -> float:
-    """A decoder's token step of `rows` rows (as coded.decode_streams runs it), after a warm-up step."""
+def step_ms(im, sink: int, rows: int, steps: int = 24, at: int = 0) -> float:
+    """A decoder's token step of `rows` rows (as coded.decode_streams runs it) after `at` positions (their keys
+    and values cached by one pass), after a warm-up step: the median of `steps`."""
     caches = [[] for _ in im.layers]
     x = torch.full((rows, 1), sink)
-    im.forward(x, caches, 0)
+    im.forward(torch.full((rows, at + 1), sink), caches, 0)
+    times = []
     with fast.stepping(im, rows):
-        im.forward(x, caches, 1, last=True)
-        t = time.perf_counter()
-        for s in range(2, steps + 2):
+        im.forward(x, caches, at + 1, last=True)
+        for s in range(at + 2, at + steps + 2):
+            t = time.perf_counter()
             im.forward(x, caches, s, last=True)
-    return (time.perf_counter() - t) / steps * 1000
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -61,6 +66,7 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--steps-only", action="store_true", help="time the token steps only")
     ap.add_argument("--bytes-only", action="store_true", help="skip timing the token steps")
+    ap.add_argument("--positions", default="0", help="time the steps after these many cached positions")
     ap.add_argument("--head", action="store_true", help="contexts from the document's start (see coded_bytes)")
     args = ap.parse_args()
     lm = load_model(None, device="cpu")
@@ -79,7 +85,9 @@ def main() -> None:
                     rows.append({"corpus": name, "offset": off, "tokens": len(ids), "chunk": chunk, "context": ctx,
                                  "head": args.head, "coded_bytes": n, "float_limit_bytes": limit})
                     print(json.dumps(rows[-1]), flush=True)
-    steps = {} if args.bytes_only else {b: step_ms(im, lm.sink_id, b) for b in (1, 2, 4, 8, 16)}
+    at = [int(x) for x in args.positions.split(",")]
+    steps = {} if args.bytes_only else {f"{b}@{p}" if len(at) > 1 or p else b: step_ms(im, lm.sink_id, b, at=p)
+                                        for p in at for b in (1, 2, 4, 8, 16)}
     print(json.dumps({"step_ms": steps}), flush=True)
     if args.json:
         with open(args.json, "w") as f:

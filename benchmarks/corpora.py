@@ -100,7 +100,8 @@ def main() -> None:
     ap.add_argument("--forms", default="coded,predict", help="what to pack, as `vecarc bench --vector-dtypes`")
     ap.add_argument("--offset", type=float, default=0.1, help="0.1: the reported slices; 0.3/0.5/0.7: tuning")
     ap.add_argument("--context", type=int, default=0, help="coded chunks after this many tokens before them")
-    ap.add_argument("--chunk-tokens", type=int, help="chunks of at most this many tokens (default: pack's)")
+    ap.add_argument("--chunk-tokens", type=int, help="coded chunks of at most this many tokens (default: pack's; "
+                    "predicted ones keep pack's default, as with --context)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def main() -> None:
             if size <= args.pack_max:  # from its folder, as `vecarc bench NAME` there: the stored name is NAME
                 with chdir(out):
                     config = PackConfig(context_tokens=args.context, chunk_tokens=args.chunk_tokens)
-                    res = bench_file(path.name, lm, config=config, vector_dtypes=args.forms.split(","))
+                    res = bench_forms(path.name, lm, args.forms.split(","), config)
             else:
                 rows = classic_rows(piece, (3, 19))
                 lim = model_limit(lm, piece)
@@ -130,6 +131,23 @@ def main() -> None:
     if args.plot:
         plot([r for r in results if any(m["method"].startswith("vecarc") for m in r["methods"])], args.plot)
     print(table(results))
+
+
+def bench_forms(name: str, lm, forms: list[str], coded: PackConfig) -> dict:
+    """bench_file's result for every form, coded ones (and pack's default) packed with `coded`'s chunk size
+    and context, the others with pack's defaults: one process, so that their times compare."""
+    groups = [([f for f in forms if f in ("coded", "default")], coded),
+              ([f for f in forms if f not in ("coded", "default")], PackConfig())]
+    res = None
+    for group, config in groups:
+        if group:
+            got = bench_file(name, lm, config=config, vector_dtypes=group)
+            if res is None:
+                res = got
+            else:
+                res["methods"] += [m for m in got["methods"] if m["method"].startswith("vecarc")]
+                res["chunks"].update(got["chunks"])
+    return res
 
 
 def table(results: list[dict]) -> str:

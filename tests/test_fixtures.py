@@ -62,7 +62,7 @@ def test_v6_archives_read_without_the_model():
     a = vecarc.read_archive(V6)
     assert a.header.version == 6 and [d.name for d in a.documents] == list(V2_INPUTS)
     assert a.header.model.fingerprint == "fp2:2d73a256" and a.header.model.source == "default"
-    assert [c.kind for c in a.chunks] == ["coded", "bytes"] and a.header.cram["chunk_tokens"] == 512
+    assert [c.kind for c in a.chunks] == ["coded", "bytes"] and a.header.cram["chunk_tokens"] == 1024
     assert vecarc.summary(a)["archive_bytes"] == V6.stat().st_size == 94
     one = vecarc.read_archive(V6_NAMED)
     assert [d.name for d in one.documents] == ["v6-hello.txt"] and [c.kind for c in one.chunks] == ["coded"]

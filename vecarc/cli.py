@@ -16,7 +16,7 @@ import click
 from . import api, capacity, display
 from . import bench as B
 from . import dictionary as dictionaries
-from .config import DEFAULT_FILL, DEFAULT_VOLUME_SIZE, MODES, PREDICT_TOKENS, PackConfig
+from .config import CODED_TOKENS, DEFAULT_FILL, DEFAULT_VOLUME_SIZE, MODES, PREDICT_TOKENS, PackConfig
 from .display import progress_bar, say, show_table, warner
 from .engine import engine_for
 from .errors import VecarcError
@@ -71,8 +71,8 @@ def main() -> None:
                    "stored; vectors: memory vectors found per chunk.")
 @search_options
 @click.option("--chunk-tokens", default=None, type=click.IntRange(1),
-              help=f"Equal chunks of N tokens (predict mode's default: {PREDICT_TOKENS}; vectors mode: instead "
-                   f"of the capacity plan).")
+              help=f"Equal chunks of up to N tokens (default: coded {CODED_TOKENS}, predict {PREDICT_TOKENS}; vectors "
+                   f"mode: instead of the capacity plan).")
 @click.option("--context", "context_tokens", default=0, show_default=True, type=click.IntRange(0),
               help="Coded chunks: code each chunk after the last N tokens before it in its document (smaller; a "
                    "document's chunks then unpack one after another, not side by side).")

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from . import overrides
 from .errors import VecarcError
 from .exact.model import not_covered
-from .format.compact import MAX_CONTEXT, MAX_PREFIX
+from .format.compact import DEFAULT_CHUNK, MAX_CONTEXT, MAX_PREFIX
 from .models import LoadedModel
 from .plan import MIN_CHUNK_TOKENS, chunk_tokens_for
 from .search.settings import SearchSettings
@@ -24,6 +24,9 @@ MODES = ("coded", "predict", "vectors")
 # Predicted chunks: more context, fewer corrections (512 against 256: -3 %; 1,024: -2 % more, but
 # half the rows to decode side by side, so about twice the unpack time).
 PREDICT_TOKENS = 512
+# Coded chunks: one 1,024-token chunk is 4-13 % smaller than two of 512 on the 4 KiB tuning slices and still
+# unpacks 2.4-3.3x faster than predicted ones (docs/benchmarks.md). Format 6 stores no chunk size for it.
+CODED_TOKENS = DEFAULT_CHUNK
 DEFAULT_FILL = 0.9  # the capacity plan cuts chunks to this fraction of the calibrated budget
 # Input bytes per volume: a few hundred MiB of memory while packing one, and in vectors mode
 # (~38 tokens a chunk) well inside the reader's header cap (~500,000 chunks, docs/reliability.md).
@@ -110,7 +113,8 @@ class PackConfig:
         k = self.search.vectors  # positions a chunk shares the model's context with, besides the sink
         if self.predicted:  # coded: a dictionary's and the archive's own vectors, and the carried context
             k = lm.extra_inputs + self.context_tokens if self.mode == "coded" else 0
-        size = min(self.chunk_tokens or (PREDICT_TOKENS if self.predicted else chunk_tokens_for(k)), lm.chunk_limit(k))
+        default = CODED_TOKENS if self.mode == "coded" else PREDICT_TOKENS if self.predicted else chunk_tokens_for(k)
+        size = min(self.chunk_tokens or default, lm.chunk_limit(k))
         if size < 1:
             raise VecarcError("chunk size must be at least one token")
         return size
