@@ -288,16 +288,19 @@ def _attention(im: IntegerModel, lib, lay: dict, both: torch.Tensor, root: torch
     if T <= STEP_QUERIES:
         _call(lib, "attend_small", aq, n, cache[0], cache[1], B, Hk, g, T, hd, cache[1].shape[2], start, im.exp20,
               LOG2E_Q24, out)
+    if T > STEP_QUERIES:  # keys and values in binary64 once a layer, each query block reading its first L
+        keys = cache[0][..., : start + T].double()
+        v = cache[1][:, :, : start + T].long()  # in 8192s and remainders, so that binary64 sums stay exact
+        values = torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double()
     for i in range(0, T if T > STEP_QUERIES else 0, QUERY_BLOCK):
         t = min(QUERY_BLOCK, T - i)
         L = start + i + t
         q = aq[:, :, :, i : i + t].reshape(B, Hk, g * t, hd)
-        dot = torch.matmul(q, cache[0][..., :L].double()).contiguous()
+        dot = torch.matmul(q, keys[..., :L]).contiguous()
         e, esum = torch.empty_like(dot), torch.empty(B * Hk * g * t, dtype=torch.int64)
         _call(lib, "attend_mid", dot, B * Hk * g * t, t, L, start + i, n[:, :, :, i : i + t].contiguous(),
               im.exp20, LOG2E_Q24, e, esum)
-        v = cache[1][:, :, :L].long()  # in 8192s and remainders, so that binary64 sums stay exact
-        sums = torch.matmul(e, torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double())
+        sums = torch.matmul(e, values[:, :, :L])
         _call(lib, "attend_out", sums, B, Hk, g, t, hd, esum, T, i, out)
     both, s = _split(lib, out.reshape(M, -1))
     return _product(im, both, lay["o"]), lay["o"], s
