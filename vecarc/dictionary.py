@@ -32,7 +32,7 @@ from .chunks.coded import integer_model, intervals
 from .chunks.coded import prefix as coded_prefix
 from .errors import VecarcError
 from .events import emit
-from .format.compact import Prefix, Reader, spans, varint
+from .format.compact import DEFAULT_CHUNK, Prefix, Reader, spans, varint
 from .models import LoadedModel
 from .text import tokenize_exact
 
@@ -194,7 +194,7 @@ class TrainConfig:
     vectors: int = 16
     steps: int = 150
     lr: float = 0.05
-    chunk_tokens: int = 512  # what pack's coded chunks hold, so that training sees what they will
+    chunk_tokens: int = DEFAULT_CHUNK  # what pack's coded chunks hold, so that training sees what they will
     batch: int = 1  # chunks per step
     held_out: int = 8  # chunks kept out of training to estimate the gain (every n-th chunk)
     seed: int = 0
@@ -296,13 +296,14 @@ def train(lm: LoadedModel, texts: Sequence[bytes], cfg: TrainConfig = TrainConfi
     if not lm.fingerprint.startswith("fp2:"):
         raise VecarcError(f"{lm.name}: dictionaries need a model fingerprint of scheme fp2")
     integer_model(lm, progress)  # a model the integer path does not cover is refused before training
-    chunks = [c for c in chunks_of(lm, texts, cfg.chunk_tokens) if len(c) >= 2]
+    size = min(cfg.chunk_tokens, lm.chunk_limit(cfg.vectors))  # as pack cuts them after the vectors
+    chunks = [c for c in chunks_of(lm, texts, size) if len(c) >= 2]
     if not chunks:
         raise VecarcError("nothing to train on: the corpus has no text the model's tokenizer round-trips")
     kept, held = split(chunks, cfg.held_out)
     q16 = fit(lm, kept, cfg, progress)
     record = {"vectors": cfg.vectors, "steps": cfg.steps, "lr": cfg.lr, "batch": cfg.batch, "seed": cfg.seed,
-              "chunk_tokens": cfg.chunk_tokens, "train_chunks": len(kept), "held_chunks": len(held)} | (info or {})
+              "chunk_tokens": size, "train_chunks": len(kept), "held_chunks": len(held)} | (info or {})
     if held:
         emit(progress, event="note", message=f"measuring the gain on {len(held)} held-out chunks")
     without = coded_bits(lm, held)
