@@ -87,6 +87,12 @@ def test_the_last_block_flag_must_name_a_text_chunk(notes, tmp_path, trained_tin
     doc = compact.varint(1) + b"b" + compact.varint(1) + compact.varint(0) + bytes(8)
     with pytest.raises(vecarc.VecarcError, match="flagged literal"):
         parse_archive(_sealed(raw + doc + b"\x28\xb5\x2f\xfd"))
+    # a literal block whose length is stored, then an empty text document: no block goes without a length
+    raw = compact.MAGIC + bytes([6, compact.FLAG_LAST_LITERAL]) + bytes(4) + compact.varint(2)
+    docs = (compact.varint(1) + b"a" + compact.varint(4) + compact.varint(2) + bytes(8) + compact.varint(2 * 3 + 1)
+            + compact.varint(1) + b"b" + compact.varint(0) + compact.varint(1) + bytes(8))
+    with pytest.raises(vecarc.VecarcError, match="flagged literal"):
+        parse_archive(_sealed(raw + docs + encode_tokens([7])[:3]))
 
 
 def test_a_literal_last_block_round_trips(notes):

@@ -233,7 +233,8 @@ def parse(data: bytes, stored_as: str | None = None) -> tuple[Header, dict[int, 
     ndocs = 1 if by_file else r.varint("document count", len(data))  # each document takes more than a byte
     names = [implied_name(stored_as)] if by_file else None
     docs, chunks, offset = _documents(r, ndocs, names, chunk, version, bool(flags & FLAG_LAST_LITERAL))
-    need(version == 5 or not flags & FLAG_LAST_LITERAL or (chunks and chunks[-1].kind == "tokens"),
+    last = chunks[-1] if chunks and chunks[-1].length is None else None  # the block that stores no length
+    need(not flags & FLAG_LAST_LITERAL or (last is not None and last.kind == "tokens"),
          "the last block is flagged literal but is not a text chunk")
     check_names([d.name for d in docs])
     body = data[r.at : -4]
