@@ -288,11 +288,20 @@ def _attention(im: IntegerModel, lib, lay: dict, both: torch.Tensor, root: torch
     if T <= STEP_QUERIES:
         _call(lib, "attend_small", aq, n, cache[0], cache[1], B, Hk, g, T, hd, cache[1].shape[2], start, im.exp20,
               LOG2E_Q24, out)
-    if T > STEP_QUERIES:  # keys and values in binary64 once a layer, each query block reading its first L
-        keys = cache[0][..., : start + T].double()
-        v = cache[1][:, :, : start + T].long()  # in 8192s and remainders, so that binary64 sums stay exact
-        values = torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double()
-    for i in range(0, T if T > STEP_QUERIES else 0, QUERY_BLOCK):
+    else:
+        _attend_blocks(im, lib, aq, n, cache, B, Hk, g, T, hd, start, out)
+    both, s = _split(lib, out.reshape(M, -1))
+    return _product(im, both, lay["o"]), lay["o"], s
+
+
+def _attend_blocks(im: IntegerModel, lib, aq: torch.Tensor, n: torch.Tensor, cache: list, B: int, Hk: int, g: int,
+                   T: int, hd: int, start: int, out: torch.Tensor) -> None:
+    """Many queries' attention in blocks of QUERY_BLOCK through binary64 products, the keys and values converted
+    once for all blocks (each block reads its first L)."""
+    keys = cache[0][..., : start + T].double()
+    v = cache[1][:, :, : start + T].long()  # in 8192s and remainders, so that binary64 sums stay exact
+    values = torch.cat([torch.div(v, 8192, rounding_mode="floor"), v & 8191], -1).double()
+    for i in range(0, T, QUERY_BLOCK):
         t = min(QUERY_BLOCK, T - i)
         L = start + i + t
         q = aq[:, :, :, i : i + t].reshape(B, Hk, g * t, hd)
@@ -302,8 +311,6 @@ def _attention(im: IntegerModel, lib, lay: dict, both: torch.Tensor, root: torch
               im.exp20, LOG2E_Q24, e, esum)
         sums = torch.matmul(e, values[:, :, :L])
         _call(lib, "attend_out", sums, B, Hk, g, t, hd, esum, T, i, out)
-    both, s = _split(lib, out.reshape(M, -1))
-    return _product(im, both, lay["o"]), lay["o"], s
 
 
 def _head(im: IntegerModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..errors import VecarcError
 from .header import (
@@ -153,9 +153,12 @@ def implied_name(stored_as: str | None) -> str:
 def named_by_file(header: Header) -> bool:
     """Whether the archive's one document is named by its file name (flag bit 6): where a format-6 writer
     stores no name, so also where a reader found none."""
+    return header.version >= 6 and _file_names(header)
+
+
+def _file_names(header: Header) -> bool:
     docs = header.documents
-    return header.version >= 6 and len(docs) == 1 and header.stored_as is not None and \
-        implied_name(header.stored_as) == docs[0].name
+    return len(docs) == 1 and header.stored_as is not None and implied_name(header.stored_as) == docs[0].name
 
 
 def serialize(header: Header, blocks: dict[int, bytes]) -> bytes:
@@ -170,7 +173,7 @@ def serialize(header: Header, blocks: dict[int, bytes]) -> bytes:
     dictionary = header.cram.get("dictionary")
     dims = (m.vocab_size, m.hidden_size, m.sink_token_id)
     by_doc = header.chunks_by_document()
-    by_file = named_by_file(replace(header, version=VERSION))
+    by_file = _file_names(header)  # what this writer writes, whatever version the header was read as
     last = by_doc[-1][-1] if by_doc and by_doc[-1] else None  # its block stores no length
     flags = (FLAG_SOURCE if source else 0) | (FLAG_CONTEXT if context else 0) | (FLAG_DICT if dictionary else 0) | (
         FLAG_PREFIX if header.prefix is not None else 0) | (FLAG_DIMS if dims != DEFAULT_DIMS else 0) | (
@@ -238,7 +241,7 @@ def parse(data: bytes, stored_as: str | None = None) -> tuple[Header, dict[int, 
          "the last block is flagged literal but is not a text chunk")
     check_names([d.name for d in docs])
     body = data[r.at : -4]
-    if chunks and chunks[-1].length is None:
+    if last is not None:
         need(offset <= len(body), f"the chunks' blocks take more than the body's {len(body)} bytes")
         chunks[-1].length = len(body) - offset
         offset = len(body)
